@@ -1,0 +1,178 @@
+"""The ``pbxmesh`` command: run a service, or ask a running registry about the group."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.runtime import ConfigError, error_info, load_config
+
+_log = logging.getLogger("pbxmesh")
+
+DEFAULT_REGISTRY = "127.0.0.1:50051"
+RPC_TIMEOUT = 5.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as exc:
+        return _report_rpc_error(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbxmesh", description="Joins PBX servers into one group.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a service of this server")
+    serve.add_argument("service", choices=["registry"])
+    serve.add_argument("-c", "--config", required=True, help="server config file (YAML)")
+    serve.set_defaults(func=_serve)
+
+    def client(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--registry", default=DEFAULT_REGISTRY, metavar="HOST:PORT", help="registry to ask")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(func=func)
+        return p
+
+    client("members", "list the live members of the group", _members)
+    numbers = client("numbers", "list the merged numbering plan", _numbers)
+    numbers.add_argument("--conflicts", action="store_true", help="list conflicts and who wins them")
+    resolve = client("resolve", "show where a number lives", _resolve)
+    resolve.add_argument("number")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pbxmesh: config error: {exc}", file=sys.stderr)
+        return 2
+    from services.runtime import setup_logging
+
+    setup_logging(config.telemetry.log_level)
+    import uvloop
+
+    from services.registry.serve import serve_registry
+
+    return uvloop.run(serve_registry(config))
+
+
+def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
+    channel = grpc.insecure_channel(args.registry)
+    return channel, pb_grpc.RegistryServiceStub(channel)
+
+
+def _print_json(message: Message) -> None:
+    print(json.dumps(MessageToDict(message, always_print_fields_with_no_presence=True), indent=2))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _members(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        response = stub.ListMembers(pb.ListMembersRequest(), timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(response)
+        return 0
+    if not response.connected:
+        print("this server is cut off from the group: it lists only itself")
+    rows = [
+        [
+            m.server_id + (" *" if m.local else ""),
+            m.name,
+            str(m.join_revision),
+            m.registry_address,
+            m.trunk_address or "-",
+        ]
+        for m in response.members
+    ]
+    _table(rows, ["SERVER", "NAME", "JOINED", "REGISTRY", "TRUNK"])
+    return 0
+
+
+def _numbers(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        if args.conflicts:
+            conflicts = stub.ListConflicts(pb.ListConflictsRequest(), timeout=RPC_TIMEOUT)
+            if args.json:
+                _print_json(conflicts)
+                return 0
+            reason = {pb.CONFLICT_REASON_OWN_NUMBER: "own number", pb.CONFLICT_REASON_EARLIER_JOIN: "joined earlier"}
+            rows = [
+                [c.number, c.winner.server_id, reason.get(c.reason, "?"), ", ".join(x.server_id for x in c.losers)]
+                for c in conflicts.conflicts
+            ]
+            _table(rows, ["NUMBER", "WINNER", "WHY", "SHADOWED"])
+            return 0
+        numbers = stub.ListNumbers(pb.ListNumbersRequest(), timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(numbers)
+        return 0
+    rows = [
+        [r.number, r.display_name, r.department_id or "-", _kind(r.kind), r.server_id + (" *" if r.local else "")]
+        for r in numbers.routes
+    ]
+    _table(rows, ["NUMBER", "NAME", "DEPARTMENT", "KIND", "SERVER"])
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        response = stub.ResolveNumber(pb.ResolveNumberRequest(number=args.number), timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(response)
+        return 0
+    r = response.route
+    for label, value in [
+        ("number", r.number),
+        ("name", r.display_name),
+        ("department", r.department_id or "-"),
+        ("kind", _kind(r.kind)),
+        ("server", f"{r.server_id} ({r.server_name})" + (", local" if r.local else "")),
+        ("trunk", r.trunk_address or "-"),
+    ]:
+        print(f"{label:<11} {value}")
+    return 0
+
+
+def _kind(kind: int) -> str:
+    return pb.NumberKind.Name(kind).removeprefix("NUMBER_KIND_").lower()
+
+
+def _report_rpc_error(exc: Any) -> int:
+    code = exc.code() if hasattr(exc, "code") else None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        print("pbxmesh: the registry did not answer (is it running? see --registry)", file=sys.stderr)
+        return 2
+    info = error_info(exc)
+    reason = f" [{info.reason}]" if info is not None else ""
+    print(f"pbxmesh: {exc.details()}{reason}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

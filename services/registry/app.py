@@ -1,0 +1,72 @@
+"""One server's registry: config in, gRPC API up, group link kept, lease revoked on the way out."""
+
+from __future__ import annotations
+
+import logging
+
+from services.registry.membership import DuplicateServerId, GroupLink
+from services.registry.plan import PlanView
+from services.registry.records import KeyLayout, MemberInfo, NumberRecord
+from services.registry.service import RegistryService
+from services.runtime.config import Config
+from services.runtime.etcd import EtcdConnector
+from services.runtime.grpc_server import GrpcHost
+
+_log = logging.getLogger(__name__)
+
+# Health name of the group part: SERVING while this server is a live member of its group.
+GROUP_HEALTH = "pbxmesh.registry.v1.Group"
+DRAIN_SECONDS = 2.0
+
+
+class RegistryApp:
+    """Builds and runs the registry of one server."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.host = GrpcHost(config.listen.registry)
+        self.etcd = EtcdConnector(config.connector)
+        self.view: PlanView | None = None
+        self.link: GroupLink | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.host.bind()
+        local = MemberInfo(
+            server_id=cfg.server.id, name=cfg.server.name or cfg.server.id, registry_address=self.host.address
+        )
+        view = PlanView(local)
+        with view.batch():
+            for dep in cfg.numbering.departments:
+                view.set_department(local.server_id, dep.id, dep.name or dep.id)
+            for n in cfg.numbering.numbers:
+                view.set_number(local.server_id, NumberRecord(n.number, n.name, n.department, n.kind))
+        link = GroupLink(
+            self.etcd, KeyLayout(cfg.connector.group), view, local, cfg.connector.lease_ttl, self._group_health
+        )
+        self.view, self.link = view, link
+        self.host.add(RegistryService(view, link))
+        await self.host.start()
+        await self.host.set_health(GROUP_HEALTH, False)
+        await self.etcd.connect()
+        await link.start()
+        _log.info(
+            "registry of %s (%s) listening on %s, group %r",
+            local.server_id,
+            local.name,
+            self.host.address,
+            cfg.connector.group,
+        )
+
+    async def _group_health(self, connected: bool) -> None:
+        await self.host.set_health(GROUP_HEALTH, connected)
+
+    async def stop(self, graceful: bool) -> None:
+        """Leaves the group first (peers drop our numbers at once), then stops serving."""
+        if self.link is not None:
+            await self.link.leave()
+        await self.host.stop(DRAIN_SECONDS if graceful else 0)
+        await self.etcd.close()
+
+
+__all__ = ["GROUP_HEALTH", "DuplicateServerId", "RegistryApp"]

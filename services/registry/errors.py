@@ -1,0 +1,34 @@
+"""Errors the registry API returns.
+
+    ServiceError (services.runtime.errors)
+    +-- InvalidArgument
+    |   +-- InvalidNumber          reason INVALID_NUMBER (also INVALID_KIND, INVALID_DISPLAY_NAME)
+    |   +-- UnknownDepartment      reason UNKNOWN_DEPARTMENT
+    +-- NotFound
+    |   +-- NumberNotFound         reason NUMBER_NOT_FOUND
+    |   +-- NumberNotOwned         reason NUMBER_NOT_OWNED
+    +-- Unavailable
+        +-- WatcherTooSlow         reason WATCHER_TOO_SLOW
+"""
+
+from services.runtime.errors import InvalidArgument, NotFound, Unavailable
+
+
+class InvalidNumber(InvalidArgument):
+    reason = "INVALID_NUMBER"
+
+
+class UnknownDepartment(InvalidArgument):
+    reason = "UNKNOWN_DEPARTMENT"
+
+
+class NumberNotFound(NotFound):
+    reason = "NUMBER_NOT_FOUND"
+
+
+class NumberNotOwned(NotFound):
+    reason = "NUMBER_NOT_OWNED"
+
+
+class WatcherTooSlow(Unavailable):
+    reason = "WATCHER_TOO_SLOW"

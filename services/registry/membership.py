@@ -1,0 +1,315 @@
+"""Keeps one server in its group through etcd: join, publish, follow the others, survive faults.
+
+Life of a server's link to the group:
+
+    join      grant a lease; create the member key only if no live member has this id
+    publish   own numbers and departments, bound to the same lease
+    follow    read the whole group prefix, then watch from the next revision; a canceled,
+              compacted or broken watch leads to a full read again (never a hang)
+    cut off   the lease session says it can no longer vouch for the lease: drop every other
+              server, keep serving our own numbers, report not connected; then join again with
+              a new lease (so we now join last), publish and read everything again
+    leave     revoke the lease: every key goes at once and peers see it through their watch
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from services.registry.plan import PlanView
+from services.registry.records import (
+    KeyLayout,
+    MemberInfo,
+    NumberRecord,
+    decode_department,
+    decode_member,
+    decode_number,
+    encode_department,
+    encode_member,
+    encode_number,
+)
+from services.runtime.config import NUMBER_RE
+from services.runtime.etcd import (
+    EtcdAuthFailed,
+    EtcdConnector,
+    EtcdUnavailable,
+    KeyValue,
+    LeaseSession,
+    WatchEvent,
+    WatchLost,
+)
+
+_log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.1
+RETRY_MAX = 2.0
+
+
+class DuplicateServerId(Exception):
+    """A live member of the group already has this server's id."""
+
+    def __init__(self, server_id: str, holder_name: str):
+        super().__init__(
+            f"server id {server_id!r} is already used by a live member of the group ({holder_name!r})"
+        )
+        self.server_id = server_id
+        self.holder_name = holder_name
+
+
+class GroupLink:
+    """This server's membership, its published plan, and the feed of everyone else's."""
+
+    def __init__(
+        self,
+        etcd: EtcdConnector,
+        layout: KeyLayout,
+        view: PlanView,
+        local: MemberInfo,
+        lease_ttl: int,
+        on_connected: Callable[[bool], Awaitable[None]] | None = None,
+    ):
+        self.etcd = etcd
+        self.layout = layout
+        self.view = view
+        self.local = local
+        self.lease_ttl = lease_ttl
+        self._on_connected = on_connected
+        self._session: LeaseSession | None = None
+        self._previous_lease = 0
+        self._task: asyncio.Task[None] | None = None
+        self._publish_lock = asyncio.Lock()
+        self._pending_puts: set[str] = set()
+        self._pending_deletes: set[str] = set()
+        self._retry_task: asyncio.Task[None] | None = None
+        self.joins = 0
+
+    @property
+    def session(self) -> LeaseSession | None:
+        return self._session
+
+    async def start(self) -> None:
+        """Joins now if etcd answers (a duplicate id is fatal here), then keeps the link up."""
+        try:
+            await self._join()
+        except EtcdAuthFailed:
+            raise
+        except EtcdUnavailable as exc:
+            _log.warning("group not reachable at start (%s): serving own numbers only", exc)
+        self._task = asyncio.create_task(self._run(), name="group-link")
+
+    async def leave(self) -> None:
+        """Stops following and revokes the lease, so peers drop this server at once."""
+        for task in (self._task, self._retry_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- own plan ---------------------------------------------------------------------------
+
+    async def upsert_number(self, record: NumberRecord) -> None:
+        self.view.set_number(self.local.server_id, record)
+        self._pending_deletes.discard(record.number)
+        self._pending_puts.add(record.number)
+        await self._flush_pending()
+
+    async def remove_number(self, number: str) -> None:
+        self.view.remove_number(self.local.server_id, number)
+        self._pending_puts.discard(number)
+        self._pending_deletes.add(number)
+        await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        async with self._publish_lock:
+            session = self._session
+            if session is None or not (self._pending_puts or self._pending_deletes):
+                return
+            puts, deletes = set(self._pending_puts), set(self._pending_deletes)
+            own = self.view.plans[self.local.server_id]
+            try:
+                items = [
+                    (self.layout.number(self.local.server_id, n), encode_number(own[n])) for n in puts if n in own
+                ]
+                await self.etcd.put_many(items, session.lease_id)
+                self._pending_puts -= puts
+                for number in deletes:
+                    await self.etcd.delete(self.layout.number(self.local.server_id, number))
+                    self._pending_deletes.discard(number)
+            except EtcdUnavailable as exc:
+                _log.warning("publishing own numbers failed, will retry: %s", exc)
+                if self._retry_task is None or self._retry_task.done():
+                    self._retry_task = asyncio.create_task(self._retry_pending(session))
+
+    async def _retry_pending(self, session: LeaseSession) -> None:
+        delay = RETRY_MIN
+        while (self._pending_puts or self._pending_deletes) and self._session is session:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            await self._flush_pending()
+
+    # -- join and follow ---------------------------------------------------------------------
+
+    async def _join(self) -> None:
+        session = await LeaseSession.open(self.etcd, self.lease_ttl)
+        try:
+            await self._create_member_key(session)
+            await self._publish_all(session)
+        except BaseException:
+            await session.close()
+            raise
+        self._previous_lease = session.lease_id
+        self._session = session
+        self.joins += 1
+        _log.info("joined group as %s with lease %x", self.local.server_id, session.lease_id)
+
+    async def _create_member_key(self, session: LeaseSession) -> None:
+        key = self.layout.member(self.local.server_id)
+        for _ in range(3):
+            existing = await self.etcd.create(key, encode_member(self.local), session.lease_id)
+            if existing is None:
+                return
+            if self._previous_lease and existing.lease == self._previous_lease:
+                # Our own record from before a cut-off, still alive in etcd: take it down first.
+                await self.etcd.revoke(existing.lease)
+                continue
+            holder = decode_member(self.local.server_id, existing.value, existing.create_revision)
+            raise DuplicateServerId(self.local.server_id, holder.name if holder else "?")
+        raise EtcdUnavailable("member key kept coming back")
+
+    async def _publish_all(self, session: LeaseSession) -> None:
+        async with self._publish_lock:
+            sid = self.local.server_id
+            items = [(self.layout.department(sid, d), encode_department(n)) for d, n in self.view.departments[sid].items()]
+            items += [(self.layout.number(sid, n), encode_number(r)) for n, r in self.view.plans[sid].items()]
+            await self.etcd.put_many(items, session.lease_id)
+            self._pending_puts.clear()
+            self._pending_deletes.clear()
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            if self._session is None:
+                try:
+                    await self._join()
+                except DuplicateServerId as exc:
+                    _log.error("cannot rejoin: %s", exc)
+                    await asyncio.sleep(RETRY_MAX)
+                    continue
+                except EtcdUnavailable as exc:
+                    _log.debug("rejoin failed: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+            delay = RETRY_MIN
+            session = self._session
+            assert session is not None
+            follow = asyncio.create_task(self._follow(session), name="group-follow")
+            lost = asyncio.create_task(session.lost.wait())
+            try:
+                await asyncio.wait([follow, lost], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (follow, lost):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            session.orphan()
+            self._session = None
+            _log.warning("cut off from the group (lease %x lost): serving own numbers only", session.lease_id)
+            self.view.forget_remote()
+            await self._set_connected(False)
+
+    async def _follow(self, session: LeaseSession) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                revision = await self._resync(session)
+                await self._set_connected(True)
+                delay = RETRY_MIN
+                async for events in self.etcd.watch(self.layout.prefix, revision + 1):
+                    self._apply(events, session)
+            except (WatchLost, EtcdUnavailable) as exc:
+                _log.info("group feed interrupted (%s): reading the group again", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _set_connected(self, connected: bool) -> None:
+        if self.view.connected == connected:
+            return
+        self.view.set_connected(connected)
+        if self._on_connected is not None:
+            await self._on_connected(connected)
+
+    async def _resync(self, session: LeaseSession) -> int:
+        revision, kvs = await self.etcd.get_prefix(self.layout.prefix)
+        members: list[MemberInfo] = []
+        plans: dict[str, list[NumberRecord]] = {}
+        departments: dict[str, dict[str, str]] = {}
+        for kv in kvs:
+            parsed = self.layout.parse(kv.key)
+            if parsed is None:
+                continue
+            if parsed.kind == "member":
+                info = self._member_from(parsed.server_id, kv, session)
+                if info is not None:
+                    members.append(info)
+            elif parsed.kind == "number":
+                record = _number_from(parsed.item, kv.value)
+                if record is not None:
+                    plans.setdefault(parsed.server_id, []).append(record)
+            else:
+                name = decode_department(kv.value)
+                if name is not None:
+                    departments.setdefault(parsed.server_id, {})[parsed.item] = name
+        self.view.replace_remote(members, plans, departments)
+        return revision
+
+    def _member_from(self, server_id: str, kv: KeyValue, session: LeaseSession) -> MemberInfo | None:
+        if server_id == self.local.server_id and kv.lease != session.lease_id:
+            return None
+        return decode_member(server_id, kv.value, kv.create_revision)
+
+    def _apply(self, events: list[WatchEvent], session: LeaseSession) -> None:
+        local_id = self.local.server_id
+        with self.view.batch():
+            for event in events:
+                parsed = self.layout.parse(event.kv.key)
+                if parsed is None:
+                    continue
+                sid = parsed.server_id
+                if parsed.kind == "member":
+                    if sid == local_id and event.kind == "delete":
+                        _log.warning("own member key was deleted: joining again")
+                        session.lost.set()
+                    elif event.kind == "delete":
+                        self.view.remove_member(sid)
+                    else:
+                        info = self._member_from(sid, event.kv, session)
+                        if info is not None:
+                            self.view.set_member(info)
+                elif sid == local_id:
+                    continue  # our own plan is known here already, and better than its echo
+                elif parsed.kind == "number":
+                    if event.kind == "delete":
+                        self.view.remove_number(sid, parsed.item)
+                    else:
+                        record = _number_from(parsed.item, event.kv.value)
+                        if record is not None:
+                            self.view.set_number(sid, record)
+                elif event.kind == "delete":
+                    self.view.remove_department(sid, parsed.item)
+                else:
+                    name = decode_department(event.kv.value)
+                    if name is not None:
+                        self.view.set_department(sid, parsed.item, name)
+
+
+def _number_from(number: str, value: bytes) -> NumberRecord | None:
+    if not NUMBER_RE.fullmatch(number):
+        return None
+    return decode_number(number, value)

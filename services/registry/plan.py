@@ -1,0 +1,310 @@
+"""The merged numbering plan as one server sees it. Pure data: no etcd, no gRPC, no clock.
+
+Rules (the product's, in this order):
+  1. Only live members count; keys of a server that is not a live member are ignored.
+  2. A number this server has is its own, whoever else has it.
+  3. Otherwise the member that joined earliest (lowest member-key create revision) wins.
+Every shadowed claim is a conflict. Departments with the same id are one department.
+
+Changes are applied in batches; at the end of a batch the view recomputes only the numbers the
+batch touched and tells its listeners what changed, so a single update costs O(claims on that
+number), not O(plan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+
+from services.registry.records import MemberInfo, NumberRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    number: str
+    server_id: str
+    server_name: str
+    local: bool
+    display_name: str
+    department: str
+    kind: str
+    trunk_address: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Conflict:
+    number: str
+    winner: MemberInfo
+    winner_record: NumberRecord
+    losers: tuple[tuple[MemberInfo, NumberRecord], ...]
+    own_number: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Department:
+    id: str
+    name: str
+    server_ids: tuple[str, ...]
+    numbers: tuple[Route, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NumbersChange:
+    upserted: tuple[Route, ...]
+    removed: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MembersChange:
+    upserted: tuple[MemberInfo, ...]
+    left: tuple[str, ...]
+    connected: bool
+
+
+NumbersListener = Callable[[NumbersChange], None]
+MembersListener = Callable[[MembersChange], None]
+
+
+class PlanView:
+    """Members, raw claims and the merged routes of one server's view of the group."""
+
+    def __init__(self, local: MemberInfo):
+        self.local_id = local.server_id
+        self.connected = False
+        self.members: dict[str, MemberInfo] = {local.server_id: local}
+        self.plans: dict[str, dict[str, NumberRecord]] = {local.server_id: {}}
+        self.departments: dict[str, dict[str, str]] = {local.server_id: {}}
+        self.routes: dict[str, Route] = {}
+        self._claims: dict[str, set[str]] = {}
+        self._number_listeners: set[NumbersListener] = set()
+        self._member_listeners: set[MembersListener] = set()
+        self._depth = 0
+        self._dirty_numbers: set[str] = set()
+        self._dirty_members: set[str] = set()
+        self._connected_changed = False
+
+    # -- listeners -------------------------------------------------------------------------
+
+    def on_numbers(self, listener: NumbersListener) -> Callable[[], None]:
+        self._number_listeners.add(listener)
+        return lambda: self._number_listeners.discard(listener)
+
+    def on_members(self, listener: MembersListener) -> Callable[[], None]:
+        self._member_listeners.add(listener)
+        return lambda: self._member_listeners.discard(listener)
+
+    # -- changes ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Groups changes: listeners hear about them once, when the outermost batch ends."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._flush()
+
+    def set_connected(self, connected: bool) -> None:
+        with self.batch():
+            if connected != self.connected:
+                self.connected = connected
+                self._connected_changed = True
+
+    def set_member(self, info: MemberInfo) -> None:
+        with self.batch():
+            if self.members.get(info.server_id) == info:
+                return
+            self.members[info.server_id] = info
+            self._dirty_members.add(info.server_id)
+            self._dirty_numbers.update(self.plans.get(info.server_id, ()))
+
+    def remove_member(self, server_id: str) -> None:
+        if server_id == self.local_id or server_id not in self.members:
+            return
+        with self.batch():
+            del self.members[server_id]
+            self._dirty_members.add(server_id)
+            self._dirty_numbers.update(self.plans.get(server_id, ()))
+
+    def set_number(self, server_id: str, record: NumberRecord) -> None:
+        with self.batch():
+            plan = self.plans.setdefault(server_id, {})
+            if plan.get(record.number) == record:
+                return
+            plan[record.number] = record
+            self._claims.setdefault(record.number, set()).add(server_id)
+            self._dirty_numbers.add(record.number)
+
+    def remove_number(self, server_id: str, number: str) -> None:
+        plan = self.plans.get(server_id)
+        if plan is None or number not in plan:
+            return
+        with self.batch():
+            del plan[number]
+            holders = self._claims.get(number)
+            if holders is not None:
+                holders.discard(server_id)
+                if not holders:
+                    del self._claims[number]
+            self._dirty_numbers.add(number)
+
+    def set_department(self, server_id: str, department_id: str, name: str) -> None:
+        self.departments.setdefault(server_id, {})[department_id] = name
+
+    def remove_department(self, server_id: str, department_id: str) -> None:
+        self.departments.get(server_id, {}).pop(department_id, None)
+
+    def forget_remote(self) -> None:
+        """Drops every other server: members, claims and departments (the local server stays)."""
+        with self.batch():
+            for server_id in [s for s in self.members if s != self.local_id]:
+                self.remove_member(server_id)
+            for server_id in [s for s in self.plans if s != self.local_id]:
+                for number in list(self.plans[server_id]):
+                    self.remove_number(server_id, number)
+                del self.plans[server_id]
+            for server_id in [s for s in self.departments if s != self.local_id]:
+                del self.departments[server_id]
+
+    def replace_remote(
+        self,
+        members: Iterable[MemberInfo],
+        plans: dict[str, list[NumberRecord]],
+        departments: dict[str, dict[str, str]],
+    ) -> None:
+        """Makes the remote part of the view equal to a full read; listeners hear only the difference."""
+        with self.batch():
+            fresh = {m.server_id: m for m in members}
+            local = fresh.pop(self.local_id, None)
+            if local is not None:
+                self.set_member(local)
+            for server_id in [s for s in self.members if s != self.local_id and s not in fresh]:
+                self.remove_member(server_id)
+            for info in fresh.values():
+                self.set_member(info)
+            for server_id in [s for s in self.plans if s != self.local_id]:
+                wanted = {r.number: r for r in plans.get(server_id, [])}
+                for number in [n for n in self.plans[server_id] if n not in wanted]:
+                    self.remove_number(server_id, number)
+            for server_id, records in plans.items():
+                if server_id == self.local_id:
+                    continue
+                for record in records:
+                    self.set_number(server_id, record)
+            for server_id in [s for s in self.departments if s != self.local_id]:
+                del self.departments[server_id]
+            for server_id, deps in departments.items():
+                if server_id != self.local_id:
+                    self.departments[server_id] = dict(deps)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def resolve(self, number: str) -> Route | None:
+        return self.routes.get(number)
+
+    def live_members(self) -> list[MemberInfo]:
+        """Earliest joined first; the local server's place follows its own join revision."""
+        return sorted(self.members.values(), key=_join_order)
+
+    def conflicts(self) -> list[Conflict]:
+        result = []
+        for number in sorted(self._claims):
+            ranked = self._ranked_claims(number)
+            if len(ranked) < 2:
+                continue
+            (winner, record), losers = ranked[0], ranked[1:]
+            result.append(Conflict(number, winner, record, tuple(losers), winner.server_id == self.local_id))
+        return result
+
+    def merged_departments(self) -> list[Department]:
+        owners: dict[str, list[MemberInfo]] = {}
+        for server_id, deps in self.departments.items():
+            member = self.members.get(server_id)
+            if member is None:
+                continue
+            for dep_id in deps:
+                owners.setdefault(dep_id, []).append(member)
+        numbers: dict[str, list[Route]] = {}
+        for route in self.routes.values():
+            if route.department:
+                numbers.setdefault(route.department, []).append(route)
+        result = []
+        for dep_id in sorted(set(owners) | set(numbers)):
+            holders = sorted(owners.get(dep_id, []), key=_join_order)
+            local_name = self.departments[self.local_id].get(dep_id)
+            name = local_name if local_name is not None else (
+                self.departments[holders[0].server_id][dep_id] if holders else dep_id
+            )
+            routes = tuple(sorted(numbers.get(dep_id, []), key=lambda r: r.number))
+            result.append(Department(dep_id, name or dep_id, tuple(m.server_id for m in holders), routes))
+        return result
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _ranked_claims(self, number: str) -> list[tuple[MemberInfo, NumberRecord]]:
+        ranked = []
+        for server_id in self._claims.get(number, ()):
+            member = self.members.get(server_id)
+            if member is not None:
+                ranked.append((member, self.plans[server_id][number]))
+        ranked.sort(key=lambda claim: (claim[0].server_id != self.local_id, *_join_order(claim[0])))
+        return ranked
+
+    def _winner(self, number: str) -> Route | None:
+        holders = self._claims.get(number)
+        if not holders:
+            return None
+        if self.local_id in holders:
+            best = self.members[self.local_id]
+        else:
+            live = [self.members[s] for s in holders if s in self.members]
+            if not live:
+                return None
+            best = min(live, key=_join_order)
+        record = self.plans[best.server_id][number]
+        return Route(
+            number=number,
+            server_id=best.server_id,
+            server_name=best.name,
+            local=best.server_id == self.local_id,
+            display_name=record.name,
+            department=record.department,
+            kind=record.kind,
+            trunk_address=best.trunk_address,
+        )
+
+    def _flush(self) -> None:
+        numbers, self._dirty_numbers = self._dirty_numbers, set()
+        members, self._dirty_members = self._dirty_members, set()
+        connected_changed, self._connected_changed = self._connected_changed, False
+        upserted: list[Route] = []
+        removed: list[str] = []
+        for number in numbers:
+            new = self._winner(number)
+            old = self.routes.get(number)
+            if new == old:
+                continue
+            if new is None:
+                del self.routes[number]
+                removed.append(number)
+            else:
+                self.routes[number] = new
+                upserted.append(new)
+        if upserted or removed:
+            change = NumbersChange(tuple(upserted), tuple(removed))
+            for listener in list(self._number_listeners):
+                listener(change)
+        if members or connected_changed:
+            joined = tuple(self.members[s] for s in sorted(members) if s in self.members)
+            left = tuple(sorted(s for s in members if s not in self.members))
+            mchange = MembersChange(joined, left, self.connected)
+            for mlistener in list(self._member_listeners):
+                mlistener(mchange)
+
+
+def _join_order(member: MemberInfo) -> tuple[int, str]:
+    # A member not yet seen in etcd (revision 0) sorts last, not first.
+    return (member.join_revision or (1 << 62), member.server_id)

@@ -1,0 +1,131 @@
+"""What a server writes to etcd, and where: the group's key layout and record encoding.
+
+    /pbxmesh/<group>/members/<server id>                  {"name", "registry", "trunk"}
+    /pbxmesh/<group>/numbers/<server id>/<number>         {"name", "department", "kind"}
+    /pbxmesh/<group>/departments/<server id>/<dept id>    {"name"}
+
+Every key is bound to its server's lease. Records are compact JSON so that an operator can read
+them with ``etcdctl get --prefix /pbxmesh/``. A server's join order is the create revision of its
+member key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Literal
+
+ROOT = "/pbxmesh"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemberInfo:
+    server_id: str
+    name: str
+    join_revision: int = 0
+    registry_address: str = ""
+    trunk_address: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NumberRecord:
+    number: str
+    name: str = ""
+    department: str = ""
+    kind: str = "user"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParsedKey:
+    kind: Literal["member", "number", "department"]
+    server_id: str
+    item: str = ""
+
+
+class KeyLayout:
+    """Key names of one group."""
+
+    def __init__(self, group: str):
+        self.prefix = f"{ROOT}/{group}/"
+
+    def member(self, server_id: str) -> str:
+        return f"{self.prefix}members/{server_id}"
+
+    def number(self, server_id: str, number: str) -> str:
+        return f"{self.prefix}numbers/{server_id}/{number}"
+
+    def department(self, server_id: str, department_id: str) -> str:
+        return f"{self.prefix}departments/{server_id}/{department_id}"
+
+    def parse(self, key: str) -> ParsedKey | None:
+        """Splits a key of this group; None for anything else (foreign or malformed keys are ignored)."""
+        if not key.startswith(self.prefix):
+            return None
+        parts = key[len(self.prefix) :].split("/")
+        if len(parts) == 2 and parts[0] == "members" and parts[1]:
+            return ParsedKey("member", parts[1])
+        if len(parts) == 3 and parts[1] and parts[2]:
+            if parts[0] == "numbers":
+                return ParsedKey("number", parts[1], parts[2])
+            if parts[0] == "departments":
+                return ParsedKey("department", parts[1], parts[2])
+        return None
+
+
+def encode_member(info: MemberInfo) -> bytes:
+    return _dump({"name": info.name, "registry": info.registry_address, "trunk": info.trunk_address})
+
+
+def decode_member(server_id: str, value: bytes, create_revision: int) -> MemberInfo | None:
+    data = _load(value)
+    if data is None:
+        return None
+    return MemberInfo(
+        server_id=server_id,
+        name=_text(data, "name") or server_id,
+        join_revision=create_revision,
+        registry_address=_text(data, "registry"),
+        trunk_address=_text(data, "trunk"),
+    )
+
+
+def encode_number(record: NumberRecord) -> bytes:
+    return _dump({"name": record.name, "department": record.department, "kind": record.kind})
+
+
+def decode_number(number: str, value: bytes) -> NumberRecord | None:
+    data = _load(value)
+    if data is None:
+        return None
+    return NumberRecord(
+        number=number,
+        name=_text(data, "name"),
+        department=_text(data, "department"),
+        kind=_text(data, "kind") or "user",
+    )
+
+
+def encode_department(name: str) -> bytes:
+    return _dump({"name": name})
+
+
+def decode_department(value: bytes) -> str | None:
+    data = _load(value)
+    return None if data is None else _text(data, "name")
+
+
+def _dump(data: dict[str, str]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _load(value: bytes) -> dict[str, object] | None:
+    try:
+        data = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _text(data: dict[str, object], key: str) -> str:
+    value = data.get(key, "")
+    return value if isinstance(value, str) else ""

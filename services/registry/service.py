@@ -1,0 +1,247 @@
+"""The registry's gRPC API over one server's PlanView."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeVar
+
+import grpc.aio
+from opentelemetry import trace
+
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.registry.errors import (
+    InvalidNumber,
+    NumberNotFound,
+    NumberNotOwned,
+    UnknownDepartment,
+    WatcherTooSlow,
+)
+from services.registry.membership import GroupLink
+from services.registry.plan import MembersChange, NumbersChange, PlanView, Route
+from services.registry.records import MemberInfo, NumberRecord
+from services.runtime.config import NUMBER_RE
+from services.runtime.telemetry import ATTR_NUMBER, ATTR_ROUTE_SERVER_ID
+
+_log = logging.getLogger(__name__)
+
+KIND_TO_PB = {
+    "user": pb.NUMBER_KIND_USER,
+    "department": pb.NUMBER_KIND_DEPARTMENT,
+    "ivr": pb.NUMBER_KIND_IVR,
+    "queue": pb.NUMBER_KIND_QUEUE,
+    "conference": pb.NUMBER_KIND_CONFERENCE,
+}
+PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
+
+SNAPSHOT_CHUNK = 2000
+# A watcher that falls this many batches behind is dropped; it can watch again for a snapshot.
+WATCH_QUEUE_LIMIT = 10_000
+
+Msg = TypeVar("Msg")
+Out = TypeVar("Out")
+Ctx = grpc.aio.ServicerContext
+
+
+def route_pb(route: Route) -> pb.Route:
+    return pb.Route(
+        number=route.number,
+        server_id=route.server_id,
+        server_name=route.server_name,
+        local=route.local,
+        display_name=route.display_name,
+        department_id=route.department,
+        kind=KIND_TO_PB.get(route.kind, pb.NUMBER_KIND_UNSPECIFIED),
+        trunk_address=route.trunk_address,
+    )
+
+
+def member_pb(member: MemberInfo, local_id: str) -> pb.Member:
+    return pb.Member(
+        server_id=member.server_id,
+        name=member.name,
+        join_revision=member.join_revision,
+        local=member.server_id == local_id,
+        registry_address=member.registry_address,
+        trunk_address=member.trunk_address,
+    )
+
+
+def _check_number(number: str) -> None:
+    if not NUMBER_RE.fullmatch(number):
+        raise InvalidNumber(f"number {number[:40]!r} does not match {NUMBER_RE.pattern}")
+
+
+class RegistryService(pb_grpc.RegistryServiceServicer):
+    def __init__(self, view: PlanView, link: GroupLink):
+        self.view = view
+        self.link = link
+        self._tracer = trace.get_tracer("pbxmesh.registry")
+
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        pb_grpc.add_RegistryServiceServicer_to_server(self, server)
+        return [pb.DESCRIPTOR.services_by_name["RegistryService"].full_name]
+
+    async def ResolveNumber(
+        self, request: pb.ResolveNumberRequest, context: Ctx[pb.ResolveNumberRequest, pb.ResolveNumberResponse]
+    ) -> pb.ResolveNumberResponse:
+        _check_number(request.number)
+        route = self.view.resolve(request.number)
+        span = trace.get_current_span()
+        span.set_attribute(ATTR_NUMBER, request.number)
+        if route is None:
+            raise NumberNotFound(f"no live member has number {request.number}")
+        span.set_attribute(ATTR_ROUTE_SERVER_ID, route.server_id)
+        return pb.ResolveNumberResponse(route=route_pb(route))
+
+    async def ListNumbers(
+        self, request: pb.ListNumbersRequest, context: Ctx[pb.ListNumbersRequest, pb.ListNumbersResponse]
+    ) -> pb.ListNumbersResponse:
+        routes = sorted(self.view.routes.values(), key=lambda r: r.number)
+        if request.server_id:
+            routes = [r for r in routes if r.server_id == request.server_id]
+        return pb.ListNumbersResponse(routes=[route_pb(r) for r in routes])
+
+    async def WatchNumbers(
+        self, request: pb.WatchNumbersRequest, context: Ctx[pb.WatchNumbersRequest, pb.WatchNumbersResponse]
+    ) -> AsyncIterator[pb.WatchNumbersResponse]:
+        def convert(change: NumbersChange) -> pb.WatchNumbersResponse:
+            return pb.WatchNumbersResponse(
+                upserted=[route_pb(r) for r in change.upserted], removed=list(change.removed), synced=True
+            )
+
+        def snapshot() -> list[pb.WatchNumbersResponse]:
+            routes = sorted(self.view.routes.values(), key=lambda r: r.number)
+            chunks = [routes[i : i + SNAPSHOT_CHUNK] for i in range(0, len(routes), SNAPSHOT_CHUNK)] or [[]]
+            return [
+                pb.WatchNumbersResponse(upserted=[route_pb(r) for r in chunk], synced=i == len(chunks) - 1)
+                for i, chunk in enumerate(chunks)
+            ]
+
+        async for message in _watch(self.view.on_numbers, convert, snapshot):
+            yield message
+
+    async def ListMembers(
+        self, request: pb.ListMembersRequest, context: Ctx[pb.ListMembersRequest, pb.ListMembersResponse]
+    ) -> pb.ListMembersResponse:
+        local = self.view.local_id
+        return pb.ListMembersResponse(
+            members=[member_pb(m, local) for m in self.view.live_members()], connected=self.view.connected
+        )
+
+    async def WatchMembers(
+        self, request: pb.WatchMembersRequest, context: Ctx[pb.WatchMembersRequest, pb.WatchMembersResponse]
+    ) -> AsyncIterator[pb.WatchMembersResponse]:
+        local = self.view.local_id
+
+        def convert(change: MembersChange) -> pb.WatchMembersResponse:
+            return pb.WatchMembersResponse(
+                upserted=[member_pb(m, local) for m in change.upserted],
+                left=list(change.left),
+                synced=True,
+                connected=change.connected,
+            )
+
+        def snapshot() -> list[pb.WatchMembersResponse]:
+            members = [member_pb(m, local) for m in self.view.live_members()]
+            return [pb.WatchMembersResponse(upserted=members, synced=True, connected=self.view.connected)]
+
+        async for message in _watch(self.view.on_members, convert, snapshot):
+            yield message
+
+    async def ListDepartments(
+        self, request: pb.ListDepartmentsRequest, context: Ctx[pb.ListDepartmentsRequest, pb.ListDepartmentsResponse]
+    ) -> pb.ListDepartmentsResponse:
+        return pb.ListDepartmentsResponse(
+            departments=[
+                pb.Department(
+                    id=d.id, name=d.name, server_ids=list(d.server_ids), numbers=[route_pb(r) for r in d.numbers]
+                )
+                for d in self.view.merged_departments()
+            ]
+        )
+
+    async def ListConflicts(
+        self, request: pb.ListConflictsRequest, context: Ctx[pb.ListConflictsRequest, pb.ListConflictsResponse]
+    ) -> pb.ListConflictsResponse:
+        def claim(member: MemberInfo, record: NumberRecord) -> pb.Claim:
+            return pb.Claim(
+                server_id=member.server_id,
+                server_name=member.name,
+                join_revision=member.join_revision,
+                display_name=record.name,
+            )
+
+        return pb.ListConflictsResponse(
+            conflicts=[
+                pb.Conflict(
+                    number=c.number,
+                    winner=claim(c.winner, c.winner_record),
+                    losers=[claim(m, r) for m, r in c.losers],
+                    reason=pb.CONFLICT_REASON_OWN_NUMBER if c.own_number else pb.CONFLICT_REASON_EARLIER_JOIN,
+                )
+                for c in self.view.conflicts()
+            ]
+        )
+
+    async def UpsertNumber(
+        self, request: pb.UpsertNumberRequest, context: Ctx[pb.UpsertNumberRequest, pb.UpsertNumberResponse]
+    ) -> pb.UpsertNumberResponse:
+        _check_number(request.number)
+        if request.kind not in PB_TO_KIND and request.kind != pb.NUMBER_KIND_UNSPECIFIED:
+            raise InvalidNumber(f"unknown number kind {request.kind}", reason="INVALID_KIND")
+        if len(request.display_name) > 256:
+            raise InvalidNumber("display_name is longer than 256 characters", reason="INVALID_DISPLAY_NAME")
+        own_departments = self.view.departments[self.view.local_id]
+        if request.department_id and request.department_id not in own_departments:
+            raise UnknownDepartment(f"this server has no department {request.department_id[:64]!r}")
+        record = NumberRecord(
+            number=request.number,
+            name=request.display_name,
+            department=request.department_id,
+            kind=PB_TO_KIND.get(request.kind, "user"),
+        )
+        await self.link.upsert_number(record)
+        route = self.view.resolve(request.number)
+        assert route is not None and route.local
+        return pb.UpsertNumberResponse(route=route_pb(route))
+
+    async def RemoveNumber(
+        self, request: pb.RemoveNumberRequest, context: Ctx[pb.RemoveNumberRequest, pb.RemoveNumberResponse]
+    ) -> pb.RemoveNumberResponse:
+        _check_number(request.number)
+        if request.number not in self.view.plans[self.view.local_id]:
+            raise NumberNotOwned(f"this server has no own number {request.number}")
+        await self.link.remove_number(request.number)
+        return pb.RemoveNumberResponse()
+
+
+async def _watch(
+    subscribe: Callable[[Callable[[Msg], None]], Callable[[], None]],
+    convert: Callable[[Msg], Out],
+    snapshot: Callable[[], list[Out]],
+) -> AsyncIterator[Out]:
+    """Snapshot, then every change: subscribing and taking the snapshot happen with no await between."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    overflow = False
+
+    def listener(change: Msg) -> None:
+        nonlocal overflow
+        if queue.qsize() >= WATCH_QUEUE_LIMIT:
+            overflow = True
+        else:
+            queue.put_nowait(change)
+
+    unsubscribe = subscribe(listener)
+    try:
+        for message in snapshot():
+            yield message
+        while True:
+            change = await queue.get()
+            if overflow:
+                raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
+            yield convert(change)
+    finally:
+        unsubscribe()

@@ -1,0 +1,38 @@
+"""The runtime every pbxmesh service shares: config, gRPC skeleton, errors, telemetry, etcd."""
+
+from services.runtime._loader import ConfigError, Secret
+from services.runtime.config import Config, load_config
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    error_info,
+)
+from services.runtime.etcd import EtcdAuthFailed, EtcdConnector, EtcdUnavailable, LeaseSession, WatchLost
+from services.runtime.grpc_server import GrpcHost, run_until_signal
+from services.runtime.telemetry import Telemetry, setup_logging, setup_telemetry
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EtcdAuthFailed",
+    "EtcdConnector",
+    "EtcdUnavailable",
+    "FailedPrecondition",
+    "GrpcHost",
+    "InvalidArgument",
+    "LeaseSession",
+    "NotFound",
+    "Secret",
+    "ServiceError",
+    "Telemetry",
+    "Unavailable",
+    "WatchLost",
+    "error_info",
+    "load_config",
+    "run_until_signal",
+    "setup_logging",
+    "setup_telemetry",
+]

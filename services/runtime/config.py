@@ -1,0 +1,191 @@
+"""The server config file: one file per server, read by every service of that server.
+
+Later services add sections; a key that no section knows is an error, so a typo fails at start.
+``load_config`` validates everything it can before any service binds a port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.runtime._loader import ConfigError, Secret, load
+
+SERVER_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
+GROUP_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+NUMBER_RE = re.compile(r"[0-9*#+]{1,32}")
+DEPARTMENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+NUMBER_KINDS = ("user", "department", "ivr", "queue", "conference")
+MIN_LEASE_TTL = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSection:
+    id: str
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsSection:
+    """TLS toward etcd; a CA file turns it on, a cert and key file add a client certificate."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorSection:
+    """How the server reaches the group: the etcd cluster and the group's key prefix."""
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    username: str = ""
+    password: Secret = Secret("")
+    group: str = "main"
+    lease_ttl: int = 5
+    tls: TlsSection = TlsSection()
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenSection:
+    registry: str = "127.0.0.1:50051"
+
+
+@dataclasses.dataclass(frozen=True)
+class DepartmentEntry:
+    id: str
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberEntry:
+    number: str
+    name: str = ""
+    department: str = ""
+    kind: str = "user"
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberingSection:
+    departments: tuple[DepartmentEntry, ...] = ()
+    numbers: tuple[NumberEntry, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TelemetrySection:
+    """Traces go out over OTLP when an endpoint is set here or in OTEL_EXPORTER_OTLP_ENDPOINT."""
+
+    otlp_endpoint: str = ""
+    log_level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: ServerSection
+    connector: ConnectorSection = ConnectorSection()
+    listen: ListenSection = ListenSection()
+    numbering: NumberingSection = NumberingSection()
+    telemetry: TelemetrySection = TelemetrySection()
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads, overrides from the environment and validates a config file (``None``: environment only)."""
+    env = os.environ if environ is None else environ
+    document: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            document = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    config = load(Config, document, env)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks what types alone cannot say; raises ConfigError naming the key and value."""
+    _match(SERVER_ID_RE, config.server.id, "server.id")
+    c = config.connector
+    if not c.endpoints:
+        raise ConfigError("connector.endpoints: at least one host:port is required")
+    for i, endpoint in enumerate(c.endpoints):
+        check_host_port(endpoint, f"connector.endpoints[{i}]")
+    _match(GROUP_RE, c.group, "connector.group")
+    if c.lease_ttl < MIN_LEASE_TTL:
+        raise ConfigError(f"connector.lease_ttl: {c.lease_ttl} is below the minimum of {MIN_LEASE_TTL} seconds")
+    if c.password and not c.username:
+        raise ConfigError("connector.password: set connector.username too")
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(c.tls, name)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"connector.tls.{name}: no such file {value!r}")
+    if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
+        raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
+    check_host_port(config.listen.registry, "listen.registry")
+    _validate_numbering(config.numbering)
+
+
+def _validate_numbering(numbering: NumberingSection) -> None:
+    departments: set[str] = set()
+    for i, dep in enumerate(numbering.departments):
+        key = f"numbering.departments[{i}].id"
+        _match(DEPARTMENT_ID_RE, dep.id, key)
+        if dep.id in departments:
+            raise ConfigError(f"{key}: duplicate department {dep.id!r}")
+        departments.add(dep.id)
+    seen: set[str] = set()
+    for i, entry in enumerate(numbering.numbers):
+        key = f"numbering.numbers[{i}]"
+        _match(NUMBER_RE, entry.number, f"{key}.number")
+        if entry.number in seen:
+            raise ConfigError(f"{key}.number: duplicate own number {entry.number!r}")
+        seen.add(entry.number)
+        if entry.department and entry.department not in departments:
+            raise ConfigError(f"{key}.department: unknown department {entry.department!r}")
+        if entry.kind not in NUMBER_KINDS:
+            raise ConfigError(f"{key}.kind: {entry.kind!r} is not one of {', '.join(NUMBER_KINDS)}")
+
+
+def check_host_port(value: str, key: str) -> tuple[str, int]:
+    """Splits ``host:port`` (``[v6]:port`` too); raises ConfigError naming ``key`` if it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not host:port")
+    return host, int(port)
+
+
+def _match(pattern: re.Pattern[str], value: str, key: str) -> None:
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} does not match {pattern.pattern}")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConnectorSection",
+    "DepartmentEntry",
+    "ListenSection",
+    "NumberEntry",
+    "NumberingSection",
+    "Secret",
+    "ServerSection",
+    "TelemetrySection",
+    "TlsSection",
+    "check_host_port",
+    "load_config",
+    "validate",
+]

@@ -1,0 +1,127 @@
+"""The process skeleton every service shares: one grpc.aio server with health, reflection and
+error translation, and a run loop that turns SIGTERM into a graceful stop.
+
+Health: the empty service name ("") answers for the process, and each service registers its own
+names (its gRPC service, and parts such as the registry's group link) that it flips itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.errors import ErrorInterceptor
+
+_log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# Large enough for a numbering plan snapshot chunk and a 100k-number ListNumbers answer.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Service(Protocol):
+    """What a service hands to the skeleton."""
+
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        """Adds its servicers to ``server``; returns the full names of its gRPC services."""
+        ...
+
+
+class GrpcHost:
+    """One gRPC server on one address; binding port 0 picks a free port (``port`` tells which)."""
+
+    def __init__(self, listen: str):
+        self.listen = listen
+        self.port = 0
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+
+    def add(self, service: Service) -> None:
+        self._names.extend(service.register(self.server))
+
+    @property
+    def address(self) -> str:
+        host = self.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def bind(self) -> str:
+        """Takes the port now (before ``start``), so that the address can be advertised; returns it."""
+        if self.port == 0:
+            try:
+                self.port = self.server.add_insecure_port(self.listen)
+            except RuntimeError:
+                self.port = 0
+            if self.port == 0:
+                raise OSError(f"cannot listen on {self.listen}")
+        return self.address
+
+    async def start(self) -> None:
+        self.bind()
+        reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)
+        await self.server.start()
+        await self.health.set("", SERVING)
+
+    async def set_health(self, name: str, serving: bool) -> None:
+        await self.health.set(name, SERVING if serving else NOT_SERVING)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def run_until_signal(
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[bool], Awaitable[None]],
+    crashed: asyncio.Event | None = None,
+) -> int:
+    """Starts, waits for SIGTERM or SIGINT (or ``crashed``), then stops.
+
+    ``stop(graceful)`` is told whether to drain: SIGTERM drains, SIGINT and a crash do not.
+    Returns the process exit code.
+    """
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[int] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received.put_nowait, sig)
+    await start()
+    waiters = [asyncio.ensure_future(received.get())]
+    if crashed is not None:
+        waiters.append(asyncio.ensure_future(crashed.wait()))
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    result = next(iter(done)).result()
+    graceful = result == signal.SIGTERM
+    _log.info("stopping (%s)", "drain" if graceful else "no drain")
+    # A second signal during the drain stops waiting for it.
+    try:
+        stopper = asyncio.ensure_future(stop(graceful))
+        second = asyncio.ensure_future(received.get())
+        await asyncio.wait([stopper, second], return_when=asyncio.FIRST_COMPLETED)
+        if not stopper.done():
+            stopper.cancel()
+        second.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0 if result is not True else 1

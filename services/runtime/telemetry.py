@@ -1,0 +1,87 @@
+"""Tracing and logging, wired in one place.
+
+grpc.aio client and server instrumentation is always on, so trace context flows between services
+even when nothing is exported; exporting over OTLP/gRPC is off unless ``telemetry.otlp_endpoint``
+or the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` names a collector. Health checks and the etcd
+client's own calls (lease keepalives, watches) stay out of traces.
+
+Span attributes set by pbxmesh code (never a password, secret or SDP body):
+
+    pbxmesh.server.id        id of the server that made the span
+    pbxmesh.group            group name (etcd key prefix)
+    pbxmesh.number           a dialed or published number
+    pbxmesh.route.server_id  owner of a resolved number
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import (
+    GrpcAioInstrumentorClient,
+    GrpcAioInstrumentorServer,
+    filters,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+ATTR_SERVER_ID = "pbxmesh.server.id"
+ATTR_GROUP = "pbxmesh.group"
+ATTR_NUMBER = "pbxmesh.number"
+ATTR_ROUTE_SERVER_ID = "pbxmesh.route.server_id"
+
+_instrumented = False
+
+
+class Telemetry:
+    """Owns the tracer provider of one process; ``shutdown`` flushes what is pending."""
+
+    def __init__(self, provider: TracerProvider | None):
+        self.provider = provider
+
+    @property
+    def exporting(self) -> bool:
+        return self.provider is not None
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def setup_telemetry(
+    service_name: str, server_id: str, otlp_endpoint: str = "", environ: Mapping[str, str] | None = None
+) -> Telemetry:
+    """Installs gRPC instrumentation and, if an endpoint is known, an OTLP span exporter."""
+    global _instrumented
+    env = os.environ if environ is None else environ
+    if not _instrumented:
+        quiet = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("etcdserverpb")))
+        GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
+        GrpcAioInstrumentorClient(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
+        _instrumented = True
+    endpoint = otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if not endpoint:
+        return Telemetry(None)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    resource = Resource.create(
+        {"service.name": f"pbxmesh-{service_name}", "service.namespace": "pbxmesh", ATTR_SERVER_ID: server_id}
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    trace.set_tracer_provider(provider)
+    return Telemetry(provider)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Plain line logs on stderr; the level name comes from config."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
