@@ -1,0 +1,58 @@
+# pbxmesh: `make up` runs a local group of three servers; `make test` installs what the tests
+# need and runs them. Both start from a clean clone with Python 3.11, make and the registries.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+BUF_VERSION := 1.75.0
+BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+	test -x $(BUF)
+
+up: $(STAMP)
+	$(BIN)/python scripts/local_group.py examples/alpha.yaml examples/beta.yaml examples/gamma.yaml
+
+protos: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gen_protos.sh
+
+proto-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gen_protos.sh --check
+
+buf-check: $(BUF)
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	@if git rev-parse -q --verify main >/dev/null && git ls-tree -r --name-only main -- protos | grep -q '\.proto$$'; then \
+		$(BUF) breaking --against '.git#branch=main' && echo "buf breaking: no breaking change against main"; \
+	else echo "buf breaking: main has no protos yet"; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+check: proto-check buf-check lint typecheck
+
+test: check pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/registry_bench.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

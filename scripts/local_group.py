@@ -1,0 +1,87 @@
+"""`make up`: a local group on an embedded etcd, one registry per config file given.
+
+Prints where each server listens; Ctrl-C (or SIGTERM) stops everything: each server leaves the
+group, then etcd stops and its data folder is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from services.runtime.config import load_config
+from services.runtime.embedded_etcd import EmbeddedEtcd
+
+ETCD_PORT = 2379
+READY = re.compile(r"listening on (\S+), group")
+
+
+def main(paths: list[str]) -> int:
+    configs = [load_config(p, environ={}) for p in paths]
+    etcd = EmbeddedEtcd(client_port=ETCD_PORT, peer_port=ETCD_PORT + 1)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        etcd.start()
+        print(f"etcd            {etcd.endpoint}  (embedded, data in {etcd.data_dir})")
+        for path, config in zip(paths, configs, strict=True):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", "registry", "-c", path],
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            processes.append(process)
+            address = _wait_ready(process)
+            print(f"{config.server.id:<15} registry {address}  ({config.server.name})")
+            threading.Thread(target=_relay, args=(config.server.id, process), daemon=True).start()
+        print()
+        print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
+        print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
+        print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")
+        print("Ctrl-C stops the group.")
+        while not stop.wait(0.5):
+            for process in processes:
+                if process.poll() is not None:
+                    print(f"a server exited with code {process.returncode}; stopping", file=sys.stderr)
+                    return 1
+        return 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+        etcd.close()
+        print("stopped")
+
+
+def _wait_ready(process: subprocess.Popen[str]) -> str:
+    assert process.stderr is not None
+    for line in process.stderr:
+        sys.stderr.write(line)
+        match = READY.search(line)
+        if match:
+            return match.group(1)
+    raise SystemExit(f"a server exited before it was ready (code {process.wait()})")
+
+
+def _relay(name: str, process: subprocess.Popen[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        sys.stderr.write(f"[{name}] {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or [str(p) for p in sorted(Path("examples").glob("*.yaml"))]))

