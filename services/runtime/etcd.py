@@ -96,14 +96,22 @@ class EtcdConnector:
         self._auth_lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        """Opens the channels and logs in; raises EtcdUnavailable (or EtcdAuthFailed)."""
+        """Opens the channels and logs in if etcd answers; raises EtcdAuthFailed on bad credentials.
+
+        An unreachable etcd is not an error here: every later call logs in first if it must.
+        """
         await self._client.connect()
         manager = ConnectionManager(list(self._settings.endpoints))
         self._watch_channel = manager.get_channel(
             tls_server_name=self._settings.tls.server_name or None, **self._tls
         )
         if self._settings.username:
-            await self._login()
+            try:
+                await self._login()
+            except EtcdAuthFailed:
+                raise
+            except EtcdUnavailable as exc:
+                _log.warning("%s; will log in when etcd answers", exc)
 
     async def close(self) -> None:
         if self._watch_channel is not None:
@@ -123,12 +131,18 @@ class EtcdConnector:
                 )
             except etcd3aio.EtcdUnauthenticatedError:
                 raise EtcdAuthFailed(f"etcd rejected the login of user {self._settings.username!r}") from None
-            except (etcd3aio.EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # etcd's answer to a wrong password
+                    raise EtcdAuthFailed(f"etcd rejected the login of user {self._settings.username!r}") from None
+                raise EtcdUnavailable(f"etcd login failed: {_describe(exc)}") from None
+            except (etcd3aio.EtcdError, TimeoutError) as exc:
                 raise EtcdUnavailable(f"etcd login failed: {_describe(exc)}") from None
             self._token = response.token
             self._client.set_token(response.token)
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self._settings.username and self._token is None:
+            await self._login()
         for attempt in (1, 2):
             try:
                 return await call()
