@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+
 from services.runtime import ConfigError, error_info, load_config
 
 _log = logging.getLogger("pbxmesh")
@@ -120,9 +120,17 @@ def _numbers(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(conflicts)
                 return 0
-            reason = {pb.CONFLICT_REASON_OWN_NUMBER: "own number", pb.CONFLICT_REASON_EARLIER_JOIN: "joined earlier"}
+            reason = {
+                pb.CONFLICT_REASON_OWN_NUMBER: "own number",
+                pb.CONFLICT_REASON_EARLIER_JOIN: "joined earlier",
+            }
             rows = [
-                [c.number, c.winner.server_id, reason.get(c.reason, "?"), ", ".join(x.server_id for x in c.losers)]
+                [
+                    c.number,
+                    c.winner.server_id,
+                    reason.get(c.reason, "?"),
+                    ", ".join(x.server_id for x in c.losers),
+                ]
                 for c in conflicts.conflicts
             ]
             _table(rows, ["NUMBER", "WINNER", "WHY", "SHADOWED"])
@@ -132,7 +140,13 @@ def _numbers(args: argparse.Namespace) -> int:
         _print_json(numbers)
         return 0
     rows = [
-        [r.number, r.display_name, r.department_id or "-", _kind(r.kind), r.server_id + (" *" if r.local else "")]
+        [
+            r.number,
+            r.display_name,
+            r.department_id or "-",
+            _kind(r.kind),
+            r.server_id + (" *" if r.local else ""),
+        ]
         for r in numbers.routes
     ]
     _table(rows, ["NUMBER", "NAME", "DEPARTMENT", "KIND", "SERVER"])
@@ -160,7 +174,7 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _kind(kind: int) -> str:
-    return pb.NumberKind.Name(kind).removeprefix("NUMBER_KIND_").lower()
+    return pb.NumberKind.Name(pb.NumberKind.ValueType(kind)).removeprefix("NUMBER_KIND_").lower()
 
 
 def _report_rpc_error(exc: Any) -> int:

@@ -53,7 +53,9 @@ async def group(shared_etcd: str, tmp_path: Path, request: pytest.FixtureRequest
 
 
 @pytest.fixture
-async def isolated_group(own_etcd: EmbeddedEtcd, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Group]:
+async def isolated_group(
+    own_etcd: EmbeddedEtcd, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Group]:
     """Registry processes on an etcd of their own (for tests that stop etcd)."""
     g = Group(own_etcd.endpoint, tmp_path, name=_group_name(request), etcd=own_etcd)
     try:

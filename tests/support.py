@@ -17,9 +17,9 @@ import grpc
 import grpc.aio
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+
 from services.runtime.embedded_etcd import EmbeddedEtcd
 
 READY = re.compile(r"listening on (\S+), group")
@@ -27,7 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    what: str = "condition",
+    interval: float = 0.02,
 ) -> Any:
     """Polls ``check`` until it returns something truthy; fails the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -38,6 +41,13 @@ async def wait_for(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+async def next_message(stream: Any, timeout: float = 5.0) -> Any:
+    """The next message of a server stream; fails the test if the stream ends or stays silent."""
+    message = await asyncio.wait_for(stream.read(), timeout)
+    assert message is not grpc.aio.EOF, "the stream ended"
+    return message
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -93,9 +103,9 @@ class Server:
                 self._ready.set()
 
     @property
-    def stub(self) -> pb_grpc.RegistryServiceStub:
+    def stub(self) -> pb_grpc.RegistryServiceAsyncStub:
         assert self._channel is not None, f"{self.id} is not running"
-        return pb_grpc.RegistryServiceStub(self._channel)
+        return pb_grpc.RegistryServiceStub(self._channel)  # an AsyncStub, as the channel is grpc.aio
 
     @property
     def health(self) -> health_pb2_grpc.HealthStub:

@@ -42,7 +42,12 @@ class RegistryApp:
             for n in cfg.numbering.numbers:
                 view.set_number(local.server_id, NumberRecord(n.number, n.name, n.department, n.kind))
         link = GroupLink(
-            self.etcd, KeyLayout(cfg.connector.group), view, local, cfg.connector.lease_ttl, self._group_health
+            self.etcd,
+            KeyLayout(cfg.connector.group),
+            view,
+            local,
+            cfg.connector.lease_ttl,
+            self._group_health,
         )
         self.view, self.link = view, link
         self.host.add(RegistryService(view, link))

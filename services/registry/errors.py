@@ -1,14 +1,14 @@
 """Errors the registry API returns.
 
-    ServiceError (services.runtime.errors)
-    +-- InvalidArgument
-    |   +-- InvalidNumber          reason INVALID_NUMBER (also INVALID_KIND, INVALID_DISPLAY_NAME)
-    |   +-- UnknownDepartment      reason UNKNOWN_DEPARTMENT
-    +-- NotFound
-    |   +-- NumberNotFound         reason NUMBER_NOT_FOUND
-    |   +-- NumberNotOwned         reason NUMBER_NOT_OWNED
-    +-- Unavailable
-        +-- WatcherTooSlow         reason WATCHER_TOO_SLOW
+ServiceError (services.runtime.errors)
++-- InvalidArgument
+|   +-- InvalidNumber          reason INVALID_NUMBER (also INVALID_KIND, INVALID_DISPLAY_NAME)
+|   +-- UnknownDepartment      reason UNKNOWN_DEPARTMENT
++-- NotFound
+|   +-- NumberNotFound         reason NUMBER_NOT_FOUND
+|   +-- NumberNotOwned         reason NUMBER_NOT_OWNED
++-- Unavailable
+    +-- WatcherTooSlow         reason WATCHER_TOO_SLOW
 """
 
 from services.runtime.errors import InvalidArgument, NotFound, Unavailable

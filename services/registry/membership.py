@@ -52,9 +52,7 @@ class DuplicateServerId(Exception):
     """A live member of the group already has this server's id."""
 
     def __init__(self, server_id: str, holder_name: str):
-        super().__init__(
-            f"server id {server_id!r} is already used by a live member of the group ({holder_name!r})"
-        )
+        super().__init__(f"server id {server_id!r} is already used by a live member of the group ({holder_name!r})")
         self.server_id = server_id
         self.holder_name = holder_name
 
@@ -133,9 +131,7 @@ class GroupLink:
             puts, deletes = set(self._pending_puts), set(self._pending_deletes)
             own = self.view.plans[self.local.server_id]
             try:
-                items = [
-                    (self.layout.number(self.local.server_id, n), encode_number(own[n])) for n in puts if n in own
-                ]
+                items = [(self.layout.number(self.local.server_id, n), encode_number(own[n])) for n in puts if n in own]
                 await self.etcd.put_many(items, session.lease_id)
                 self._pending_puts -= puts
                 for number in deletes:
@@ -185,7 +181,9 @@ class GroupLink:
     async def _publish_all(self, session: LeaseSession) -> None:
         async with self._publish_lock:
             sid = self.local.server_id
-            items = [(self.layout.department(sid, d), encode_department(n)) for d, n in self.view.departments[sid].items()]
+            items = [
+                (self.layout.department(sid, d), encode_department(n)) for d, n in self.view.departments[sid].items()
+            ]
             items += [(self.layout.number(sid, n), encode_number(r)) for n, r in self.view.plans[sid].items()]
             await self.etcd.put_many(items, session.lease_id)
             self._pending_puts.clear()

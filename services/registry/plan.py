@@ -235,8 +235,10 @@ class PlanView:
         for dep_id in sorted(set(owners) | set(numbers)):
             holders = sorted(owners.get(dep_id, []), key=_join_order)
             local_name = self.departments[self.local_id].get(dep_id)
-            name = local_name if local_name is not None else (
-                self.departments[holders[0].server_id][dep_id] if holders else dep_id
+            name = (
+                local_name
+                if local_name is not None
+                else (self.departments[holders[0].server_id][dep_id] if holders else dep_id)
             )
             routes = tuple(sorted(numbers.get(dep_id, []), key=lambda r: r.number))
             result.append(Department(dep_id, name or dep_id, tuple(m.server_id for m in holders), routes))

@@ -121,7 +121,7 @@ def _dump(data: dict[str, str]) -> bytes:
 def _load(value: bytes) -> dict[str, object] | None:
     try:
         data = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -9,9 +9,9 @@ from typing import TypeVar
 
 import grpc.aio
 from opentelemetry import trace
-
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+
 from services.registry.errors import (
     InvalidNumber,
     NumberNotFound,
@@ -85,7 +85,9 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         return [pb.DESCRIPTOR.services_by_name["RegistryService"].full_name]
 
     async def ResolveNumber(
-        self, request: pb.ResolveNumberRequest, context: Ctx[pb.ResolveNumberRequest, pb.ResolveNumberResponse]
+        self,
+        request: pb.ResolveNumberRequest,
+        context: Ctx[pb.ResolveNumberRequest, pb.ResolveNumberResponse],
     ) -> pb.ResolveNumberResponse:
         _check_number(request.number)
         route = self.view.resolve(request.number)
@@ -152,19 +154,26 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
             yield message
 
     async def ListDepartments(
-        self, request: pb.ListDepartmentsRequest, context: Ctx[pb.ListDepartmentsRequest, pb.ListDepartmentsResponse]
+        self,
+        request: pb.ListDepartmentsRequest,
+        context: Ctx[pb.ListDepartmentsRequest, pb.ListDepartmentsResponse],
     ) -> pb.ListDepartmentsResponse:
         return pb.ListDepartmentsResponse(
             departments=[
                 pb.Department(
-                    id=d.id, name=d.name, server_ids=list(d.server_ids), numbers=[route_pb(r) for r in d.numbers]
+                    id=d.id,
+                    name=d.name,
+                    server_ids=list(d.server_ids),
+                    numbers=[route_pb(r) for r in d.numbers],
                 )
                 for d in self.view.merged_departments()
             ]
         )
 
     async def ListConflicts(
-        self, request: pb.ListConflictsRequest, context: Ctx[pb.ListConflictsRequest, pb.ListConflictsResponse]
+        self,
+        request: pb.ListConflictsRequest,
+        context: Ctx[pb.ListConflictsRequest, pb.ListConflictsResponse],
     ) -> pb.ListConflictsResponse:
         def claim(member: MemberInfo, record: NumberRecord) -> pb.Claim:
             return pb.Claim(

@@ -10,6 +10,7 @@ Every error names the key; a value is quoted only when the key does not hold a s
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -99,7 +100,7 @@ def _parse_env(tp: Any, raw: str, key: str) -> Any:
 
 def _build(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_kind(data)}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_kind(data)} {_short(data)}")
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
     for key in data:
@@ -127,9 +128,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string")
         return Secret(str(value))
     if tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key}: expected a string, got {_kind(value)}")
-        return str(value)
+        if not isinstance(value, str):
+            # YAML reads 0100 as 64 and +49100 as 49100: insist on quotes rather than guess.
+            hint = " (quote it)" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: expected a string, got {_kind(value)} {value!r}{hint}")
+        return value
     if tp is bool:
         return _to_bool(value, key)
     if tp is int:
@@ -138,7 +141,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return _build(typing.cast(type[Any], tp), value, key)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {_kind(value)}")
+            raise ConfigError(f"{key}: expected a list, got {_kind(value)} {_short(value)}")
         item = typing.get_args(tp)[0]
         return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     raise TypeError(f"unsupported config type {tp!r} at {key}")
@@ -149,7 +152,7 @@ def _to_int(value: Any, key: str) -> int:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
         return int(value)
     raise ConfigError(f"{key}: expected an integer, got {value!r}")
 
@@ -166,7 +169,16 @@ def _to_bool(value: Any, key: str) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _join(path: str, name: str) -> str:

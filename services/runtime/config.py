@@ -47,7 +47,7 @@ class ConnectorSection:
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     username: str = ""
-    password: Secret = Secret("")
+    password: Secret = dataclasses.field(default_factory=Secret)
     group: str = "main"
     lease_ttl: int = 5
     tls: TlsSection = TlsSection()
@@ -163,7 +163,7 @@ def check_host_port(value: str, key: str) -> tuple[str, int]:
     """Splits ``host:port`` (``[v6]:port`` too); raises ConfigError naming ``key`` if it is not one."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise ConfigError(f"{key}: {value!r} is not host:port")
     return host, int(port)
 

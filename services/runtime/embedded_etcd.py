@@ -35,7 +35,13 @@ def free_port() -> int:
 class EmbeddedEtcd:
     """Starts, stops and restarts one etcd process bound to 127.0.0.1."""
 
-    def __init__(self, client_port: int = 0, peer_port: int = 0, data_dir: Path | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        client_port: int = 0,
+        peer_port: int = 0,
+        data_dir: Path | None = None,
+        extra: list[str] | None = None,
+    ):
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self._own_dir = data_dir is None
@@ -70,10 +76,9 @@ class EmbeddedEtcd:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{client}/health", timeout=0.5) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{client}/health", timeout=0.5) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"etcd did not become healthy in {timeout} s; see {self.log_path}")

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import etcd3aio
 import grpc
@@ -89,7 +89,7 @@ class EtcdConnector:
         self._tls = tls
         server_name = settings.tls.server_name or None
         self._client = etcd3aio.Etcd3Client(
-            list(settings.endpoints), rpc_max_attempts=1, tls_server_name=server_name, **tls
+            list(settings.endpoints), rpc_max_attempts=1, tls_server_name=server_name, **cast(dict[str, Any], tls)
         )
         self._watch_channel: grpc.aio.Channel | None = None
         self._token: str | None = None
@@ -102,9 +102,7 @@ class EtcdConnector:
         """
         await self._client.connect()
         manager = ConnectionManager(list(self._settings.endpoints))
-        self._watch_channel = manager.get_channel(
-            tls_server_name=self._settings.tls.server_name or None, **self._tls
-        )
+        self._watch_channel = manager.get_channel(tls_server_name=self._settings.tls.server_name or None, **self._tls)
         if self._settings.username:
             try:
                 await self._login()
@@ -169,7 +167,9 @@ class EtcdConnector:
             page_start, page_rev = start, revision
             response = await self._call(
                 "range",
-                lambda: self._kvs.get(page_start, end, revision=page_rev, limit=RANGE_PAGE, timeout=self._timeout),
+                lambda page_start=page_start, page_rev=page_rev: self._kvs.get(  # type: ignore[misc]
+                    page_start, end, revision=page_rev, limit=RANGE_PAGE, timeout=self._timeout
+                ),
             )
             if revision == 0:
                 revision = response.header.revision
@@ -260,9 +260,7 @@ class EtcdConnector:
                     reason = response.cancel_reason or f"compacted at {response.compact_revision}"
                     raise WatchLost(f"watch canceled: {reason}")
                 if response.events:
-                    yield [
-                        WatchEvent("delete" if ev.type == 1 else "put", _kv(ev.kv)) for ev in response.events
-                    ]
+                    yield [WatchEvent("delete" if ev.type == 1 else "put", _kv(ev.kv)) for ev in response.events]
             raise WatchLost("watch stream ended")
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self._settings.username:

@@ -79,7 +79,8 @@ class GrpcHost:
         self.bind()
         reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)
         await self.server.start()
-        await self.health.set("", SERVING)
+        for name in ["", *self._names]:
+            await self.health.set(name, SERVING)
 
     async def set_health(self, name: str, serving: bool) -> None:
         await self.health.set(name, SERVING if serving else NOT_SERVING)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
+
 from services.registry import GROUP_HEALTH
 from services.runtime.embedded_etcd import EmbeddedEtcd, etcd_binary
 from services.runtime.grpc_server import NOT_SERVING, SERVING
@@ -29,7 +30,10 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
         proxy.cut()
         cut_at = time.monotonic()
         await wait_for(
-            lambda: _member_ids_are(beta, ["beta"]), timeout=ttl + 2, interval=0.05, what="beta to drop the others"
+            lambda: _member_ids_are(beta, ["beta"]),
+            timeout=ttl + 2,
+            interval=0.05,
+            what="beta to drop the others",
         )
         dropped_after = time.monotonic() - cut_at
         # The last keepalive that got through was sent before the cut: no later than TTL after it.
@@ -100,7 +104,15 @@ async def test_etcd_auth_with_a_user_limited_to_the_group_prefix(own_etcd: Embed
     _etcdctl(endpoint, "user", "add", f"root:{root_password}")
     _etcdctl(endpoint, "user", "grant-role", "root", "root")
     _etcdctl(endpoint, "role", "add", "pbxmesh-authgroup")
-    _etcdctl(endpoint, "role", "grant-permission", "pbxmesh-authgroup", "--prefix=true", "readwrite", "/pbxmesh/authgroup/")
+    _etcdctl(
+        endpoint,
+        "role",
+        "grant-permission",
+        "pbxmesh-authgroup",
+        "--prefix=true",
+        "readwrite",
+        "/pbxmesh/authgroup/",
+    )
     for user in ("alpha", "beta"):
         _etcdctl(endpoint, "user", "add", f"{user}:{password}")
         _etcdctl(endpoint, "user", "grant-role", user, "pbxmesh-authgroup")
@@ -143,4 +155,3 @@ async def _owner_is(server: Server, number: str, owner: str) -> bool:
 
 async def _member_ids_are(server: Server, ids: list[str]) -> bool:
     return await server.member_ids() == ids
-

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
+from collections.abc import Awaitable
 
 import grpc
-
 from pbxmesh.registry.v1 import registry_pb2 as pb
-from tests.support import Group, Server, wait_for
+
+from tests.support import Group, Server, next_message, wait_for
 
 
-async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_join_order(group: Group) -> None:
+async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_join_order(
+    group: Group,
+) -> None:
     alpha = await group.start("alpha", ["100", "101", "555", "777"])
     beta = await group.start("beta", ["200", "555", "777", "888"])
     gamma = await group.start("gamma", ["300", "555", "888"])
@@ -77,7 +79,10 @@ async def test_departments_merge_across_servers(group: Group) -> None:
     )
     await group.start(
         "beta",
-        [{"number": "120", "name": "Erin", "department": "sales"}, {"number": "200", "department": "support"}],
+        [
+            {"number": "120", "name": "Erin", "department": "sales"},
+            {"number": "200", "department": "support"},
+        ],
         departments=[{"id": "sales", "name": "Sales (Beta)"}, {"id": "support", "name": "Support"}],
     )
 
@@ -137,7 +142,7 @@ async def test_kill_9_expires_with_the_lease(group: Group) -> None:
 
 async def test_a_restarted_server_joins_last(group: Group) -> None:
     alpha = await group.start("alpha", ["500"])
-    beta = await group.start("beta", ["500"])
+    await group.start("beta", ["500"])
     gamma = await group.start("gamma")
     await wait_for(lambda: _owner_is(gamma, "500", "alpha"), what="500 to alpha on gamma")
     await alpha.stop()
@@ -157,7 +162,7 @@ async def test_runtime_upsert_and_remove_reach_peers_and_watch_streams(group: Gr
     stream = beta.stub.WatchNumbers(pb.WatchNumbersRequest())
     snapshot: dict[str, pb.Route] = {}
     while True:
-        message = await asyncio.wait_for(stream.read(), 5)
+        message = await next_message(stream)
         snapshot.update({r.number: r for r in message.upserted})
         if message.synced:
             break
@@ -167,14 +172,14 @@ async def test_runtime_upsert_and_remove_reach_peers_and_watch_streams(group: Gr
         pb.UpsertNumberRequest(number="150", display_name="New hire", department_id="sales")
     )
     assert response.route.local and response.route.server_id == "alpha"
-    change = await asyncio.wait_for(stream.read(), 5)
+    change = await next_message(stream)
     assert [(r.number, r.display_name, r.department_id, r.server_id) for r in change.upserted] == [
         ("150", "New hire", "sales", "alpha")
     ]
     assert change.synced
 
     await alpha.stub.RemoveNumber(pb.RemoveNumberRequest(number="100"))
-    change = await asyncio.wait_for(stream.read(), 5)
+    change = await next_message(stream)
     assert list(change.removed) == ["100"]
     assert await beta.resolve("100") is None
     stream.cancel()
@@ -183,15 +188,15 @@ async def test_runtime_upsert_and_remove_reach_peers_and_watch_streams(group: Gr
 async def test_watch_members_reports_join_and_leave(group: Group) -> None:
     alpha = await group.start("alpha")
     stream = alpha.stub.WatchMembers(pb.WatchMembersRequest())
-    first = await asyncio.wait_for(stream.read(), 5)
+    first = await next_message(stream)
     assert first.synced and first.connected
     assert [m.server_id for m in first.upserted] == ["alpha"]
     beta = await group.start("beta", ["200"])
-    joined = await asyncio.wait_for(stream.read(), 5)
+    joined = await next_message(stream)
     assert [m.server_id for m in joined.upserted] == ["beta"]
     assert joined.upserted[0].registry_address == beta.address
     await beta.stop()
-    left = await asyncio.wait_for(stream.read(), 5)
+    left = await next_message(stream)
     assert list(left.left) == ["beta"]
     stream.cancel()
 
@@ -200,19 +205,17 @@ async def test_bad_arguments_get_invalid_argument_with_a_reason(group: Group) ->
     from services.runtime import error_info
 
     alpha = await group.start("alpha", ["100"])
-    cases = [
-        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="12a")), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
-        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="")), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
-        (alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="4242")), grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_FOUND"),
-        (
-            alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101", department_id="nope")),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "UNKNOWN_DEPARTMENT",
-        ),
-        (alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="1" * 33)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
-        (alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101", kind=99)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_KIND"),
-        (alpha.stub.RemoveNumber(pb.RemoveNumberRequest(number="999")), grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_OWNED"),
-    ]  # fmt: skip
+    invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    stub = alpha.stub
+    cases: list[tuple[Awaitable[object], grpc.StatusCode, str]] = [
+        (stub.ResolveNumber(pb.ResolveNumberRequest(number="12a")), invalid, "INVALID_NUMBER"),
+        (stub.ResolveNumber(pb.ResolveNumberRequest(number="")), invalid, "INVALID_NUMBER"),
+        (stub.ResolveNumber(pb.ResolveNumberRequest(number="4242")), not_found, "NUMBER_NOT_FOUND"),
+        (stub.UpsertNumber(pb.UpsertNumberRequest(number="101", department_id="nope")), invalid, "UNKNOWN_DEPARTMENT"),
+        (stub.UpsertNumber(pb.UpsertNumberRequest(number="1" * 33)), invalid, "INVALID_NUMBER"),
+        (stub.UpsertNumber(pb.UpsertNumberRequest(number="101", kind=99)), invalid, "INVALID_KIND"),  # type: ignore[arg-type]
+        (stub.RemoveNumber(pb.RemoveNumberRequest(number="999")), not_found, "NUMBER_NOT_OWNED"),
+    ]
     for call, code, reason in cases:
         try:
             await call

@@ -33,7 +33,9 @@ class CompactingConnector(EtcdConnector):
         return revision, kvs
 
 
-async def _link(endpoint: str, group: str, server_id: str, numbers: list[str], etcd: EtcdConnector | None = None) -> GroupLink:
+async def _link(
+    endpoint: str, group: str, server_id: str, numbers: list[str], etcd: EtcdConnector | None = None
+) -> GroupLink:
     settings = ConnectorSection(endpoints=(endpoint,), group=group, lease_ttl=5)
     etcd = etcd or EtcdConnector(settings)
     await etcd.connect()
