@@ -23,6 +23,7 @@ NUMBER_RE = re.compile(r"[0-9*#+]{1,32}")
 DEPARTMENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 NUMBER_KINDS = ("user", "department", "ivr", "queue", "conference")
 MIN_LEASE_TTL = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,10 @@ def validate(config: Config) -> None:
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
     check_host_port(config.listen.registry, "listen.registry")
+    if config.telemetry.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
     _validate_numbering(config.numbering)
 
 
