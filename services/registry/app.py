@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from services.registry.membership import DuplicateServerId, GroupLink
@@ -28,6 +29,7 @@ class RegistryApp:
         self.etcd = EtcdConnector(config.connector)
         self.view: PlanView | None = None
         self.link: GroupLink | None = None
+        self.failed = asyncio.Event()
 
     async def start(self) -> None:
         cfg = self.config
@@ -50,6 +52,7 @@ class RegistryApp:
             self._group_health,
         )
         self.view, self.link = view, link
+        link.failed = self.failed
         self.host.add(RegistryService(view, link))
         await self.host.start()
         await self.host.set_health(GROUP_HEALTH, False)

@@ -83,6 +83,8 @@ class GroupLink:
         self._pending_deletes: set[str] = set()
         self._retry_task: asyncio.Task[None] | None = None
         self.joins = 0
+        # Set if the link stops for a reason it cannot handle: the process should exit and be restarted.
+        self.failed = asyncio.Event()
 
     @property
     def session(self) -> LeaseSession | None:
@@ -97,6 +99,12 @@ class GroupLink:
         except EtcdUnavailable as exc:
             _log.warning("group not reachable at start (%s): serving own numbers only", exc)
         self._task = asyncio.create_task(self._run(), name="group-link")
+        self._task.add_done_callback(self._on_run_done)
+
+    def _on_run_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("group link stopped on an unexpected error", exc_info=task.exception())
+            self.failed.set()
 
     async def leave(self) -> None:
         """Stops following and revokes the lease, so peers drop this server at once."""
@@ -216,6 +224,8 @@ class GroupLink:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            if follow.done() and not follow.cancelled() and follow.exception() is not None:
+                _log.error("following the group failed: joining again", exc_info=follow.exception())
             session.orphan()
             self._session = None
             _log.warning("cut off from the group (lease %x lost): serving own numbers only", session.lease_id)

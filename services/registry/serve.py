@@ -29,7 +29,7 @@ async def serve_registry(config: Config) -> int:
             raise
 
     try:
-        return await run_until_signal(start, app.stop)
+        return await run_until_signal(start, app.stop, app.failed)
     except DuplicateServerId as exc:
         _log.error("refusing to start: %s", exc)
         return EXIT_REFUSED

@@ -137,9 +137,7 @@ def validate(config: Config) -> None:
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
     check_host_port(config.listen.registry, "listen.registry")
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
-        raise ConfigError(
-            f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
-        )
+        raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     _validate_numbering(config.numbering)
 
 

@@ -135,8 +135,8 @@ async def test_kill_9_expires_with_the_lease(group: Group) -> None:
     beta.send(signal.SIGKILL)
     await wait_for(lambda: _lacks(alpha, "200"), timeout=2 + 1 + 2, interval=0.05, what="200 expiry on alpha")
     expired_after = time.monotonic() - killed
-    # Not a revoke: a killed process cannot revoke. The lease ran out.
-    assert expired_after > 1.0
+    # Not a revoke: a killed process cannot revoke. The lease ran out, within TTL + 1 s.
+    assert 1.0 < expired_after <= 2 + 1, expired_after
     assert await alpha.member_ids() == ["alpha"]
 
 
