@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -41,12 +42,15 @@ class EmbeddedEtcd:
         peer_port: int = 0,
         data_dir: Path | None = None,
         extra: list[str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ):
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="pbxmesh-etcd-"))
         self.extra = extra or []
+        # (certificate, key, CA that signed it): clients then talk TLS and must trust that CA.
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.with_suffix(".log")
 
@@ -55,8 +59,16 @@ class EmbeddedEtcd:
         return f"127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        client = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
+        tls_args = []
+        context = None
+        if self.tls:
+            cert, key, ca = self.tls
+            # Server TLS only: --trusted-ca-file would also demand client certificates.
+            tls_args = ["--cert-file", str(cert), "--key-file", str(key)]
+            context = ssl.create_default_context(cafile=str(ca))
         args = [
             str(etcd_binary()),
             "--name", "pbxmesh",
@@ -67,6 +79,7 @@ class EmbeddedEtcd:
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"pbxmesh={peer}",
             "--log-level", "warn",
+            *tls_args,
             *self.extra,
         ]  # fmt: skip
         log = self.log_path.open("ab")
@@ -76,7 +89,10 @@ class EmbeddedEtcd:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{client}/health", timeout=0.5) as response:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{client}/health", timeout=0.5, context=context) as response,
+            ):
                 if response.status == 200:
                     return
             time.sleep(0.05)
