@@ -167,6 +167,22 @@ class Server:
             self._channel = None
 
 
+async def has_numbers(server: Server, numbers: set[str]) -> bool:
+    return numbers <= set(await server.numbers())
+
+
+async def lacks_number(server: Server, number: str) -> bool:
+    return number not in await server.numbers()
+
+
+async def owner_is(server: Server, number: str, owner: str) -> bool:
+    return (await server.owners()).get(number) == owner
+
+
+async def member_ids_are(server: Server, ids: list[str]) -> bool:
+    return await server.member_ids() == ids
+
+
 class Group:
     """Registry processes of one group, each with a config file written by the test."""
 

@@ -11,7 +11,7 @@ from pbxmesh.registry.v1 import registry_pb2 as pb
 from services.registry import GROUP_HEALTH
 from services.runtime.embedded_etcd import EmbeddedEtcd, etcd_binary
 from services.runtime.grpc_server import NOT_SERVING, SERVING
-from tests.support import Group, Server, TcpProxy, wait_for
+from tests.support import Group, TcpProxy, has_numbers, lacks_number, member_ids_are, owner_is, wait_for
 
 
 async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(group: Group) -> None:
@@ -22,15 +22,15 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
     try:
         beta = await group.start("beta", ["200", "777"], lease_ttl=ttl, endpoint=proxy.endpoint)
         gamma = await group.start("gamma", ["300", "777", "888"])
-        await wait_for(lambda: _complete(beta, {"100", "200", "300", "777", "888"}), what="full plan on beta")
-        await wait_for(lambda: _complete(alpha, {"100", "200", "300", "777", "888"}), what="full plan on alpha")
+        await wait_for(lambda: has_numbers(beta, {"100", "200", "300", "777", "888"}), what="full plan on beta")
+        await wait_for(lambda: has_numbers(alpha, {"100", "200", "300", "777", "888"}), what="full plan on alpha")
         assert (await alpha.owners())["777"] == "beta"  # beta joined before gamma
         assert await beta.health_of(GROUP_HEALTH) == SERVING
 
         proxy.cut()
         cut_at = time.monotonic()
         await wait_for(
-            lambda: _member_ids_are(beta, ["beta"]),
+            lambda: member_ids_are(beta, ["beta"]),
             timeout=ttl + 2,
             interval=0.05,
             what="beta to drop the others",
@@ -48,16 +48,16 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
         await beta.stub.UpsertNumber(pb.UpsertNumberRequest(number="250", display_name="Added alone"))
 
         # The others see beta's lease run out.
-        await wait_for(lambda: _lacks(alpha, "200"), timeout=ttl + 2, what="beta gone from alpha")
+        await wait_for(lambda: lacks_number(alpha, "200"), timeout=ttl + 2, what="beta gone from alpha")
         assert (await alpha.owners())["777"] == "gamma"
 
         proxy.restore()
-        await wait_for(lambda: _member_ids_are(gamma, ["alpha", "gamma", "beta"]), timeout=10, what="beta back, last")
-        await wait_for(lambda: _complete(beta, {"100", "300", "888"}), timeout=10, what="beta to resync")
+        await wait_for(lambda: member_ids_are(gamma, ["alpha", "gamma", "beta"]), timeout=10, what="beta back, last")
+        await wait_for(lambda: has_numbers(beta, {"100", "300", "888"}), timeout=10, what="beta to resync")
         assert (await beta.members()).connected
         assert await beta.health_of(GROUP_HEALTH) == SERVING
         # beta now joined after gamma, so gamma keeps 777 elsewhere; beta's lone addition is published.
-        await wait_for(lambda: _owner_is(alpha, "250", "beta"), what="250 published after the rejoin")
+        await wait_for(lambda: owner_is(alpha, "250", "beta"), what="250 published after the rejoin")
         assert (await alpha.owners())["777"] == "gamma"
         assert (await beta.owners())["777"] == "beta"
         assert any("cut off from the group" in line for line in beta.log)
@@ -70,21 +70,21 @@ async def test_etcd_restart_is_survived_without_restarting_services(isolated_gro
     assert group.etcd is not None
     alpha = await group.start("alpha", ["100"], lease_ttl=5)
     beta = await group.start("beta", ["200"], lease_ttl=5)
-    await wait_for(lambda: _complete(alpha, {"100", "200"}), what="beta on alpha")
+    await wait_for(lambda: has_numbers(alpha, {"100", "200"}), what="beta on alpha")
 
     # A short restart: leases survive in etcd, watches break and are read again.
     group.etcd.stop()
     group.etcd.start()
     await alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101", display_name="After restart"))
-    await wait_for(lambda: _owner_is(beta, "101", "alpha"), timeout=10, what="101 on beta after the restart")
+    await wait_for(lambda: owner_is(beta, "101", "alpha"), timeout=10, what="101 on beta after the restart")
 
     # A long outage: both are cut off, then both rejoin and see each other again.
     group.etcd.stop()
-    await wait_for(lambda: _member_ids_are(alpha, ["alpha"]), timeout=8, what="alpha cut off")
+    await wait_for(lambda: member_ids_are(alpha, ["alpha"]), timeout=8, what="alpha cut off")
     assert await alpha.owners() == {"100": "alpha", "101": "alpha"}
     group.etcd.start()
-    await wait_for(lambda: _complete(alpha, {"100", "101", "200"}), timeout=15, what="alpha to rejoin")
-    await wait_for(lambda: _complete(beta, {"100", "101", "200"}), timeout=15, what="beta to rejoin")
+    await wait_for(lambda: has_numbers(alpha, {"100", "101", "200"}), timeout=15, what="alpha to rejoin")
+    await wait_for(lambda: has_numbers(beta, {"100", "101", "200"}), timeout=15, what="beta to rejoin")
     assert alpha.process is not None and alpha.process.returncode is None
     assert beta.process is not None and beta.process.returncode is None
 
@@ -120,13 +120,13 @@ async def test_etcd_auth_with_a_user_limited_to_the_group_prefix(own_etcd: Embed
     try:
         alpha = await group.start("alpha", ["100"], connector={"username": "alpha", "password": password})
         beta = await group.start("beta", ["200"], connector={"username": "beta", "password": password})
-        await wait_for(lambda: _complete(alpha, {"100", "200"}), what="beta on alpha with auth")
+        await wait_for(lambda: has_numbers(alpha, {"100", "200"}), what="beta on alpha with auth")
 
         # etcd forgets its tokens when it restarts: the servers log in again by themselves.
         own_etcd.stop()
         own_etcd.start()
         await alpha.stub.UpsertNumber(pb.UpsertNumberRequest(number="101"))
-        await wait_for(lambda: _owner_is(beta, "101", "alpha"), timeout=15, what="101 on beta after re-login")
+        await wait_for(lambda: owner_is(beta, "101", "alpha"), timeout=15, what="101 on beta after re-login")
 
         intruder = group.server("gamma", ["300"], connector={"username": "alpha", "password": "wrong-Pass-7"})
         await intruder.start(wait_ready=False)
@@ -139,19 +139,3 @@ async def test_etcd_auth_with_a_user_limited_to_the_group_prefix(own_etcd: Embed
             assert password not in logged and "wrong-Pass-7" not in logged
     finally:
         await group.close()
-
-
-async def _complete(server: Server, numbers: set[str]) -> bool:
-    return numbers <= set(await server.numbers())
-
-
-async def _lacks(server: Server, number: str) -> bool:
-    return number not in await server.numbers()
-
-
-async def _owner_is(server: Server, number: str, owner: str) -> bool:
-    return (await server.owners()).get(number) == owner
-
-
-async def _member_ids_are(server: Server, ids: list[str]) -> bool:
-    return await server.member_ids() == ids

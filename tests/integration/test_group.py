@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 import grpc
 from pbxmesh.registry.v1 import registry_pb2 as pb
 
-from tests.support import Group, Server, next_message, wait_for
+from tests.support import Group, has_numbers, lacks_number, member_ids_are, next_message, owner_is, wait_for
 
 
 async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_join_order(
@@ -21,7 +21,7 @@ async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_jo
 
     everyone = {"100", "101", "200", "300", "555", "777", "888"}
     for server in (alpha, beta, gamma):
-        await wait_for(lambda s=server: _has(s, everyone), what=f"full plan on {server.id}")  # type: ignore[misc]
+        await wait_for(lambda s=server: has_numbers(s, everyone), what=f"full plan on {server.id}")  # type: ignore[misc]
 
     # Members, earliest joined first, identical order on every server.
     for server in (alpha, beta, gamma):
@@ -68,7 +68,7 @@ async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_jo
 
     # When alpha leaves, gamma's 777 falls to beta, the next in join order.
     await alpha.stop()
-    await wait_for(lambda: _owner_is(gamma, "777", "beta"), what="777 to fall to beta on gamma")
+    await wait_for(lambda: owner_is(gamma, "777", "beta"), what="777 to fall to beta on gamma")
 
 
 async def test_departments_merge_across_servers(group: Group) -> None:
@@ -90,7 +90,7 @@ async def test_departments_merge_across_servers(group: Group) -> None:
         response = await alpha.stub.ListDepartments(pb.ListDepartmentsRequest())
         return {d.id: d for d in response.departments}
 
-    await wait_for(lambda: _has(alpha, {"100", "120", "200"}), what="beta's numbers on alpha")
+    await wait_for(lambda: has_numbers(alpha, {"100", "120", "200"}), what="beta's numbers on alpha")
     deps = await departments()
     assert deps["sales"].name == "Sales"  # alpha's own name for it
     assert list(deps["sales"].server_ids) == ["alpha", "beta"]
@@ -109,17 +109,17 @@ async def test_duplicate_server_id_is_refused_naming_the_holder(group: Group) ->
     assert "'alpha'" in text and "Alpha HQ" in text and "already used" in text
     # The first alpha is untouched and its numbers stay the group's.
     observer = await group.start("beta")
-    await wait_for(lambda: _owner_is(observer, "100", "alpha"), what="alpha's 100 on beta")
+    await wait_for(lambda: owner_is(observer, "100", "alpha"), what="alpha's 100 on beta")
     assert await observer.resolve("999") is None
 
 
 async def test_sigterm_revokes_the_lease_so_peers_drop_numbers_at_once(group: Group) -> None:
     alpha = await group.start("alpha", ["100"])
     beta = await group.start("beta", ["200"], lease_ttl=30)
-    await wait_for(lambda: _has(alpha, {"200"}), what="beta's 200 on alpha")
+    await wait_for(lambda: has_numbers(alpha, {"200"}), what="beta's 200 on alpha")
     started = time.monotonic()
     beta.send(signal.SIGTERM)
-    await wait_for(lambda: _lacks(alpha, "200"), timeout=10, what="200 gone from alpha")
+    await wait_for(lambda: lacks_number(alpha, "200"), timeout=10, what="200 gone from alpha")
     gone_after = time.monotonic() - started
     assert await beta.wait_exit() == 0
     # With a 30 s lease, only a revoke explains seeing it go within seconds.
@@ -130,10 +130,10 @@ async def test_sigterm_revokes_the_lease_so_peers_drop_numbers_at_once(group: Gr
 async def test_kill_9_expires_with_the_lease(group: Group) -> None:
     alpha = await group.start("alpha", ["100"])
     beta = await group.start("beta", ["200"], lease_ttl=2)
-    await wait_for(lambda: _has(alpha, {"200"}), what="beta's 200 on alpha")
+    await wait_for(lambda: has_numbers(alpha, {"200"}), what="beta's 200 on alpha")
     killed = time.monotonic()
     beta.send(signal.SIGKILL)
-    await wait_for(lambda: _lacks(alpha, "200"), timeout=2 + 1 + 2, interval=0.05, what="200 expiry on alpha")
+    await wait_for(lambda: lacks_number(alpha, "200"), timeout=2 + 1 + 2, interval=0.05, what="200 expiry on alpha")
     expired_after = time.monotonic() - killed
     # Not a revoke: a killed process cannot revoke. The lease ran out, within TTL + 1 s.
     assert 1.0 < expired_after <= 2 + 1, expired_after
@@ -144,12 +144,12 @@ async def test_a_restarted_server_joins_last(group: Group) -> None:
     alpha = await group.start("alpha", ["500"])
     await group.start("beta", ["500"])
     gamma = await group.start("gamma")
-    await wait_for(lambda: _owner_is(gamma, "500", "alpha"), what="500 to alpha on gamma")
+    await wait_for(lambda: owner_is(gamma, "500", "alpha"), what="500 to alpha on gamma")
     await alpha.stop()
-    await wait_for(lambda: _owner_is(gamma, "500", "beta"), what="500 to beta on gamma")
+    await wait_for(lambda: owner_is(gamma, "500", "beta"), what="500 to beta on gamma")
     alpha_again = group.server("alpha", ["500"], file_name="alpha-again.yaml")
     await alpha_again.start()
-    await wait_for(lambda: _member_ids_are(gamma, ["beta", "gamma", "alpha"]), what="alpha listed last")
+    await wait_for(lambda: member_ids_are(gamma, ["beta", "gamma", "alpha"]), what="alpha listed last")
     # alpha now joined after beta: beta keeps 500 on gamma.
     assert (await gamma.owners())["500"] == "beta"
 
@@ -157,7 +157,7 @@ async def test_a_restarted_server_joins_last(group: Group) -> None:
 async def test_runtime_upsert_and_remove_reach_peers_and_watch_streams(group: Group) -> None:
     alpha = await group.start("alpha", ["100"], departments=[{"id": "sales", "name": "Sales"}])
     beta = await group.start("beta", ["200"])
-    await wait_for(lambda: _has(beta, {"100"}), what="100 on beta")
+    await wait_for(lambda: has_numbers(beta, {"100"}), what="100 on beta")
 
     stream = beta.stub.WatchNumbers(pb.WatchNumbersRequest())
     snapshot: dict[str, pb.Route] = {}
@@ -228,19 +228,3 @@ async def test_bad_arguments_get_invalid_argument_with_a_reason(group: Group) ->
             raise AssertionError(f"expected {code} {reason}")
     # The server is still fine after all of that.
     assert (await alpha.owners()) == {"100": "alpha"}
-
-
-async def _has(server: Server, numbers: set[str]) -> bool:
-    return numbers <= set(await server.numbers())
-
-
-async def _lacks(server: Server, number: str) -> bool:
-    return number not in await server.numbers()
-
-
-async def _owner_is(server: Server, number: str, owner: str) -> bool:
-    return (await server.owners()).get(number) == owner
-
-
-async def _member_ids_are(server: Server, ids: list[str]) -> bool:
-    return await server.member_ids() == ids

@@ -19,7 +19,7 @@ from pbxmesh.registry.v1 import registry_pb2 as pb
 
 from services.registry import GROUP_HEALTH
 from services.runtime.grpc_server import SERVING
-from tests.support import REPO, Group, child_env, wait_for
+from tests.support import REPO, Group, child_env, has_numbers, wait_for
 
 
 async def test_health_and_reflection(group: Group) -> None:
@@ -54,7 +54,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_cli_members_numbers_resolve(group: Group) -> None:
     alpha = await group.start("alpha", ["100", "555"], name="Alpha HQ")
     beta = await group.start("beta", ["200", "555"])
-    await wait_for(lambda: _numbers_on(alpha, {"100", "200", "555"}), what="plan on alpha")
+    await wait_for(lambda: has_numbers(alpha, {"100", "200", "555"}), what="plan on alpha")
 
     members = await asyncio.to_thread(_cli, "members", "--registry", beta.address, "--json")
     assert members.returncode == 0, members.stderr
@@ -84,10 +84,6 @@ async def test_cli_members_numbers_resolve(group: Group) -> None:
 
     down = await asyncio.to_thread(_cli, "members", "--registry", "127.0.0.1:1")
     assert down.returncode == 2 and "did not answer" in down.stderr
-
-
-async def _numbers_on(server: Any, numbers: set[str]) -> bool:
-    return numbers <= set(await server.numbers())
 
 
 @pytest.mark.parametrize(

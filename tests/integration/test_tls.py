@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.embedded_etcd import EmbeddedEtcd
-from tests.support import Group, Server, wait_for
+from tests.support import Group, has_numbers, wait_for
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -44,7 +44,7 @@ async def test_servers_join_over_tls(tls_etcd: tuple[EmbeddedEtcd, Path], tmp_pa
     try:
         alpha = await group.start("alpha", ["100"], connector={"tls": tls})
         beta = await group.start("beta", ["200"], connector={"tls": tls})
-        await wait_for(lambda: _has(alpha, "200"), what="beta's number on alpha over TLS")
+        await wait_for(lambda: has_numbers(alpha, {"200"}), what="beta's number on alpha over TLS")
         assert (await beta.members()).connected
 
         # A server that does not trust the CA cannot join, and says so without crashing.
@@ -55,7 +55,3 @@ async def test_servers_join_over_tls(tls_etcd: tuple[EmbeddedEtcd, Path], tmp_pa
         assert await alpha.resolve("300") is None
     finally:
         await group.close()
-
-
-async def _has(server: Server, number: str) -> bool:
-    return number in await server.numbers()
