@@ -75,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
-    channel = grpc.insecure_channel(args.registry)
+    # A group of 100 servers has a numbering plan of several megabytes.
+    channel = grpc.insecure_channel(args.registry, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 

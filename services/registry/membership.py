@@ -46,6 +46,7 @@ _log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.1
 RETRY_MAX = 2.0
+DECODE_SLICE = 2000
 
 
 class DuplicateServerId(Exception):
@@ -92,13 +93,18 @@ class GroupLink:
 
     async def start(self) -> None:
         """Joins now if etcd answers (a duplicate id is fatal here), then keeps the link up."""
+        revision = 0
         try:
             await self._join()
+            assert self._session is not None
+            # Read the group before serving, so that the first answers already hold the whole plan.
+            revision = await self._resync(self._session)
+            await self._set_connected(True)
         except EtcdAuthFailed:
             raise
         except EtcdUnavailable as exc:
             _log.warning("group not reachable at start (%s): serving own numbers only", exc)
-        self._task = asyncio.create_task(self._run(), name="group-link")
+        self._task = asyncio.create_task(self._run(revision), name="group-link")
         self._task.add_done_callback(self._on_run_done)
 
     def _on_run_done(self, task: asyncio.Task[None]) -> None:
@@ -197,7 +203,7 @@ class GroupLink:
             self._pending_puts.clear()
             self._pending_deletes.clear()
 
-    async def _run(self) -> None:
+    async def _run(self, revision: int) -> None:
         delay = RETRY_MIN
         while True:
             if self._session is None:
@@ -215,7 +221,8 @@ class GroupLink:
             delay = RETRY_MIN
             session = self._session
             assert session is not None
-            follow = asyncio.create_task(self._follow(session), name="group-follow")
+            follow = asyncio.create_task(self._follow(session, revision), name="group-follow")
+            revision = 0
             lost = asyncio.create_task(session.lost.wait())
             try:
                 await asyncio.wait([follow, lost], return_when=asyncio.FIRST_COMPLETED)
@@ -232,16 +239,20 @@ class GroupLink:
             self.view.forget_remote()
             await self._set_connected(False)
 
-    async def _follow(self, session: LeaseSession) -> None:
+    async def _follow(self, session: LeaseSession, revision: int) -> None:
+        """Watches from ``revision`` (0: read everything first), reading again whenever the watch ends."""
         delay = RETRY_MIN
         while True:
             try:
-                revision = await self._resync(session)
+                if not revision:
+                    revision = await self._resync(session)
                 await self._set_connected(True)
                 delay = RETRY_MIN
-                async for events in self.etcd.watch(self.layout.prefix, revision + 1):
+                start, revision = revision + 1, 0
+                async for events in self.etcd.watch(self.layout.prefix, start):
                     self._apply(events, session)
             except (WatchLost, EtcdUnavailable) as exc:
+                revision = 0
                 _log.info("group feed interrupted (%s): reading the group again", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -258,7 +269,9 @@ class GroupLink:
         members: list[MemberInfo] = []
         plans: dict[str, list[NumberRecord]] = {}
         departments: dict[str, dict[str, str]] = {}
-        for kv in kvs:
+        for index, kv in enumerate(kvs):
+            if index % DECODE_SLICE == DECODE_SLICE - 1:
+                await asyncio.sleep(0)  # let keepalives and RPCs through during a large read
             parsed = self.layout.parse(kv.key)
             if parsed is None:
                 continue

@@ -131,25 +131,32 @@ class PlanView:
 
     def set_number(self, server_id: str, record: NumberRecord) -> None:
         with self.batch():
-            plan = self.plans.setdefault(server_id, {})
-            if plan.get(record.number) == record:
-                return
-            plan[record.number] = record
-            self._claims.setdefault(record.number, set()).add(server_id)
-            self._dirty_numbers.add(record.number)
+            self._put_number(self.plans.setdefault(server_id, {}), server_id, record)
 
     def remove_number(self, server_id: str, number: str) -> None:
         plan = self.plans.get(server_id)
-        if plan is None or number not in plan:
+        if plan is not None and number in plan:
+            with self.batch():
+                self._drop_number(plan, server_id, number)
+
+    # The two below do the work without a batch of their own: a full resync calls them 100,000
+    # times, and the event loop (which also keeps the lease alive) must not stall on it.
+
+    def _put_number(self, plan: dict[str, NumberRecord], server_id: str, record: NumberRecord) -> None:
+        if plan.get(record.number) == record:
             return
-        with self.batch():
-            del plan[number]
-            holders = self._claims.get(number)
-            if holders is not None:
-                holders.discard(server_id)
-                if not holders:
-                    del self._claims[number]
-            self._dirty_numbers.add(number)
+        plan[record.number] = record
+        self._claims.setdefault(record.number, set()).add(server_id)
+        self._dirty_numbers.add(record.number)
+
+    def _drop_number(self, plan: dict[str, NumberRecord], server_id: str, number: str) -> None:
+        del plan[number]
+        holders = self._claims.get(number)
+        if holders is not None:
+            holders.discard(server_id)
+            if not holders:
+                del self._claims[number]
+        self._dirty_numbers.add(number)
 
     def set_department(self, server_id: str, department_id: str, name: str) -> None:
         self.departments.setdefault(server_id, {})[department_id] = name
@@ -163,8 +170,9 @@ class PlanView:
             for server_id in [s for s in self.members if s != self.local_id]:
                 self.remove_member(server_id)
             for server_id in [s for s in self.plans if s != self.local_id]:
-                for number in list(self.plans[server_id]):
-                    self.remove_number(server_id, number)
+                plan = self.plans[server_id]
+                for number in list(plan):
+                    self._drop_number(plan, server_id, number)
                 del self.plans[server_id]
             for server_id in [s for s in self.departments if s != self.local_id]:
                 del self.departments[server_id]
@@ -186,14 +194,16 @@ class PlanView:
             for info in fresh.values():
                 self.set_member(info)
             for server_id in [s for s in self.plans if s != self.local_id]:
-                wanted = {r.number: r for r in plans.get(server_id, [])}
-                for number in [n for n in self.plans[server_id] if n not in wanted]:
-                    self.remove_number(server_id, number)
+                plan = self.plans[server_id]
+                wanted = {r.number for r in plans.get(server_id, [])}
+                for number in [n for n in plan if n not in wanted]:
+                    self._drop_number(plan, server_id, number)
             for server_id, records in plans.items():
                 if server_id == self.local_id:
                     continue
+                plan = self.plans.setdefault(server_id, {})
                 for record in records:
-                    self.set_number(server_id, record)
+                    self._put_number(plan, server_id, record)
             for server_id in [s for s in self.departments if s != self.local_id]:
                 del self.departments[server_id]
             for server_id, deps in departments.items():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 import grpc.aio
 from opentelemetry import trace
@@ -36,12 +36,13 @@ KIND_TO_PB = {
 }
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 
-SNAPSHOT_CHUNK = 2000
+# Routes per stream message: small enough for gRPC's default 4 MiB limit, and for the event loop
+# to go on serving between two messages of a 100,000-number snapshot.
+CHUNK = 2000
 # A watcher that falls this many batches behind is dropped; it can watch again for a snapshot.
 WATCH_QUEUE_LIMIT = 10_000
 
 Msg = TypeVar("Msg")
-Out = TypeVar("Out")
 Ctx = grpc.aio.ServicerContext
 
 
@@ -104,26 +105,35 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         routes = sorted(self.view.routes.values(), key=lambda r: r.number)
         if request.server_id:
             routes = [r for r in routes if r.server_id == request.server_id]
-        return pb.ListNumbersResponse(routes=[route_pb(r) for r in routes])
+        response = pb.ListNumbersResponse()
+        for start in range(0, len(routes), CHUNK):
+            response.routes.extend(route_pb(r) for r in routes[start : start + CHUNK])
+            await asyncio.sleep(0)  # a 100,000-number answer must not stall keepalives
+        return response
 
     async def WatchNumbers(
         self, request: pb.WatchNumbersRequest, context: Ctx[pb.WatchNumbersRequest, pb.WatchNumbersResponse]
     ) -> AsyncIterator[pb.WatchNumbersResponse]:
-        def convert(change: NumbersChange) -> pb.WatchNumbersResponse:
-            return pb.WatchNumbersResponse(
-                upserted=[route_pb(r) for r in change.upserted], removed=list(change.removed), synced=True
-            )
-
-        def snapshot() -> list[pb.WatchNumbersResponse]:
+        changes: _Subscription[NumbersChange | MembersChange] = _Subscription()
+        unsubscribe = (self.view.on_numbers(changes.put), self.view.on_members(changes.put))
+        try:
+            # Snapshot and subscription with no await between them: nothing is missed or doubled.
             routes = sorted(self.view.routes.values(), key=lambda r: r.number)
-            chunks = [routes[i : i + SNAPSHOT_CHUNK] for i in range(0, len(routes), SNAPSHOT_CHUNK)] or [[]]
-            return [
-                pb.WatchNumbersResponse(upserted=[route_pb(r) for r in chunk], synced=i == len(chunks) - 1)
-                for i, chunk in enumerate(chunks)
-            ]
-
-        async for message in _watch(self.view.on_numbers, convert, snapshot):
-            yield message
+            connected = self.view.connected
+            for message in _route_messages(routes, (), connected):
+                yield message
+            while True:
+                change = await changes.get()
+                if isinstance(change, MembersChange):
+                    if change.connected != connected:
+                        connected = change.connected
+                        yield pb.WatchNumbersResponse(synced=True, connected=connected)
+                    continue
+                for message in _route_messages(change.upserted, change.removed, connected):
+                    yield message
+        finally:
+            for stop in unsubscribe:
+                stop()
 
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Ctx[pb.ListMembersRequest, pb.ListMembersResponse]
@@ -137,21 +147,21 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         self, request: pb.WatchMembersRequest, context: Ctx[pb.WatchMembersRequest, pb.WatchMembersResponse]
     ) -> AsyncIterator[pb.WatchMembersResponse]:
         local = self.view.local_id
-
-        def convert(change: MembersChange) -> pb.WatchMembersResponse:
-            return pb.WatchMembersResponse(
-                upserted=[member_pb(m, local) for m in change.upserted],
-                left=list(change.left),
-                synced=True,
-                connected=change.connected,
-            )
-
-        def snapshot() -> list[pb.WatchMembersResponse]:
+        changes: _Subscription[MembersChange] = _Subscription()
+        unsubscribe = self.view.on_members(changes.put)
+        try:
             members = [member_pb(m, local) for m in self.view.live_members()]
-            return [pb.WatchMembersResponse(upserted=members, synced=True, connected=self.view.connected)]
-
-        async for message in _watch(self.view.on_members, convert, snapshot):
-            yield message
+            yield pb.WatchMembersResponse(upserted=members, synced=True, connected=self.view.connected)
+            while True:
+                change = await changes.get()
+                yield pb.WatchMembersResponse(
+                    upserted=[member_pb(m, local) for m in change.upserted],
+                    left=list(change.left),
+                    synced=True,
+                    connected=change.connected,
+                )
+        finally:
+            unsubscribe()
 
     async def ListDepartments(
         self,
@@ -227,30 +237,36 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         return pb.RemoveNumberResponse()
 
 
-async def _watch(
-    subscribe: Callable[[Callable[[Msg], None]], Callable[[], None]],
-    convert: Callable[[Msg], Out],
-    snapshot: Callable[[], list[Out]],
-) -> AsyncIterator[Out]:
-    """Snapshot, then every change: subscribing and taking the snapshot happen with no await between."""
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    overflow = False
+def _route_messages(
+    upserted: Sequence[Route], removed: Sequence[str], connected: bool
+) -> Iterator[pb.WatchNumbersResponse]:
+    """Splits a change into messages of at most CHUNK routes, converted one message at a time."""
+    count = max(1, -(-len(upserted) // CHUNK))
+    for i in range(count):
+        last = i == count - 1
+        yield pb.WatchNumbersResponse(
+            upserted=[route_pb(r) for r in upserted[i * CHUNK : (i + 1) * CHUNK]],
+            removed=list(removed) if last else [],
+            synced=last,
+            connected=connected,
+        )
 
-    def listener(change: Msg) -> None:
-        nonlocal overflow
-        if queue.qsize() >= WATCH_QUEUE_LIMIT:
-            overflow = True
+
+class _Subscription(Generic[Msg]):
+    """A watcher's queue of changes; one that falls too far behind is dropped, not buffered forever."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._overflow = False
+
+    def put(self, change: Msg) -> None:
+        if self._queue.qsize() >= WATCH_QUEUE_LIMIT:
+            self._overflow = True
         else:
-            queue.put_nowait(change)
+            self._queue.put_nowait(change)
 
-    unsubscribe = subscribe(listener)
-    try:
-        for message in snapshot():
-            yield message
-        while True:
-            change = await queue.get()
-            if overflow:
-                raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
-            yield convert(change)
-    finally:
-        unsubscribe()
+    async def get(self) -> Msg:
+        change = await self._queue.get()
+        if self._overflow:
+            raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
+        return change

@@ -3,7 +3,7 @@
 grpc.aio client and server instrumentation is always on, so trace context flows between services
 even when nothing is exported; exporting over OTLP/gRPC is off unless ``telemetry.otlp_endpoint``
 or the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` names a collector. Health checks and the etcd
-client's own calls (lease keepalives, watches) stay out of traces.
+client's own calls (lease keepalives, watches) and pbxmesh's own watch streams stay out of traces.
 
 Span attributes set by pbxmesh code (never a password, secret or SDP body):
 
@@ -60,7 +60,13 @@ def setup_telemetry(
     global _instrumented
     env = os.environ if environ is None else environ
     if not _instrumented:
-        quiet = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("etcdserverpb")))
+        # Long-lived watch streams are not traced: a span that lasts for days tells nothing, and the
+        # instrumentation logs context errors when such a stream is canceled.
+        quiet = filters.negate(
+            filters.any_of(
+                filters.health_check(), filters.service_prefix("etcdserverpb"), filters.method_prefix("Watch")
+            )
+        )
         GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
         GrpcAioInstrumentorClient(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
         _instrumented = True

@@ -11,7 +11,16 @@ from pbxmesh.registry.v1 import registry_pb2 as pb
 from services.registry import GROUP_HEALTH
 from services.runtime.embedded_etcd import EmbeddedEtcd, etcd_binary
 from services.runtime.grpc_server import NOT_SERVING, SERVING
-from tests.support import Group, TcpProxy, has_numbers, lacks_number, member_ids_are, owner_is, wait_for
+from tests.support import (
+    Group,
+    TcpProxy,
+    has_numbers,
+    lacks_number,
+    member_ids_are,
+    next_message,
+    owner_is,
+    wait_for,
+)
 
 
 async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(group: Group) -> None:
@@ -26,6 +35,9 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
         await wait_for(lambda: has_numbers(alpha, {"100", "200", "300", "777", "888"}), what="full plan on alpha")
         assert (await alpha.owners())["777"] == "beta"  # beta joined before gamma
         assert await beta.health_of(GROUP_HEALTH) == SERVING
+        stream = beta.stub.WatchNumbers(pb.WatchNumbersRequest())
+        snapshot = await next_message(stream)
+        assert snapshot.synced and snapshot.connected and len(snapshot.upserted) == 5
 
         proxy.cut()
         cut_at = time.monotonic()
@@ -44,6 +56,11 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
         assert await beta.resolve("100") is None
         assert await beta.health_of(GROUP_HEALTH) == NOT_SERVING
         assert await beta.health_of("") == SERVING
+        # Its numbers watchers heard the others go, then that the view is no longer the group's.
+        dropped = await next_message(stream)
+        assert sorted(dropped.removed) == ["100", "300", "888"] and dropped.connected
+        alone = await next_message(stream)
+        assert not alone.connected and not alone.upserted and not alone.removed
         # Its own plan can still change while it is alone.
         await beta.stub.UpsertNumber(pb.UpsertNumberRequest(number="250", display_name="Added alone"))
 
@@ -56,6 +73,9 @@ async def test_cut_off_server_keeps_own_numbers_drops_others_then_rejoins_last(g
         await wait_for(lambda: has_numbers(beta, {"100", "300", "888"}), timeout=10, what="beta to resync")
         assert (await beta.members()).connected
         assert await beta.health_of(GROUP_HEALTH) == SERVING
+        messages = [await next_message(stream) for _ in range(3)]  # the own upsert, the others, connected
+        assert messages[-1].connected and not messages[-1].upserted
+        stream.cancel()
         # beta now joined after gamma, so gamma keeps 777 elsewhere; beta's lone addition is published.
         await wait_for(lambda: owner_is(alpha, "250", "beta"), what="250 published after the rejoin")
         assert (await alpha.owners())["777"] == "gamma"

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pbxmesh/registry/v1/registry.proto\x12\x13pbxmesh.registry.v1\"\x80\x01\n\x06Member\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rjoin_revision\x18\x03 \x01(\x03\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x18\n\x10registry_address\x18\x05 \x01(\t\x12\x15\n\rtrunk_address\x18\x06 \x01(\t\"\xc1\x01\n\x05Route\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\x12\x15\n\rdepartment_id\x18\x06 \x01(\t\x12-\n\x04kind\x18\x07 \x01(\x0e\x32\x1f.pbxmesh.registry.v1.NumberKind\x12\x15\n\rtrunk_address\x18\x08 \x01(\t\"&\n\x14ResolveNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"B\n\x15ResolveNumberResponse\x12)\n\x05route\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"\'\n\x12ListNumbersRequest\x12\x11\n\tserver_id\x18\x01 \x01(\t\"A\n\x13ListNumbersResponse\x12*\n\x06routes\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"\x15\n\x13WatchNumbersRequest\"e\n\x14WatchNumbersResponse\x12,\n\x08upserted\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\x12\x0f\n\x07removed\x18\x02 \x03(\t\x12\x0e\n\x06synced\x18\x03 \x01(\x08\"\x14\n\x12ListMembersRequest\"V\n\x13ListMembersResponse\x12,\n\x07members\x18\x01 \x03(\x0b\x32\x1b.pbxmesh.registry.v1.Member\x12\x11\n\tconnected\x18\x02 \x01(\x08\"\x15\n\x13WatchMembersRequest\"v\n\x14WatchMembersResponse\x12-\n\x08upserted\x18\x01 \x03(\x0b\x32\x1b.pbxmesh.registry.v1.Member\x12\x0c\n\x04left\x18\x02 \x03(\t\x12\x0e\n\x06synced\x18\x03 \x01(\x08\x12\x11\n\tconnected\x18\x04 \x01(\x08\"\x18\n\x16ListDepartmentsRequest\"g\n\nDepartment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nserver_ids\x18\x03 \x03(\t\x12+\n\x07numbers\x18\x04 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"O\n\x17ListDepartmentsResponse\x12\x34\n\x0b\x64\x65partments\x18\x01 \x03(\x0b\x32\x1f.pbxmesh.registry.v1.Department\"\x16\n\x14ListConflictsRequest\"\\\n\x05\x43laim\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x15\n\rjoin_revision\x18\x03 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"\xa7\x01\n\x08\x43onflict\x12\x0e\n\x06number\x18\x01 \x01(\t\x12*\n\x06winner\x18\x02 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Claim\x12*\n\x06losers\x18\x03 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Claim\x12\x33\n\x06reason\x18\x04 \x01(\x0e\x32#.pbxmesh.registry.v1.ConflictReason\"I\n\x15ListConflictsResponse\x12\x30\n\tconflicts\x18\x01 \x03(\x0b\x32\x1d.pbxmesh.registry.v1.Conflict\"\x81\x01\n\x13UpsertNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.registry.v1.NumberKind\"A\n\x14UpsertNumberResponse\x12)\n\x05route\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"%\n\x13RemoveNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"\x16\n\x14RemoveNumberResponse*\xa3\x01\n\nNumberKind\x12\x1b\n\x17NUMBER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10NUMBER_KIND_USER\x10\x01\x12\x1a\n\x16NUMBER_KIND_DEPARTMENT\x10\x02\x12\x13\n\x0fNUMBER_KIND_IVR\x10\x03\x12\x15\n\x11NUMBER_KIND_QUEUE\x10\x04\x12\x1a\n\x16NUMBER_KIND_CONFERENCE\x10\x05*s\n\x0e\x43onflictReason\x12\x1f\n\x1b\x43ONFLICT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONFLICT_REASON_OWN_NUMBER\x10\x01\x12 \n\x1c\x43ONFLICT_REASON_EARLIER_JOIN\x10\x02\x32\xab\x07\n\x0fRegistryService\x12\x66\n\rResolveNumber\x12).pbxmesh.registry.v1.ResolveNumberRequest\x1a*.pbxmesh.registry.v1.ResolveNumberResponse\x12`\n\x0bListNumbers\x12\'.pbxmesh.registry.v1.ListNumbersRequest\x1a(.pbxmesh.registry.v1.ListNumbersResponse\x12\x65\n\x0cWatchNumbers\x12(.pbxmesh.registry.v1.WatchNumbersRequest\x1a).pbxmesh.registry.v1.WatchNumbersResponse0\x01\x12`\n\x0bListMembers\x12\'.pbxmesh.registry.v1.ListMembersRequest\x1a(.pbxmesh.registry.v1.ListMembersResponse\x12\x65\n\x0cWatchMembers\x12(.pbxmesh.registry.v1.WatchMembersRequest\x1a).pbxmesh.registry.v1.WatchMembersResponse0\x01\x12l\n\x0fListDepartments\x12+.pbxmesh.registry.v1.ListDepartmentsRequest\x1a,.pbxmesh.registry.v1.ListDepartmentsResponse\x12\x66\n\rListConflicts\x12).pbxmesh.registry.v1.ListConflictsRequest\x1a*.pbxmesh.registry.v1.ListConflictsResponse\x12\x63\n\x0cUpsertNumber\x12(.pbxmesh.registry.v1.UpsertNumberRequest\x1a).pbxmesh.registry.v1.UpsertNumberResponse\x12\x63\n\x0cRemoveNumber\x12(.pbxmesh.registry.v1.RemoveNumberRequest\x1a).pbxmesh.registry.v1.RemoveNumberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pbxmesh/registry/v1/registry.proto\x12\x13pbxmesh.registry.v1\"\x80\x01\n\x06Member\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rjoin_revision\x18\x03 \x01(\x03\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x18\n\x10registry_address\x18\x05 \x01(\t\x12\x15\n\rtrunk_address\x18\x06 \x01(\t\"\xc1\x01\n\x05Route\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\x12\x15\n\rdepartment_id\x18\x06 \x01(\t\x12-\n\x04kind\x18\x07 \x01(\x0e\x32\x1f.pbxmesh.registry.v1.NumberKind\x12\x15\n\rtrunk_address\x18\x08 \x01(\t\"&\n\x14ResolveNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"B\n\x15ResolveNumberResponse\x12)\n\x05route\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"\'\n\x12ListNumbersRequest\x12\x11\n\tserver_id\x18\x01 \x01(\t\"A\n\x13ListNumbersResponse\x12*\n\x06routes\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"\x15\n\x13WatchNumbersRequest\"x\n\x14WatchNumbersResponse\x12,\n\x08upserted\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\x12\x0f\n\x07removed\x18\x02 \x03(\t\x12\x0e\n\x06synced\x18\x03 \x01(\x08\x12\x11\n\tconnected\x18\x04 \x01(\x08\"\x14\n\x12ListMembersRequest\"V\n\x13ListMembersResponse\x12,\n\x07members\x18\x01 \x03(\x0b\x32\x1b.pbxmesh.registry.v1.Member\x12\x11\n\tconnected\x18\x02 \x01(\x08\"\x15\n\x13WatchMembersRequest\"v\n\x14WatchMembersResponse\x12-\n\x08upserted\x18\x01 \x03(\x0b\x32\x1b.pbxmesh.registry.v1.Member\x12\x0c\n\x04left\x18\x02 \x03(\t\x12\x0e\n\x06synced\x18\x03 \x01(\x08\x12\x11\n\tconnected\x18\x04 \x01(\x08\"\x18\n\x16ListDepartmentsRequest\"g\n\nDepartment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nserver_ids\x18\x03 \x03(\t\x12+\n\x07numbers\x18\x04 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"O\n\x17ListDepartmentsResponse\x12\x34\n\x0b\x64\x65partments\x18\x01 \x03(\x0b\x32\x1f.pbxmesh.registry.v1.Department\"\x16\n\x14ListConflictsRequest\"\\\n\x05\x43laim\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x15\n\rjoin_revision\x18\x03 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"\xa7\x01\n\x08\x43onflict\x12\x0e\n\x06number\x18\x01 \x01(\t\x12*\n\x06winner\x18\x02 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Claim\x12*\n\x06losers\x18\x03 \x03(\x0b\x32\x1a.pbxmesh.registry.v1.Claim\x12\x33\n\x06reason\x18\x04 \x01(\x0e\x32#.pbxmesh.registry.v1.ConflictReason\"I\n\x15ListConflictsResponse\x12\x30\n\tconflicts\x18\x01 \x03(\x0b\x32\x1d.pbxmesh.registry.v1.Conflict\"\x81\x01\n\x13UpsertNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.registry.v1.NumberKind\"A\n\x14UpsertNumberResponse\x12)\n\x05route\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.registry.v1.Route\"%\n\x13RemoveNumberRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"\x16\n\x14RemoveNumberResponse*\xa3\x01\n\nNumberKind\x12\x1b\n\x17NUMBER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10NUMBER_KIND_USER\x10\x01\x12\x1a\n\x16NUMBER_KIND_DEPARTMENT\x10\x02\x12\x13\n\x0fNUMBER_KIND_IVR\x10\x03\x12\x15\n\x11NUMBER_KIND_QUEUE\x10\x04\x12\x1a\n\x16NUMBER_KIND_CONFERENCE\x10\x05*s\n\x0e\x43onflictReason\x12\x1f\n\x1b\x43ONFLICT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONFLICT_REASON_OWN_NUMBER\x10\x01\x12 \n\x1c\x43ONFLICT_REASON_EARLIER_JOIN\x10\x02\x32\xab\x07\n\x0fRegistryService\x12\x66\n\rResolveNumber\x12).pbxmesh.registry.v1.ResolveNumberRequest\x1a*.pbxmesh.registry.v1.ResolveNumberResponse\x12`\n\x0bListNumbers\x12\'.pbxmesh.registry.v1.ListNumbersRequest\x1a(.pbxmesh.registry.v1.ListNumbersResponse\x12\x65\n\x0cWatchNumbers\x12(.pbxmesh.registry.v1.WatchNumbersRequest\x1a).pbxmesh.registry.v1.WatchNumbersResponse0\x01\x12`\n\x0bListMembers\x12\'.pbxmesh.registry.v1.ListMembersRequest\x1a(.pbxmesh.registry.v1.ListMembersResponse\x12\x65\n\x0cWatchMembers\x12(.pbxmesh.registry.v1.WatchMembersRequest\x1a).pbxmesh.registry.v1.WatchMembersResponse0\x01\x12l\n\x0fListDepartments\x12+.pbxmesh.registry.v1.ListDepartmentsRequest\x1a,.pbxmesh.registry.v1.ListDepartmentsResponse\x12\x66\n\rListConflicts\x12).pbxmesh.registry.v1.ListConflictsRequest\x1a*.pbxmesh.registry.v1.ListConflictsResponse\x12\x63\n\x0cUpsertNumber\x12(.pbxmesh.registry.v1.UpsertNumberRequest\x1a).pbxmesh.registry.v1.UpsertNumberResponse\x12\x63\n\x0cRemoveNumber\x12(.pbxmesh.registry.v1.RemoveNumberRequest\x1a).pbxmesh.registry.v1.RemoveNumberResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pbxmesh.registry.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NUMBERKIND']._serialized_start=1819
-  _globals['_NUMBERKIND']._serialized_end=1982
-  _globals['_CONFLICTREASON']._serialized_start=1984
-  _globals['_CONFLICTREASON']._serialized_end=2099
+  _globals['_NUMBERKIND']._serialized_start=1838
+  _globals['_NUMBERKIND']._serialized_end=2001
+  _globals['_CONFLICTREASON']._serialized_start=2003
+  _globals['_CONFLICTREASON']._serialized_end=2118
   _globals['_MEMBER']._serialized_start=60
   _globals['_MEMBER']._serialized_end=188
   _globals['_ROUTE']._serialized_start=191
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHNUMBERSREQUEST']._serialized_start=602
   _globals['_WATCHNUMBERSREQUEST']._serialized_end=623
   _globals['_WATCHNUMBERSRESPONSE']._serialized_start=625
-  _globals['_WATCHNUMBERSRESPONSE']._serialized_end=726
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=728
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=748
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=750
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=836
-  _globals['_WATCHMEMBERSREQUEST']._serialized_start=838
-  _globals['_WATCHMEMBERSREQUEST']._serialized_end=859
-  _globals['_WATCHMEMBERSRESPONSE']._serialized_start=861
-  _globals['_WATCHMEMBERSRESPONSE']._serialized_end=979
-  _globals['_LISTDEPARTMENTSREQUEST']._serialized_start=981
-  _globals['_LISTDEPARTMENTSREQUEST']._serialized_end=1005
-  _globals['_DEPARTMENT']._serialized_start=1007
-  _globals['_DEPARTMENT']._serialized_end=1110
-  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_start=1112
-  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_end=1191
-  _globals['_LISTCONFLICTSREQUEST']._serialized_start=1193
-  _globals['_LISTCONFLICTSREQUEST']._serialized_end=1215
-  _globals['_CLAIM']._serialized_start=1217
-  _globals['_CLAIM']._serialized_end=1309
-  _globals['_CONFLICT']._serialized_start=1312
-  _globals['_CONFLICT']._serialized_end=1479
-  _globals['_LISTCONFLICTSRESPONSE']._serialized_start=1481
-  _globals['_LISTCONFLICTSRESPONSE']._serialized_end=1554
-  _globals['_UPSERTNUMBERREQUEST']._serialized_start=1557
-  _globals['_UPSERTNUMBERREQUEST']._serialized_end=1686
-  _globals['_UPSERTNUMBERRESPONSE']._serialized_start=1688
-  _globals['_UPSERTNUMBERRESPONSE']._serialized_end=1753
-  _globals['_REMOVENUMBERREQUEST']._serialized_start=1755
-  _globals['_REMOVENUMBERREQUEST']._serialized_end=1792
-  _globals['_REMOVENUMBERRESPONSE']._serialized_start=1794
-  _globals['_REMOVENUMBERRESPONSE']._serialized_end=1816
-  _globals['_REGISTRYSERVICE']._serialized_start=2102
-  _globals['_REGISTRYSERVICE']._serialized_end=3041
+  _globals['_WATCHNUMBERSRESPONSE']._serialized_end=745
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=747
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=767
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=769
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=855
+  _globals['_WATCHMEMBERSREQUEST']._serialized_start=857
+  _globals['_WATCHMEMBERSREQUEST']._serialized_end=878
+  _globals['_WATCHMEMBERSRESPONSE']._serialized_start=880
+  _globals['_WATCHMEMBERSRESPONSE']._serialized_end=998
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_start=1000
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_end=1024
+  _globals['_DEPARTMENT']._serialized_start=1026
+  _globals['_DEPARTMENT']._serialized_end=1129
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_start=1131
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_end=1210
+  _globals['_LISTCONFLICTSREQUEST']._serialized_start=1212
+  _globals['_LISTCONFLICTSREQUEST']._serialized_end=1234
+  _globals['_CLAIM']._serialized_start=1236
+  _globals['_CLAIM']._serialized_end=1328
+  _globals['_CONFLICT']._serialized_start=1331
+  _globals['_CONFLICT']._serialized_end=1498
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_start=1500
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_end=1573
+  _globals['_UPSERTNUMBERREQUEST']._serialized_start=1576
+  _globals['_UPSERTNUMBERREQUEST']._serialized_end=1705
+  _globals['_UPSERTNUMBERRESPONSE']._serialized_start=1707
+  _globals['_UPSERTNUMBERRESPONSE']._serialized_end=1772
+  _globals['_REMOVENUMBERREQUEST']._serialized_start=1774
+  _globals['_REMOVENUMBERREQUEST']._serialized_end=1811
+  _globals['_REMOVENUMBERRESPONSE']._serialized_start=1813
+  _globals['_REMOVENUMBERRESPONSE']._serialized_end=1835
+  _globals['_REGISTRYSERVICE']._serialized_start=2121
+  _globals['_REGISTRYSERVICE']._serialized_end=3060
 # @@protoc_insertion_point(module_scope)

@@ -261,8 +261,13 @@ class WatchNumbersResponse(_message.Message):
     UPSERTED_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     SYNCED_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
     synced: _builtins.bool
     """The client now holds the server's full view."""
+    connected: _builtins.bool
+    """False while the view holds only this server's numbers: it is cut off from the group, or has
+    not reached it yet. A message with no routes is sent whenever this changes.
+    """
     @_builtins.property
     def upserted(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
         """Numbers whose route appeared or changed."""
@@ -277,10 +282,11 @@ class WatchNumbersResponse(_message.Message):
         upserted: _abc.Iterable[Global___Route] | None = ...,
         removed: _abc.Iterable[_builtins.str] | None = ...,
         synced: _builtins.bool = ...,
+        connected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "synced", b"synced", "upserted", b"upserted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "removed", b"removed", "synced", b"synced", "upserted", b"upserted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
