@@ -66,6 +66,12 @@ async def test_three_servers_share_one_plan_and_resolve_conflicts_by_own_then_jo
     assert [c.server_id for c in conflicts["888"].losers] == ["gamma"]
     assert conflicts["555"].winner.server_id == "alpha"
 
+    # From beta's: its own 555, 777 and 888 win; the losers are listed in join order.
+    conflicts = {c.number: c for c in (await beta.stub.ListConflicts(pb.ListConflictsRequest())).conflicts}
+    assert {n: c.winner.server_id for n, c in conflicts.items()} == {"555": "beta", "777": "beta", "888": "beta"}
+    assert all(c.reason == pb.CONFLICT_REASON_OWN_NUMBER for c in conflicts.values())
+    assert [c.server_id for c in conflicts["555"].losers] == ["alpha", "gamma"]
+
     # When alpha leaves, gamma's 777 falls to beta, the next in join order.
     await alpha.stop()
     await wait_for(lambda: owner_is(gamma, "777", "beta"), what="777 to fall to beta on gamma")
