@@ -99,6 +99,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps ServiceError (and anything unexpected) to a status with ErrorInfo details."""
 
+    def __init__(self) -> None:
+        # The wrapped handler of each method, built once: this runs on every call.
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -106,8 +110,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler: Any = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
