@@ -75,8 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
-    # A group of 100 servers has a numbering plan of several megabytes.
-    channel = grpc.insecure_channel(args.registry, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    channel = grpc.insecure_channel(args.registry)
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 
@@ -136,7 +135,12 @@ def _numbers(args: argparse.Namespace) -> int:
             ]
             _table(rows, ["NUMBER", "WINNER", "WHY", "SHADOWED"])
             return 0
-        numbers = stub.ListNumbers(pb.ListNumbersRequest(), timeout=RPC_TIMEOUT)
+        numbers = pb.ListNumbersResponse()
+        page = stub.ListNumbers(pb.ListNumbersRequest(), timeout=RPC_TIMEOUT)
+        numbers.routes.extend(page.routes)
+        while page.next_page_token:
+            page = stub.ListNumbers(pb.ListNumbersRequest(page_token=page.next_page_token), timeout=RPC_TIMEOUT)
+            numbers.routes.extend(page.routes)
     if args.json:
         _print_json(numbers)
         return 0

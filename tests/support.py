@@ -117,8 +117,15 @@ class Server:
         return int(response.status)
 
     async def numbers(self) -> dict[str, pb.Route]:
-        response = await self.stub.ListNumbers(pb.ListNumbersRequest(), timeout=5)
-        return {r.number: r for r in response.routes}
+        """The whole merged plan, page by page."""
+        result: dict[str, pb.Route] = {}
+        token = ""
+        while True:
+            page = await self.stub.ListNumbers(pb.ListNumbersRequest(page_token=token), timeout=5)
+            result.update((r.number, r) for r in page.routes)
+            token = page.next_page_token
+            if not token:
+                return result
 
     async def owners(self) -> dict[str, str]:
         return {n: r.server_id for n, r in (await self.numbers()).items()}

@@ -54,10 +54,12 @@ class RegistryApp:
         self.view, self.link = view, link
         link.failed = self.failed
         self.host.add(RegistryService(view, link))
-        await self.host.start()
-        await self.host.set_health(GROUP_HEALTH, False)
+        # Join and read the group before serving, so that the first answers hold the whole plan
+        # (if etcd does not answer, the server starts alone and joins later).
         await self.etcd.connect()
         await link.start()
+        await self.host.start()
+        await self.host.set_health(GROUP_HEALTH, view.connected)
         _log.info(
             "registry of %s (%s) listening on %s, group %r",
             local.server_id,

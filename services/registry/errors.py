@@ -22,6 +22,10 @@ class UnknownDepartment(InvalidArgument):
     reason = "UNKNOWN_DEPARTMENT"
 
 
+class InvalidPage(InvalidArgument):
+    reason = "INVALID_PAGE"
+
+
 class NumberNotFound(NotFound):
     reason = "NUMBER_NOT_FOUND"
 

@@ -46,7 +46,8 @@ _log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.1
 RETRY_MAX = 2.0
-DECODE_SLICE = 2000
+# Keys decoded between two yields to the event loop during a full read (a few ms of work).
+DECODE_SLICE = 500
 
 
 class DuplicateServerId(Exception):
@@ -287,7 +288,8 @@ class GroupLink:
                 name = decode_department(kv.value)
                 if name is not None:
                     departments.setdefault(parsed.server_id, {})[parsed.item] = name
-        self.view.replace_remote(members, plans, departments)
+        for _ in self.view.replace_remote_steps(members, plans, departments):
+            await asyncio.sleep(0)
         return revision
 
     def _member_from(self, server_id: str, kv: KeyValue, session: LeaseSession) -> MemberInfo | None:

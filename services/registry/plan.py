@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from services.registry.records import MemberInfo, NumberRecord
 
@@ -62,6 +62,9 @@ class MembersChange:
     connected: bool
 
 
+# Numbers handled between two yields of a stepped full read.
+STEP = 1000
+
 NumbersListener = Callable[[NumbersChange], None]
 MembersListener = Callable[[MembersChange], None]
 
@@ -76,6 +79,8 @@ class PlanView:
         self.plans: dict[str, dict[str, NumberRecord]] = {local.server_id: {}}
         self.departments: dict[str, dict[str, str]] = {local.server_id: {}}
         self.routes: dict[str, Route] = {}
+        # Goes up whenever ``routes`` changes: a cache of anything derived from routes keys on it.
+        self.version = 0
         self._claims: dict[str, set[str]] = {}
         self._number_listeners: set[NumbersListener] = set()
         self._member_listeners: set[MembersListener] = set()
@@ -166,16 +171,7 @@ class PlanView:
 
     def forget_remote(self) -> None:
         """Drops every other server: members, claims and departments (the local server stays)."""
-        with self.batch():
-            for server_id in [s for s in self.members if s != self.local_id]:
-                self.remove_member(server_id)
-            for server_id in [s for s in self.plans if s != self.local_id]:
-                plan = self.plans[server_id]
-                for number in list(plan):
-                    self._drop_number(plan, server_id, number)
-                del self.plans[server_id]
-            for server_id in [s for s in self.departments if s != self.local_id]:
-                del self.departments[server_id]
+        self.replace_remote([], {}, {})
 
     def replace_remote(
         self,
@@ -184,7 +180,23 @@ class PlanView:
         departments: dict[str, dict[str, str]],
     ) -> None:
         """Makes the remote part of the view equal to a full read; listeners hear only the difference."""
-        with self.batch():
+        for _ in self.replace_remote_steps(members, plans, departments):
+            pass
+
+    def replace_remote_steps(
+        self,
+        members: Iterable[MemberInfo],
+        plans: dict[str, list[NumberRecord]],
+        departments: dict[str, dict[str, str]],
+        step: int = STEP,
+    ) -> Generator[None, None, None]:
+        """``replace_remote`` in slices of about ``step`` numbers: the caller may let other work run
+        at each yield (a full read of a large group is 100,000 numbers). Changes made between two
+        slices are kept and published after this one."""
+        self._depth += 1
+        numbers: set[str] = set()
+        try:
+            done = 0
             fresh = {m.server_id: m for m in members}
             local = fresh.pop(self.local_id, None)
             if local is not None:
@@ -198,17 +210,47 @@ class PlanView:
                 wanted = {r.number for r in plans.get(server_id, [])}
                 for number in [n for n in plan if n not in wanted]:
                     self._drop_number(plan, server_id, number)
+                    done += 1
+                    if done % step == 0:
+                        yield
+                if not plan:
+                    del self.plans[server_id]
             for server_id, records in plans.items():
                 if server_id == self.local_id:
                     continue
                 plan = self.plans.setdefault(server_id, {})
                 for record in records:
                     self._put_number(plan, server_id, record)
+                    done += 1
+                    if done % step == 0:
+                        yield
             for server_id in [s for s in self.departments if s != self.local_id]:
                 del self.departments[server_id]
             for server_id, deps in departments.items():
                 if server_id != self.local_id:
                     self.departments[server_id] = dict(deps)
+            numbers, self._dirty_numbers = self._dirty_numbers, set()
+            winners: list[tuple[str, Route | None]] = []
+            for number in numbers:
+                winners.append((number, self._winner(number)))
+                if len(winners) % step == 0:
+                    yield
+        except GeneratorExit:
+            # Stopped half way (its task was canceled): what it changed is published now.
+            self._dirty_numbers |= numbers
+            self._depth -= 1
+            if self._depth == 0:
+                self._flush()
+            raise
+        except BaseException:
+            self._depth -= 1
+            raise
+        self._depth -= 1
+        # Numbers touched by others during the slices are dirty again: publishing them after ours
+        # leaves their freshest route last.
+        self._publish(winners)
+        if self._depth == 0:
+            self._flush()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -290,12 +332,15 @@ class PlanView:
 
     def _flush(self) -> None:
         numbers, self._dirty_numbers = self._dirty_numbers, set()
+        self._publish([(number, self._winner(number)) for number in numbers])
+
+    def _publish(self, winners: list[tuple[str, Route | None]]) -> None:
+        """Stores new winners and tells the listeners: numbers first, then members."""
         members, self._dirty_members = self._dirty_members, set()
         connected_changed, self._connected_changed = self._connected_changed, False
         upserted: list[Route] = []
         removed: list[str] = []
-        for number in numbers:
-            new = self._winner(number)
+        for number, new in winners:
             old = self.routes.get(number)
             if new == old:
                 continue
@@ -306,6 +351,7 @@ class PlanView:
                 self.routes[number] = new
                 upserted.append(new)
         if upserted or removed:
+            self.version += 1
             change = NumbersChange(tuple(upserted), tuple(removed))
             for listener in list(self._number_listeners):
                 listener(change)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -14,6 +16,7 @@ from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from services.registry.errors import (
     InvalidNumber,
+    InvalidPage,
     NumberNotFound,
     NumberNotOwned,
     UnknownDepartment,
@@ -39,6 +42,7 @@ PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 # Routes per stream message: small enough for gRPC's default 4 MiB limit, and for the event loop
 # to go on serving between two messages of a 100,000-number snapshot.
 CHUNK = 2000
+MAX_PAGE = 10_000
 # A watcher that falls this many batches behind is dropped; it can watch again for a snapshot.
 WATCH_QUEUE_LIMIT = 10_000
 
@@ -79,7 +83,7 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
     def __init__(self, view: PlanView, link: GroupLink):
         self.view = view
         self.link = link
-        self._tracer = trace.get_tracer("pbxmesh.registry")
+        self._sorted: tuple[int, list[str]] = (-1, [])
 
     def register(self, server: grpc.aio.Server) -> Iterable[str]:
         pb_grpc.add_RegistryServiceServicer_to_server(self, server)
@@ -102,14 +106,29 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
     async def ListNumbers(
         self, request: pb.ListNumbersRequest, context: Ctx[pb.ListNumbersRequest, pb.ListNumbersResponse]
     ) -> pb.ListNumbersResponse:
-        routes = sorted(self.view.routes.values(), key=lambda r: r.number)
-        if request.server_id:
-            routes = [r for r in routes if r.server_id == request.server_id]
-        response = pb.ListNumbersResponse()
-        for start in range(0, len(routes), CHUNK):
-            response.routes.extend(route_pb(r) for r in routes[start : start + CHUNK])
-            await asyncio.sleep(0)  # a 100,000-number answer must not stall keepalives
-        return response
+        if not 0 <= request.page_size <= MAX_PAGE:
+            raise InvalidPage(f"page_size must be between 0 and {MAX_PAGE}")
+        if request.page_token:
+            _check_number(request.page_token)
+        size = request.page_size or MAX_PAGE
+        numbers = self._sorted_numbers()
+        routes = self.view.routes
+        start = bisect.bisect_right(numbers, request.page_token) if request.page_token else 0
+        page: list[Route] = []
+        for number in itertools.islice(numbers, start, None):
+            route = routes.get(number)
+            if route is None or (request.server_id and route.server_id != request.server_id):
+                continue
+            if len(page) == size:
+                return pb.ListNumbersResponse(routes=[route_pb(r) for r in page], next_page_token=page[-1].number)
+            page.append(route)
+        return pb.ListNumbersResponse(routes=[route_pb(r) for r in page])
+
+    def _sorted_numbers(self) -> list[str]:
+        """The plan's numbers in order, sorted again only after the plan changed."""
+        if self._sorted[0] != self.view.version:
+            self._sorted = (self.view.version, sorted(self.view.routes))
+        return self._sorted[1]
 
     async def WatchNumbers(
         self, request: pb.WatchNumbersRequest, context: Ctx[pb.WatchNumbersRequest, pb.WatchNumbersResponse]
@@ -118,7 +137,7 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         unsubscribe = (self.view.on_numbers(changes.put), self.view.on_members(changes.put))
         try:
             # Snapshot and subscription with no await between them: nothing is missed or doubled.
-            routes = sorted(self.view.routes.values(), key=lambda r: r.number)
+            routes = [self.view.routes[n] for n in self._sorted_numbers()]
             connected = self.view.connected
             for message in _route_messages(routes, (), connected):
                 yield message

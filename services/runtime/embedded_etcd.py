@@ -46,6 +46,8 @@ class EmbeddedEtcd:
     ):
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
+        while self.peer_port == self.client_port:
+            self.peer_port = free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="pbxmesh-etcd-"))
         self.extra = extra or []
@@ -69,6 +71,10 @@ class EmbeddedEtcd:
             # Server TLS only: --trusted-ca-file would also demand client certificates.
             tls_args = ["--cert-file", str(cert), "--key-file", str(key)]
             context = ssl.create_default_context(cafile=str(ca))
+        # Straight to loopback, whatever http_proxy says.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
         args = [
             str(etcd_binary()),
             "--name", "pbxmesh",
@@ -91,7 +97,7 @@ class EmbeddedEtcd:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self.log_path}")
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{client}/health", timeout=0.5, context=context) as response,
+                opener.open(f"{client}/health", timeout=0.5) as response,
             ):
                 if response.status == 200:
                     return

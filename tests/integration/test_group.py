@@ -234,3 +234,32 @@ async def test_bad_arguments_get_invalid_argument_with_a_reason(group: Group) ->
             raise AssertionError(f"expected {code} {reason}")
     # The server is still fine after all of that.
     assert (await alpha.owners()) == {"100": "alpha"}
+
+
+async def test_list_numbers_pages_and_filters(group: Group) -> None:
+    from services.runtime import error_info
+
+    alpha = await group.start("alpha", [str(n) for n in range(100, 125)])
+    beta = await group.start("beta", [str(n) for n in range(200, 210)])
+    await wait_for(lambda: has_numbers(beta, {"100", "124"}), what="alpha's numbers on beta")
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await beta.stub.ListNumbers(pb.ListNumbersRequest(page_size=7, page_token=token))
+        assert len(page.routes) <= 7
+        seen += [r.number for r in page.routes]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 5 and seen == sorted(seen) and len(seen) == 35 == len(set(seen))
+    only_alpha = await beta.stub.ListNumbers(pb.ListNumbersRequest(server_id="alpha"))
+    assert [r.number for r in only_alpha.routes] == [str(n) for n in range(100, 125)]
+    try:
+        await alpha.stub.ListNumbers(pb.ListNumbersRequest(page_size=10_001))
+    except grpc.aio.AioRpcError as exc:
+        info = error_info(exc)
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and info is not None and info.reason == "INVALID_PAGE"
+    else:
+        raise AssertionError("a page of 10,001 was accepted")

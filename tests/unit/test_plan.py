@@ -734,3 +734,52 @@ def test_decode_deeply_nested_garbage_returns_none() -> None:
     assert decode_member("alpha", value, 1) is None
     assert decode_number("100", value) is None
     assert decode_department(value) is None
+
+
+# -- a full read in slices ---------------------------------------------------------------------
+
+
+def _many(server: str, count: int) -> list[NumberRecord]:
+    return [NumberRecord(str(1000 + i), f"{server}-{i}") for i in range(count)]
+
+
+def test_replace_remote_steps_yields_between_slices_and_publishes_once_at_the_end() -> None:
+    view = PlanView(LOCAL)
+    recorder = Recorder(view)
+    steps = view.replace_remote_steps([A], {"a": _many("a", 250)}, {}, step=50)
+    slices = 0
+    for _ in steps:
+        slices += 1
+        assert recorder.numbers == []  # nothing published half way
+        assert view.routes == {}
+    assert slices >= 5
+    assert len(recorder.numbers) == 1 and len(recorder.numbers[0].upserted) == 250
+    assert view.routes["1000"].server_id == "a"
+
+
+def test_changes_between_slices_end_up_with_their_latest_route() -> None:
+    view = PlanView(LOCAL)
+    recorder = Recorder(view)
+    steps = view.replace_remote_steps([A], {"a": _many("a", 200)}, {}, step=50)
+    next(steps)
+    # The local server takes one of a's numbers while the read is half done.
+    view.set_number("local", NumberRecord("1001", "mine now"))
+    assert recorder.numbers == []  # deferred until the read is published
+    for _ in steps:
+        pass
+    assert view.routes["1001"].server_id == "local"
+    assert recorder.upserted()["1001"].server_id == "local"  # the last word is the right one
+    assert view.routes["1000"].server_id == "a"
+
+
+def test_a_read_stopped_half_way_still_publishes_what_it_changed() -> None:
+    view = PlanView(LOCAL)
+    view.replace_remote([A], {"a": _many("a", 100)}, {})
+    recorder = Recorder(view)
+    steps = view.replace_remote_steps([], {}, {}, step=10)  # a left, as seen by a resync
+    next(steps)
+    steps.close()
+    assert view.routes == {}
+    assert recorder.removed() == {r.number for r in _many("a", 100)}
+    view.set_number("local", NumberRecord("5"))  # and the view still publishes at once
+    assert recorder.upserted()["5"].server_id == "local"
