@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(rb"listening on (127\.0\.0\.1):(\d+)")
 RPC_TIMEOUT = 5.0
 STOP_WAIT = 6.0  # a registry drains for 2 s on SIGTERM
-# The CLI's and the registry's message limit: a ListNumbers answer of the whole plan is one message.
-CLI_MESSAGE_LIMIT = 64 * 1024 * 1024
 
 # No proxy for loopback; reconnect fast, so a client started before its server connects as soon
 # as the port opens (the default backoff would add up to a second to start-up figures).

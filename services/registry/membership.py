@@ -27,6 +27,7 @@ from services.registry.records import (
     decode_department,
     decode_member,
     decode_number,
+    decode_numbers,
     encode_department,
     encode_member,
     encode_number,
@@ -46,8 +47,9 @@ _log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.1
 RETRY_MAX = 2.0
-# Keys decoded between two yields to the event loop during a full read (a few ms of work).
-DECODE_SLICE = 500
+# Records decoded between two yields to the event loop during a full read (a few ms of work).
+DECODE_SLICE = 2000
+PARSE_SLICE = 5000
 
 
 class DuplicateServerId(Exception):
@@ -270,24 +272,32 @@ class GroupLink:
         members: list[MemberInfo] = []
         plans: dict[str, list[NumberRecord]] = {}
         departments: dict[str, dict[str, str]] = {}
+        numbers: list[tuple[str, str, bytes]] = []  # server id, number, value: decoded in slices
         for index, kv in enumerate(kvs):
-            if index % DECODE_SLICE == DECODE_SLICE - 1:
-                await asyncio.sleep(0)  # let keepalives and RPCs through during a large read
+            if index % PARSE_SLICE == PARSE_SLICE - 1:
+                await asyncio.sleep(0)
             parsed = self.layout.parse(kv.key)
             if parsed is None:
                 continue
-            if parsed.kind == "member":
+            if parsed.kind == "number":
+                if NUMBER_RE.fullmatch(parsed.item):
+                    numbers.append((parsed.server_id, parsed.item, kv.value))
+            elif parsed.kind == "member":
                 info = self._member_from(parsed.server_id, kv, session)
                 if info is not None:
                     members.append(info)
-            elif parsed.kind == "number":
-                record = _number_from(parsed.item, kv.value)
-                if record is not None:
-                    plans.setdefault(parsed.server_id, []).append(record)
             else:
                 name = decode_department(kv.value)
                 if name is not None:
                     departments.setdefault(parsed.server_id, {})[parsed.item] = name
+        await asyncio.sleep(0)
+        for start in range(0, len(numbers), DECODE_SLICE):
+            chunk = numbers[start : start + DECODE_SLICE]
+            records = decode_numbers([(number, value) for _, number, value in chunk])
+            for (server_id, _, _), record in zip(chunk, records, strict=True):
+                if record is not None:
+                    plans.setdefault(server_id, []).append(record)
+            await asyncio.sleep(0)  # let keepalives and RPCs through during a large read
         for _ in self.view.replace_remote_steps(members, plans, departments):
             await asyncio.sleep(0)
         return revision

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Literal
 
 ROOT = "/pbxmesh"
@@ -95,8 +96,28 @@ def encode_number(record: NumberRecord) -> bytes:
 
 def decode_number(number: str, value: bytes) -> NumberRecord | None:
     data = _load(value)
-    if data is None:
-        return None
+    return None if data is None else _number_record(number, data)
+
+
+def decode_numbers(items: Sequence[tuple[str, bytes]]) -> list[NumberRecord | None]:
+    """Decodes many (number, value) pairs. One JSON parse for the lot is several times faster than
+    one per record, which counts in a full read of a large group; if any value is malformed, each
+    is decoded alone so that only the bad ones come back as None."""
+    if not items:
+        return []
+    try:
+        documents = json.loads(b"[" + b",".join(value for _, value in items) + b"]")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        documents = None
+    if not isinstance(documents, list) or len(documents) != len(items):
+        return [decode_number(number, value) for number, value in items]
+    return [
+        _number_record(number, doc) if isinstance(doc, dict) else None
+        for (number, _), doc in zip(items, documents, strict=True)
+    ]
+
+
+def _number_record(number: str, data: dict[str, object]) -> NumberRecord:
     return NumberRecord(
         number=number,
         name=_text(data, "name"),

@@ -783,3 +783,16 @@ def test_a_read_stopped_half_way_still_publishes_what_it_changed() -> None:
     assert recorder.removed() == {r.number for r in _many("a", 100)}
     view.set_number("local", NumberRecord("5"))  # and the view still publishes at once
     assert recorder.upserted()["5"].server_id == "local"
+
+
+def test_decode_numbers_in_bulk_and_with_malformed_values() -> None:
+    from services.registry.records import decode_numbers
+
+    good = [(str(n), encode_number(NumberRecord(str(n), f"name {n}", "sales", "ivr"))) for n in range(100, 110)]
+    assert decode_numbers(good) == [NumberRecord(str(n), f"name {n}", "sales", "ivr") for n in range(100, 110)]
+    mixed = [good[0], ("201", b"not json"), ("202", b'{"a":1},{"b":2}'), ("203", b"[1,2]"), ("204", b""), good[1]]
+    decoded = decode_numbers(mixed)
+    assert decoded[0] == NumberRecord("100", "name 100", "sales", "ivr")
+    assert decoded[1:5] == [None, None, None, None]
+    assert decoded[5] == NumberRecord("101", "name 101", "sales", "ivr")
+    assert decode_numbers([]) == []
