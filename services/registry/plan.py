@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import NamedTuple
 
 from services.registry.records import MemberInfo, NumberRecord
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):  # a NamedTuple: one per number of the plan, built on every full read
     number: str
     server_id: str
     server_name: str
@@ -313,6 +313,11 @@ class PlanView:
             return None
         if self.local_id in holders:
             best = self.members[self.local_id]
+        elif len(holders) == 1:  # by far the most common case: no conflict
+            best_or_none = self.members.get(next(iter(holders)))
+            if best_or_none is None:
+                return None
+            best = best_or_none
         else:
             live = [self.members[s] for s in holders if s in self.members]
             if not live:
@@ -320,14 +325,14 @@ class PlanView:
             best = min(live, key=_join_order)
         record = self.plans[best.server_id][number]
         return Route(
-            number=number,
-            server_id=best.server_id,
-            server_name=best.name,
-            local=best.server_id == self.local_id,
-            display_name=record.name,
-            department=record.department,
-            kind=record.kind,
-            trunk_address=best.trunk_address,
+            number,
+            best.server_id,
+            best.name,
+            best.server_id == self.local_id,
+            record.name,
+            record.department,
+            record.kind,
+            best.trunk_address,
         )
 
     def _flush(self) -> None:

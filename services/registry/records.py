@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 ROOT = "/pbxmesh"
 
@@ -28,16 +28,14 @@ class MemberInfo:
     trunk_address: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NumberRecord:
+class NumberRecord(NamedTuple):  # NamedTuples here: a full read of a large group builds 100,000
     number: str
     name: str = ""
     department: str = ""
     kind: str = "user"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ParsedKey:
+class ParsedKey(NamedTuple):
     kind: Literal["member", "number", "department"]
     server_id: str
     item: str = ""
@@ -118,11 +116,12 @@ def decode_numbers(items: Sequence[tuple[str, bytes]]) -> list[NumberRecord | No
 
 
 def _number_record(number: str, data: dict[str, object]) -> NumberRecord:
+    name, department, kind = data.get("name", ""), data.get("department", ""), data.get("kind", "")
     return NumberRecord(
-        number=number,
-        name=_text(data, "name"),
-        department=_text(data, "department"),
-        kind=_text(data, "kind") or "user",
+        number,
+        name if isinstance(name, str) else "",
+        department if isinstance(department, str) else "",
+        kind if kind and isinstance(kind, str) else "user",
     )
 
 
