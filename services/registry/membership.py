@@ -86,13 +86,8 @@ class GroupLink:
         self._pending_puts: set[str] = set()
         self._pending_deletes: set[str] = set()
         self._retry_task: asyncio.Task[None] | None = None
-        self.joins = 0
         # Set if the link stops for a reason it cannot handle: the process should exit and be restarted.
         self.failed = asyncio.Event()
-
-    @property
-    def session(self) -> LeaseSession | None:
-        return self._session
 
     async def start(self) -> None:
         """Joins now if etcd answers (a duplicate id is fatal here), then keeps the link up."""
@@ -178,7 +173,6 @@ class GroupLink:
             raise
         self._previous_lease = session.lease_id
         self._session = session
-        self.joins += 1
         _log.info("joined group as %s with lease %x", self.local.server_id, session.lease_id)
 
     async def _create_member_key(self, session: LeaseSession) -> None:
