@@ -16,6 +16,15 @@ from typing import Any
 import yaml
 
 from services.runtime._loader import ConfigError, Secret, load
+from services.runtime.config_calls import (
+    AccountEntry,
+    RuleMatch,
+    ScenarioRule,
+    ScenariosSection,
+    SipSection,
+    TrunkSection,
+    validate_calls,
+)
 
 SERVER_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
 GROUP_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -56,7 +65,12 @@ class ConnectorSection:
 
 @dataclasses.dataclass(frozen=True)
 class ListenSection:
+    """Where each service listens; an empty address leaves that part off."""
+
     registry: str = "127.0.0.1:50051"
+    sip: str = ""
+    trunk: str = ""
+    sipgw: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +107,9 @@ class Config:
     connector: ConnectorSection = ConnectorSection()
     listen: ListenSection = ListenSection()
     numbering: NumberingSection = NumberingSection()
+    sip: SipSection = dataclasses.field(default_factory=SipSection)
+    trunk: TrunkSection = dataclasses.field(default_factory=TrunkSection)
+    scenarios: ScenariosSection = dataclasses.field(default_factory=ScenariosSection)
     telemetry: TelemetrySection = TelemetrySection()
 
 
@@ -135,10 +152,21 @@ def validate(config: Config) -> None:
             raise ConfigError(f"connector.tls.{name}: no such file {value!r}")
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
-    check_host_port(config.listen.registry, "listen.registry")
+    for name in ("registry", "sip", "trunk", "sipgw"):
+        address = getattr(config.listen, name)
+        if address or name == "registry":
+            check_host_port(address, f"listen.{name}")
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     _validate_numbering(config.numbering)
+    validate_calls(
+        config.sip,
+        config.trunk,
+        config.scenarios,
+        {n.number for n in config.numbering.numbers},
+        {d.id for d in config.numbering.departments},
+        config.listen.trunk,
+    )
 
 
 def _validate_numbering(numbering: NumberingSection) -> None:
@@ -177,7 +205,13 @@ def _match(pattern: re.Pattern[str], value: str, key: str) -> None:
 
 
 __all__ = [
+    "AccountEntry",
     "Config",
+    "RuleMatch",
+    "ScenarioRule",
+    "ScenariosSection",
+    "SipSection",
+    "TrunkSection",
     "ConfigError",
     "ConnectorSection",
     "DepartmentEntry",

@@ -1,0 +1,122 @@
+"""Config sections for calls: phone accounts, the inter-server trunk and routing scenarios.
+
+A scenario is a short list of rules tried in order: the first whose ``match`` fits the call runs its
+one action. Patterns are regular expressions matched against the whole number ("1.." is 100-199).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from services.runtime._loader import ConfigError, Secret
+
+TEMPLATE_RE = re.compile(r"\$\{(\w+)\}")
+TEMPLATE_FIELDS = ("called", "caller")
+TARGET_RE = re.compile(r"[0-9*#+]{1,32}")
+URI_RE = re.compile(r"sips?:[^\s<>]+")
+MIN_SECRET = 16
+MAX_LINES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountEntry:
+    """A phone's login: the number it registers as, and its digest password."""
+
+    number: str
+    password: Secret = dataclasses.field(default_factory=Secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class SipSection:
+    accounts: tuple[AccountEntry, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkSection:
+    """The group's shared trunk: the same secret on every server; ``lines`` caps calls in + out."""
+
+    secret: Secret = dataclasses.field(default_factory=Secret)
+    lines: int = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleMatch:
+    called: str = ""
+    caller: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioRule:
+    match: RuleMatch = RuleMatch()
+    dial: str = ""
+    ring_department: str = ""
+    forward: str = ""
+    reject: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenariosSection:
+    incoming: tuple[ScenarioRule, ...] = ()
+    inter_server: tuple[ScenarioRule, ...] = ()
+
+
+def validate_calls(
+    sip: SipSection,
+    trunk: TrunkSection,
+    scenarios: ScenariosSection,
+    own_numbers: set[str],
+    departments: set[str],
+    trunk_listen: str,
+) -> None:
+    """Checks the call sections against each other and against the numbering plan."""
+    seen: set[str] = set()
+    for i, account in enumerate(sip.accounts):
+        key = f"sip.accounts[{i}]"
+        if account.number not in own_numbers:
+            raise ConfigError(f"{key}.number: {account.number!r} is not one of this server's numbers")
+        if account.number in seen:
+            raise ConfigError(f"{key}.number: duplicate account {account.number!r}")
+        seen.add(account.number)
+        if not account.password:
+            raise ConfigError(f"{key}.password: a password is required")
+    if not 1 <= trunk.lines <= MAX_LINES:
+        raise ConfigError(f"trunk.lines: {trunk.lines} is not between 1 and {MAX_LINES}")
+    if trunk_listen and len(trunk.secret.value) < MIN_SECRET:
+        raise ConfigError(f"trunk.secret: at least {MIN_SECRET} characters are required when listen.trunk is set")
+    for name in ("incoming", "inter_server"):
+        for i, rule in enumerate(getattr(scenarios, name)):
+            _validate_rule(rule, f"scenarios.{name}[{i}]", departments)
+
+
+def _validate_rule(rule: ScenarioRule, key: str, departments: set[str]) -> None:
+    for field in ("called", "caller"):
+        pattern = getattr(rule.match, field)
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{key}.match.{field}: {pattern!r} is not a valid pattern ({exc.msg})") from None
+    actions = [a for a in ("dial", "ring_department", "forward", "reject") if getattr(rule, a)]
+    if len(actions) != 1:
+        found = ", ".join(actions) or "none"
+        raise ConfigError(f"{key}: exactly one of dial, ring_department, forward, reject is required (found {found})")
+    if rule.dial:
+        _validate_target(rule.dial, f"{key}.dial", allow_uri=False)
+    if rule.forward:
+        _validate_target(rule.forward, f"{key}.forward", allow_uri=True)
+    if rule.ring_department and rule.ring_department not in departments:
+        raise ConfigError(f"{key}.ring_department: unknown department {rule.ring_department!r}")
+    if rule.reject and not 400 <= rule.reject <= 699:
+        raise ConfigError(f"{key}.reject: {rule.reject} is not a SIP failure code (400-699)")
+
+
+def _validate_target(target: str, key: str, allow_uri: bool) -> None:
+    for name in TEMPLATE_RE.findall(target):
+        if name not in TEMPLATE_FIELDS:
+            raise ConfigError(f"{key}: unknown placeholder ${{{name}}} in {target!r}")
+    resolved = TEMPLATE_RE.sub("0", target)
+    if TARGET_RE.fullmatch(resolved) or (allow_uri and URI_RE.fullmatch(resolved)):
+        return
+    what = "a number or a sip: URI" if allow_uri else "a number"
+    raise ConfigError(f"{key}: {target!r} is not {what} (placeholders: ${{called}}, ${{caller}})")

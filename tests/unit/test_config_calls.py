@@ -1,0 +1,105 @@
+"""The call sections of the config file: accounts, trunk, scenarios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.runtime.config import ConfigError, load_config
+
+BASE = """
+server: {id: alpha}
+listen: {registry: "127.0.0.1:0", sip: "127.0.0.1:5060", trunk: "127.0.0.1:5070", sipgw: "127.0.0.1:50053"}
+numbering:
+  departments: [{id: support, name: Support}]
+  numbers: [{number: "100", name: Alice}, {number: "200", department: support}]
+"""
+
+GOOD = (
+    BASE
+    + """
+sip:    {accounts: [{number: "100", password: "pw-alice-1"}]}
+trunk:  {secret: "0123456789abcdef-group", lines: 30}
+scenarios:
+  incoming:     [{match: {called: "1.."}, dial: "${called}"}, {reject: 404}]
+  inter_server: [{match: {called: "2..", caller: "\\\\+?[0-9]+"}, ring_department: support},
+                 {forward: "sip:${called}@127.0.0.1:5080"}]
+"""
+)
+
+
+def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> object:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_config(path, environ=environ or {})
+
+
+def _error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text, environ)
+    return str(info.value)
+
+
+def test_the_issue_example_loads(tmp_path: Path) -> None:
+    from services.runtime.config import Config
+
+    config = _load(tmp_path, GOOD)
+    assert isinstance(config, Config)
+    assert config.listen.sip == "127.0.0.1:5060" and config.listen.trunk == "127.0.0.1:5070"
+    assert config.sip.accounts[0].number == "100" and config.sip.accounts[0].password.value == "pw-alice-1"
+    assert config.trunk.lines == 30 and config.trunk.secret.value == "0123456789abcdef-group"
+    assert config.scenarios.incoming[0].match.called == "1.." and config.scenarios.incoming[0].dial == "${called}"
+    assert config.scenarios.incoming[1].reject == 404
+    assert config.scenarios.inter_server[0].ring_department == "support"
+    assert config.scenarios.inter_server[1].forward == "sip:${called}@127.0.0.1:5080"
+    for secret in ("pw-alice-1", "0123456789abcdef-group"):
+        assert secret not in repr(config) and secret not in str(config)
+
+
+def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
+    from services.runtime.config import Config
+
+    config = _load(tmp_path, GOOD, {"PBXMESH_TRUNK_SECRET": "another-secret-of-the-group", "PBXMESH_TRUNK_LINES": "5"})
+    assert isinstance(config, Config)
+    assert config.trunk.secret.value == "another-secret-of-the-group" and config.trunk.lines == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("pw-alice-1", ""), "sip.accounts[0].password: a password is required"),
+        (('number: "100", password', 'number: "101", password'), "sip.accounts[0].number: '101' is not one of"),
+        (("lines: 30", "lines: 0"), "trunk.lines: 0 is not between 1 and 10000"),
+        (('"0123456789abcdef-group"', '"short"'), "trunk.secret: at least 16 characters"),
+        (('called: "1.."', 'called: "1(("'), "scenarios.incoming[0].match.called: '1((' is not a valid pattern"),
+        (("{reject: 404}", "{reject: 200}"), "scenarios.incoming[1].reject: 200 is not a SIP failure code"),
+        (("{reject: 404}", "{}"), "scenarios.incoming[1]: exactly one of dial, ring_department, forward, reject"),
+        (('dial: "${called}"}', 'dial: "${called}", reject: 486}'), "found dial, reject"),
+        (("ring_department: support", "ring_department: sales"), "unknown department 'sales'"),
+        (('dial: "${called}"', 'dial: "${callee}"'), "scenarios.incoming[0].dial: unknown placeholder ${callee}"),
+        (
+            ('dial: "${called}"', 'dial: "sip:100@127.0.0.1"'),
+            "scenarios.incoming[0].dial: 'sip:100@127.0.0.1' is not a number",
+        ),
+        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "ftp://x"'), "is not a number or a sip: URI"),
+        (('sip: "127.0.0.1:5060"', 'sip: "nowhere"'), "listen.sip: 'nowhere' is not host:port"),
+    ],
+)
+def test_bad_call_sections_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    old, new = change
+    assert old in GOOD
+    assert message in _error(tmp_path, GOOD.replace(old, new, 1))
+
+
+def test_a_secret_is_needed_only_with_a_trunk(tmp_path: Path) -> None:
+    text = GOOD.replace('trunk: "127.0.0.1:5070", ', "").replace('"0123456789abcdef-group"', '""')
+    _load(tmp_path, text)  # no trunk listener: no secret needed
+    assert "trunk.secret" in _error(tmp_path, GOOD.replace('"0123456789abcdef-group"', '""'))
+
+
+def test_duplicate_account(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        '[{number: "100", password: "pw-alice-1"}]', '[{number: "100", password: "a"}, {number: "100", password: "b"}]'
+    )
+    assert "sip.accounts[1].number: duplicate account '100'" in _error(tmp_path, text)
