@@ -1,0 +1,123 @@
+"""Digest authentication, the lockout of failing sources, and the trunk proof."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.sipgw.auth import (
+    Challenge,
+    DigestError,
+    Lockout,
+    NonceFactory,
+    TrunkProof,
+    TrunkProofError,
+    parse_credentials,
+    verify_response,
+)
+
+# RFC 2617 section 3.5 (MD5, qop=auth).
+RFC2617 = (
+    'Digest username="Mufasa", realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", '
+    'uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", '
+    'response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+)
+# RFC 7616 section 3.9.1 (SHA-256).
+RFC7616 = (
+    'Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", algorithm=SHA-256, '
+    'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", nc=00000001, '
+    'cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", qop=auth, '
+    'response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", '
+    'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+)
+
+
+def test_rfc_vectors_md5_and_sha256() -> None:
+    assert verify_response(parse_credentials(RFC2617), "GET", "Circle Of Life")
+    assert not verify_response(parse_credentials(RFC2617), "GET", "Circle of life")
+    assert verify_response(parse_credentials(RFC7616), "GET", "Circle of Life")
+    assert not verify_response(parse_credentials(RFC7616), "POST", "Circle of Life")
+
+
+def test_parse_credentials_quotes_escapes_and_errors() -> None:
+    params = parse_credentials('Digest username="a\\"b", realm="r,x", nonce=n, uri="sip:1@h", response="ab"')
+    assert params == {"username": 'a"b', "realm": "r,x", "nonce": "n", "uri": "sip:1@h", "response": "ab"}
+    for bad in ("Basic abc", 'Digest username="x', "Digest username", "Digest a=1, a=2", "Digest " + "a" * 5000):
+        with pytest.raises(DigestError):
+            parse_credentials(bad)
+    with pytest.raises(DigestError, match="unsupported algorithm"):
+        verify_response(parse_credentials(RFC2617.replace("qop=auth", "algorithm=SHA-512, qop=auth")), "GET", "x")
+    with pytest.raises(DigestError, match="missing response"):
+        verify_response({"username": "a", "realm": "r", "nonce": "n", "uri": "u"}, "GET", "x")
+
+
+def test_nonces_are_ours_expire_and_refuse_replayed_counts() -> None:
+    now = [1000.0]
+    factory = NonceFactory(key=b"k" * 32, lifetime=60, clock=lambda: now[0])
+    nonce = factory.issue()
+    assert factory.check(nonce) == "ok"
+    assert NonceFactory(key=b"z" * 32, clock=lambda: now[0]).check(nonce) == "bad"
+    assert factory.check("not-a-nonce") == "bad" and factory.check(nonce[:-2] + "AA") == "bad"
+    now[0] += 61
+    assert factory.check(nonce) == "stale"
+    assert factory.fresh_count(nonce, 1) and factory.fresh_count(nonce, 2)
+    assert not factory.fresh_count(nonce, 2) and not factory.fresh_count(nonce, 1)
+    challenge = Challenge("pbx", nonce, "SHA-256", stale=True).header_value()
+    assert challenge.startswith('Digest realm="pbx"') and "algorithm=SHA-256" in challenge and "stale=true" in challenge
+
+
+def test_lockout_delays_then_locks_then_forgives() -> None:
+    now = [0.0]
+    lockout = Lockout(free_failures=3, lock_failures=6, window=60, lock_seconds=300, clock=lambda: now[0])
+    source = "127.0.0.9:5060"
+    for _ in range(3):
+        assert lockout.check(source).action == "allow"
+        lockout.failed(source)
+    first = lockout.check(source)
+    assert first.action == "delay" and first.delay > 0
+    lockout.failed(source)
+    assert lockout.check(source).delay > first.delay  # slower with each failure
+    lockout.failed(source)
+    lockout.failed(source)
+    assert lockout.check(source).action == "locked"
+    assert lockout.check("127.0.0.10:5060").action == "allow"  # others are not punished
+    now[0] += 301
+    assert lockout.check(source).action == "allow"
+    lockout.failed(source)
+    lockout.succeeded(source)
+    assert lockout.check(source).action == "allow"
+
+
+def test_a_dictionary_attack_is_locked_out_long_before_it_gets_far() -> None:
+    lockout = Lockout(clock=lambda: 0.0)
+    tried = 0
+    for _ in range(1000):
+        if lockout.check("127.0.0.66").action == "locked":
+            break
+        lockout.failed("127.0.0.66")
+        tried += 1
+    assert tried == 20
+
+
+def test_trunk_proof_binds_the_request_and_the_time() -> None:
+    now = [1_800_000_000.0]
+    proof = TrunkProof("the-group-secret-0123", clock=lambda: now[0])
+    fields = ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n")
+    value = proof.sign(*fields)
+    proof.verify(value, *fields)
+    proof.verify(value, "INVITE", "sip:200@127.0.0.1:5070", "call-1", "1  INVITE", "tag-a", b"v=0\r\n")
+    for changed in (
+        ("INVITE", "sip:201@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n"),
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-2", "1 INVITE", "tag-a", b"v=0\r\n"),
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=1\r\n"),
+    ):
+        with pytest.raises(TrunkProofError, match="wrong"):
+            proof.verify(value, *changed)
+    with pytest.raises(TrunkProofError, match="wrong"):
+        TrunkProof("another-secret-456789", clock=lambda: now[0]).verify(value, *fields)
+    for bad in (None, "", "v1;ts=x;sig=y", "v2;ts=1;sig=y", value + ";extra=1"):
+        with pytest.raises(TrunkProofError):
+            proof.verify(bad, *fields)
+    now[0] += 31
+    with pytest.raises(TrunkProofError, match="window"):
+        proof.verify(value, *fields)
+    assert "the-group-secret" not in value
