@@ -11,16 +11,25 @@ and 18.2.2 ask for malformed responses and unreadable requests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.sipgw.sip.headers import Headers
+
 
 class ParseError(ValueError):
-    """A message could not be parsed or is invalid; ``reason`` is safe to put in a reason phrase."""
+    """A message could not be parsed or is invalid; ``reason`` is safe to put in a reason phrase.
 
-    def __init__(self, reason: str, can_reply: bool = False, status: int = 400):
+    When ``can_reply`` is set, ``headers`` holds the request's fields, to copy into the answer.
+    """
+
+    def __init__(self, reason: str, can_reply: bool = False, status: int = 400, headers: Headers | None = None):
         super().__init__(reason)
         self.reason = reason
         self.can_reply = can_reply
         self.status = status
+        self.headers = headers if can_reply else None
 
-    def replyable(self, can_reply: bool) -> ParseError:
+    def replyable(self, can_reply: bool, headers: Headers | None = None) -> ParseError:
         """The same error with ``can_reply`` decided by the caller, who knows the whole message."""
-        return ParseError(self.reason, can_reply, self.status)
+        return ParseError(self.reason, can_reply, self.status, headers)

@@ -187,6 +187,18 @@ class Headers:
                 return
         self.add(name, value)
 
+    def set_first(self, name: str, value: str) -> None:
+        """Replaces the first field line of this name only (a proxy or transport rewriting the top Via)."""
+        if "\r" in value or "\n" in value:
+            raise ValueError("a header value cannot hold CR or LF")
+        key = canonical_name(name.strip()).lower()
+        for index, (field_key, field_name, _) in enumerate(self._fields):
+            if field_key == key:
+                self._fields[index] = (field_key, field_name, value.strip())
+                self._cache.clear()
+                return
+        self.add(name, value)
+
     def remove(self, name: str) -> None:
         """Removes every field of this name."""
         key = canonical_name(name.strip()).lower()

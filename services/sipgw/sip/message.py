@@ -147,9 +147,11 @@ class Message:
         try:
             self._check()
         except ParseError as error:
-            raise error.replyable(self._can_reply()) from None
+            raise error.replyable(self._can_reply(), self.headers) from None
         except (ValueError, IndexError) as error:  # a bug in a field parser must not become a crash
-            raise ParseError(f"malformed message ({type(error).__name__})", self._can_reply()) from None
+            raise ParseError(
+                f"malformed message ({type(error).__name__})", self._can_reply(), headers=self.headers
+            ) from None
 
     def _check(self) -> None:
         if self.version.upper() != SIP_VERSION:

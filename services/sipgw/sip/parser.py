@@ -126,7 +126,7 @@ def _fail(error: ParseError, head: _Head | None) -> ParseError:
     if head is None or head.start_line.startswith("SIP/"):
         return error.replyable(False)
     method = head.start_line.split(" ", 1)[0]
-    return error.replyable(is_token(method) and can_reply_to(head.headers))
+    return error.replyable(is_token(method) and can_reply_to(head.headers), head.headers)
 
 
 def parse(data: bytes) -> Request | Response:

@@ -1,0 +1,239 @@
+"""The transport layer (RFC 3261 section 18): UDP and TCP on one address each.
+
+What arrives is parsed and handed up with the address it came from and the link to answer on.
+A request's top Via is stamped with ``received`` and ``rport`` (RFC 3581), so that answers go
+back to where the request really came from, never to a host named inside the message. A request
+that cannot be parsed but can be answered gets its 400 (or 505) here; anything else malformed is
+dropped. On TCP a framing error closes the connection, as the stream can no longer be trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from services.sipgw.sip.errors import ParseError
+from services.sipgw.sip.fields import parse_via
+from services.sipgw.sip.headers import Headers, split_list
+from services.sipgw.sip.message import Request, Response
+from services.sipgw.sip.parser import StreamFramer, parse
+
+_log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+UDP_BUFFER = 4 * 1024 * 1024  # bursts of a few thousand calls per second must not overflow it
+
+
+class Link(Protocol):
+    """Where a message came in, and how to send on the same path."""
+
+    name: str  # "UDP" or "TCP"
+    local: Address
+
+    def send(self, data: bytes, address: Address) -> None: ...
+
+
+Receiver = Callable[[Request | Response, Address, Link], None]
+
+
+def stamp_via(request: Request, source: Address) -> None:
+    """RFC 3261 18.2.1 and RFC 3581: note in the top Via where the request came from."""
+    lines = request.headers.get_lines("Via")
+    first = split_list(lines[0])
+    top = parse_via(first[0])
+    host, port = source
+    params = dict(top.params)
+    if top.has_rport:
+        params["received"] = host
+        params["rport"] = str(port)
+    elif top.host.strip("[]") != host:
+        params["received"] = host
+    else:
+        return
+    first[0] = str(top._replace(params=params))
+    request.headers.set_first("Via", ", ".join(first))
+
+
+def reply_to_broken(error: ParseError) -> bytes | None:
+    """The answer to a request that failed to parse or check, if it can have one."""
+    if not error.can_reply or error.headers is None:
+        return None
+    reason = "Version Not Supported" if error.status == 505 else f"Bad Request ({error.reason})"
+    return response_to(error.headers, error.status, reason).to_bytes()
+
+
+def response_to(request_headers: Headers, status: int, reason: str) -> Response:
+    """A response carrying the fields RFC 3261 8.2.6.2 says to copy: Via, From, To, Call-ID, CSeq."""
+    headers = Headers()
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for value in request_headers.get_lines(name):
+            headers.add(name, value)
+    return Response(status, reason, headers)
+
+
+class _Inbound:
+    """What both transports do with a message that arrived."""
+
+    def __init__(self, receiver: Receiver):
+        self.receiver = receiver
+
+    def deliver(self, message: Request | Response, source: Address, link: Link) -> None:
+        try:
+            if isinstance(message, Request):
+                message.check()
+                stamp_via(message, source)
+            else:
+                message.check()
+        except ParseError as error:
+            self.reject(error, source, link)
+            return
+        self.receiver(message, source, link)
+
+    def reject(self, error: ParseError, source: Address, link: Link) -> None:
+        answer = reply_to_broken(error)
+        _log.debug("malformed SIP from %s:%s over %s: %s", source[0], source[1], link.name, error.reason)
+        if answer is not None:
+            link.send(answer, source)
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket: every datagram is one message."""
+
+    name = "UDP"
+
+    def __init__(self, receiver: Receiver):
+        self._inbound = _Inbound(receiver)
+        self._transport: asyncio.DatagramTransport | None = None
+        self.local: Address = ("", 0)
+
+    @classmethod
+    async def open(cls, host: str, port: int, receiver: Receiver) -> UdpEndpoint:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+        sock.bind((host, port))
+        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(receiver), sock=sock)
+        return endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        source = (str(addr[0]), int(str(addr[1])))
+        if data.strip(b"\r\n") == b"":
+            return  # a keepalive (RFC 5626 section 3.5.1)
+        try:
+            message = parse(data)
+        except ParseError as error:
+            self._inbound.reject(error, source, self)
+            return
+        self._inbound.deliver(message, source, self)
+
+    def send(self, data: bytes, address: Address) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, address)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class TcpConnection(asyncio.Protocol):
+    """One TCP connection, accepted or opened; messages are cut from the stream by Content-Length."""
+
+    name = "TCP"
+
+    def __init__(self, inbound: _Inbound, pool: dict[Address, TcpConnection]):
+        self._inbound = inbound
+        self._pool = pool
+        self._framer = StreamFramer()
+        self._transport: asyncio.Transport | None = None
+        self.local: Address = ("", 0)
+        self.peer: Address = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        self.local, self.peer = (local[0], local[1]), (peer[0], peer[1])
+        self._pool[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._framer.feed(data)
+        except ParseError as error:
+            self._inbound.reject(error, self.peer, self)
+            self.close()
+            return
+        for message in messages:
+            self._inbound.deliver(message, self.peer, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._pool.get(self.peer) is self:
+            del self._pool[self.peer]
+
+    def send(self, data: bytes, address: Address) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class TcpListener:
+    """Accepts TCP connections on one address, and opens them to send where none is open yet."""
+
+    name = "TCP"
+
+    def __init__(self, receiver: Receiver):
+        self._inbound = _Inbound(receiver)
+        self._pool: dict[Address, TcpConnection] = {}
+        self._server: asyncio.Server | None = None
+        self.local: Address = ("", 0)
+
+    @classmethod
+    async def open(cls, host: str, port: int, receiver: Receiver) -> TcpListener:
+        listener = cls(receiver)
+        loop = asyncio.get_running_loop()
+        listener._server = await loop.create_server(
+            lambda: TcpConnection(listener._inbound, listener._pool), host, port, reuse_address=True
+        )
+        sockname = listener._server.sockets[0].getsockname()
+        listener.local = (sockname[0], sockname[1])
+        return listener
+
+    async def connection_to(self, address: Address) -> TcpConnection:
+        """The open connection to ``address``, or a new one."""
+        existing = self._pool.get(address)
+        if existing is not None:
+            return existing
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(
+            lambda: TcpConnection(self._inbound, self._pool), address[0], address[1]
+        )
+        return connection
+
+    def send(self, data: bytes, address: Address) -> None:
+        connection = self._pool.get(address)
+        if connection is None:
+            _log.debug("no TCP connection to %s:%s; message dropped", *address)
+            return
+        connection.send(data, address)
+
+    @property
+    def connections(self) -> int:
+        return len(self._pool)
+
+    async def close(self) -> None:
+        for connection in list(self._pool.values()):
+            connection.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
