@@ -42,7 +42,8 @@ class Challenge:
 
     def header_value(self) -> str:
         stale = ", stale=true" if self.stale else ""
-        return f'Digest realm="{self.realm}", nonce="{self.nonce}", algorithm={self.algorithm}, qop="auth"{stale}'
+        realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
+        return f'Digest realm="{realm}", nonce="{self.nonce}", algorithm={self.algorithm}, qop="auth"{stale}'
 
 
 class NonceFactory:
@@ -145,8 +146,15 @@ def verify_response(params: dict[str, str], method: str, password: str) -> bool:
         if required not in params:
             raise DigestError(f"missing {required}")
 
+    response = params["response"].lower()
+    if not (response.isascii() and all(c in "0123456789abcdef" for c in response)):
+        raise DigestError("response is not hexadecimal")
+
     def h(text: str) -> str:
-        return hasher(text.encode()).hexdigest()
+        try:
+            return hasher(text.encode()).hexdigest()
+        except UnicodeEncodeError:  # bytes that were not UTF-8 on the wire
+            raise DigestError("credentials are not text") from None
 
     ha1 = h(f"{params['username']}:{params['realm']}:{password}")
     ha2 = h(f"{method}:{params['uri']}")
@@ -157,4 +165,4 @@ def verify_response(params: dict[str, str], method: str, password: str) -> bool:
         expected = h(f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:{qop}:{ha2}")
     else:
         expected = h(f"{ha1}:{params['nonce']}:{ha2}")
-    return hmac.compare_digest(expected, params["response"].lower())
+    return hmac.compare_digest(expected, response)

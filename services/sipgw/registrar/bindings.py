@@ -43,6 +43,10 @@ class Bindings:
         self._clock = clock
         self._by_number: dict[str, dict[str, Binding]] = {}
 
+    def now(self) -> float:
+        """The clock the bindings' expiry times are on."""
+        return self._clock()
+
     def lookup(self, number: str) -> list[Binding]:
         """Live contacts of ``number``, the most recently refreshed first."""
         now = self._clock()
@@ -65,6 +69,7 @@ class Bindings:
     ) -> list[Binding]:
         """Applies one REGISTER: ``contacts`` is [(uri, expires)], ``wildcard`` is "Contact: *"
         (only valid with expires 0). Returns the number's bindings after it."""
+        self.lookup(number)  # an expired binding must not make a new REGISTER look out of order
         now = self._clock()
         current = self._by_number.setdefault(number, {})
         if wildcard:

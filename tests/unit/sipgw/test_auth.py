@@ -121,3 +121,13 @@ def test_trunk_proof_binds_the_request_and_the_time() -> None:
     with pytest.raises(TrunkProofError, match="window"):
         proof.verify(value, *fields)
     assert "the-group-secret" not in value
+
+
+def test_bytes_from_the_wire_that_are_not_text_are_digest_errors() -> None:
+    params = parse_credentials(RFC2617)
+    with pytest.raises(DigestError, match="hexadecimal"):
+        verify_response({**params, "response": "é" * 32}, "GET", "Circle Of Life")
+    with pytest.raises(DigestError, match="not text"):
+        verify_response({**params, "username": "Mu\udcfffasa"}, "GET", "Circle Of Life")
+    value = Challenge('pbx "main"\\', "n").header_value()
+    assert value.startswith('Digest realm="pbx \\"main\\"\\\\", nonce="n"')

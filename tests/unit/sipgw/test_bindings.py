@@ -43,3 +43,13 @@ def test_limits() -> None:
     contacts = [(f"sip:{i}@127.0.0.1", 600 + i) for i in range(MAX_CONTACTS + 3)]
     kept = bindings.update("200", contacts, "127.0.0.1:5060", "c9", 1)
     assert len(kept) == MAX_CONTACTS and kept[-1].contact == "sip:3@127.0.0.1"  # the shortest-lived went
+
+
+def test_an_expired_binding_does_not_make_a_new_register_out_of_order() -> None:
+    now = [0.0]
+    bindings = Bindings(clock=lambda: now[0])
+    bindings.update("100", [("sip:a@127.0.0.1", 60)], "127.0.0.1:5060", "c1", 5)
+    now[0] = 61
+    assert bindings.now() == 61
+    kept = bindings.update("100", [("sip:a@127.0.0.1", 60)], "127.0.0.1:5060", "c1", 1)
+    assert [b.cseq for b in kept] == [1]
