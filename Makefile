@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester) and sipsak.
+sip-peers:
+	@missing=""; for t in sipp sipsak; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak; \
+		else echo "missing:$$missing: install the Debian packages sip-tester and sipsak (or run make as root)"; exit 1; fi; \
+	fi
+
+pytest: $(STAMP) sip-peers
 	$(BIN)/python -m pytest
 
 check: proto-check buf-check lint typecheck

@@ -15,6 +15,7 @@ import signal
 import grpc
 import grpc.aio
 import uvloop
+
 from pbxmesh.registry.v1 import registry_pb2 as pb
 
 METHOD = "/bench.Bare/Resolve"

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 
 import grpc.aio
-from pbxmesh.registry.v1 import registry_pb2 as pb
-from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from bench._harness import BenchError, channel
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 
 class _Feed:

@@ -8,12 +8,11 @@ import functools
 import subprocess
 import time
 
-from pbxmesh.registry.v1 import registry_pb2 as pb
-from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
-
 from bench._feeds import MembersFeed, NumbersFeed
 from bench._harness import RPC_TIMEOUT, BenchError, Params, Registry, Supervisor, channel, start_registry
 from bench._report import Report, pct, section
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 SEEN_WAIT = 5.0  # an upsert not seen by then counts as lost
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pbxmesh.registry.v1 import registry_pb2 as pb
-from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from bench import _bare_server
 from bench._harness import RPC_TIMEOUT, Params, Registry, Supervisor, bounded, channel, cpu_seconds, wait_for_listen
 from bench._report import Report, section
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 Call = Callable[[int], Awaitable[Any]]
 

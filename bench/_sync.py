@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 
 import grpc.aio
-from pbxmesh.registry.v1 import registry_pb2 as pb
-from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from bench._feeds import NumbersFeed, Snapshot
 from bench._harness import (
@@ -35,6 +33,8 @@ from bench._harness import (
 )
 from bench._report import Report, pct, section
 from bench._sim import close_sim, populate, sim_number
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
 
 SYNC_WAIT = 60.0

@@ -42,14 +42,14 @@ from types import FrameType
 
 import grpc
 import grpc.aio
-from pbxmesh.registry.v1 import registry_pb2 as pb
-from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from bench._group import bench_convergence, bench_crash
 from bench._harness import RPC_TIMEOUT, BenchError, Params, Supervisor, channel, machine_cpu, start_registry
 from bench._report import Report
 from bench._resolve import bench_resolve
 from bench._sync import bench_sync
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import EmbeddedEtcd, etcd_binary
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
-
 from services.runtime import ConfigError, error_info, load_config
 
 _log = logging.getLogger("pbxmesh")
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a service of this server")
-    serve.add_argument("service", choices=["registry"])
+    serve.add_argument("service", choices=["registry", "sipgw"])
     serve.add_argument("-c", "--config", required=True, help="server config file (YAML)")
     serve.set_defaults(func=_serve)
 
@@ -69,6 +69,14 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.telemetry.log_level)
     import uvloop
 
+    if args.service == "sipgw":
+        from services.sipgw.serve import serve_sipgw
+
+        try:
+            return uvloop.run(serve_sipgw(config))
+        except ConfigError as exc:
+            print(f"pbxmesh: config error: {exc}", file=sys.stderr)
+            return 2
     from services.registry.serve import serve_registry
 
     return uvloop.run(serve_registry(config))

@@ -17,9 +17,9 @@ import grpc
 import grpc.aio
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
-
 from services.runtime.embedded_etcd import EmbeddedEtcd
 
 READY = re.compile(r"listening on (\S+), group")

@@ -11,9 +11,9 @@ from typing import Generic, TypeVar
 
 import grpc.aio
 from opentelemetry import trace
+
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
-
 from services.registry.errors import (
     InvalidNumber,
     InvalidPage,

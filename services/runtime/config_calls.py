@@ -30,6 +30,9 @@ class AccountEntry:
 @dataclasses.dataclass(frozen=True)
 class SipSection:
     accounts: tuple[AccountEntry, ...] = ()
+    # Digest challenges in this order. Most phones answer the first one only, and many cannot do
+    # SHA-256 (RFC 8760), so MD5 comes first unless every phone of the server is known to cope.
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,9 @@ def validate_calls(
         seen.add(account.number)
         if not account.password:
             raise ConfigError(f"{key}.password: a password is required")
+    algorithms = sip.digest_algorithms
+    if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= {"MD5", "SHA-256"}:
+        raise ConfigError(f"sip.digest_algorithms: {list(algorithms)!r} must list MD5 and/or SHA-256, each once")
     if not 1 <= trunk.lines <= MAX_LINES:
         raise ConfigError(f"trunk.lines: {trunk.lines} is not between 1 and {MAX_LINES}")
     if trunk_listen and len(trunk.secret.value) < MIN_SECRET:

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
-
 from services.registry import GROUP_HEALTH
 from services.runtime.embedded_etcd import EmbeddedEtcd, etcd_binary
 from services.runtime.grpc_server import NOT_SERVING, SERVING

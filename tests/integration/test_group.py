@@ -7,8 +7,8 @@ import time
 from collections.abc import Awaitable
 
 import grpc
-from pbxmesh.registry.v1 import registry_pb2 as pb
 
+from pbxmesh.registry.v1 import registry_pb2 as pb
 from tests.support import Group, has_numbers, lacks_number, member_ids_are, next_message, owner_is, wait_for
 
 

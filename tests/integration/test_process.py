@@ -15,8 +15,8 @@ import grpc.aio
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from pbxmesh.registry.v1 import registry_pb2 as pb
 
+from pbxmesh.registry.v1 import registry_pb2 as pb
 from services.registry import GROUP_HEALTH
 from services.runtime.grpc_server import SERVING
 from tests.support import REPO, Group, child_env, has_numbers, wait_for

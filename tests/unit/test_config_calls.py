@@ -71,6 +71,10 @@ def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
         (("pw-alice-1", ""), "sip.accounts[0].password: a password is required"),
         (('number: "100", password', 'number: "101", password'), "sip.accounts[0].number: '101' is not one of"),
         (("lines: 30", "lines: 0"), "trunk.lines: 0 is not between 1 and 10000"),
+        (
+            ('password: "pw-alice-1"}]}', 'password: "pw-alice-1"}], digest_algorithms: [SHA-1]}'),
+            "sip.digest_algorithms",
+        ),
         (('"0123456789abcdef-group"', '"short"'), "trunk.secret: at least 16 characters"),
         (('called: "1.."', 'called: "1(("'), "scenarios.incoming[0].match.called: '1((' is not a valid pattern"),
         (("{reject: 404}", "{reject: 200}"), "scenarios.incoming[1].reject: 200 is not a SIP failure code"),

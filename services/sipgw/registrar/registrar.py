@@ -76,7 +76,9 @@ class Registrar:
         bindings: Bindings | None = None,
         nonces: NonceFactory | None = None,
         lockout: Lockout | None = None,
+        algorithms: Sequence[str] = CHALLENGE_ALGORITHMS,
     ):
+        self._algorithms = tuple(algorithms)
         # An account without a password can never authenticate: leaving it out makes it "unknown".
         self._passwords = {account.number: account.password.value for account in accounts if account.password}
         self._realm = realm
@@ -123,7 +125,7 @@ class Registrar:
     def _challenge(self, request: Request, stale: bool) -> Response:
         response = self._reply(request, 401, "Unauthorized")
         nonce = self._nonces.issue()  # one nonce for both challenges: the phone answers one of them
-        for algorithm in CHALLENGE_ALGORITHMS:
+        for algorithm in self._algorithms:
             response.headers.add("WWW-Authenticate", Challenge(self._realm, nonce, algorithm, stale).header_value())
         return response
 

@@ -1,0 +1,104 @@
+"""One server's SIP gateway: SIP on UDP and TCP at ``listen.sip``, its gRPC API at ``listen.sipgw``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import grpc.aio
+
+from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
+from services.runtime.config import Config, ConfigError, check_host_port
+from services.runtime.grpc_server import GrpcHost
+from services.sipgw.core import SipCore
+from services.sipgw.registrar import Registrar
+from services.sipgw.sip.transport import TcpListener, UdpEndpoint
+from services.sipgw.trunk_lines import TrunkLines
+
+_log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 2.0
+
+Ctx = grpc.aio.ServicerContext
+
+
+class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
+    def __init__(self, core: SipCore, lines: TrunkLines):
+        self.core = core
+        self.lines = lines
+
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        pb_grpc.add_SipGatewayServiceServicer_to_server(self, server)
+        return [pb.DESCRIPTOR.services_by_name["SipGatewayService"].full_name]
+
+    async def ListRegistrations(
+        self,
+        request: pb.ListRegistrationsRequest,
+        context: Ctx[pb.ListRegistrationsRequest, pb.ListRegistrationsResponse],
+    ) -> pb.ListRegistrationsResponse:
+        bindings = self.core.registrar.bindings
+        now = bindings.now()
+        return pb.ListRegistrationsResponse(
+            registrations=[
+                pb.Registration(
+                    number=number,
+                    contacts=[
+                        pb.Contact(uri=b.contact, source=b.source, expires_in=b.remaining(now))
+                        for b in bindings.lookup(number)
+                    ],
+                )
+                for number in bindings.numbers()
+            ]
+        )
+
+    async def GetTrunkUsage(
+        self, request: pb.GetTrunkUsageRequest, context: Ctx[pb.GetTrunkUsageRequest, pb.GetTrunkUsageResponse]
+    ) -> pb.GetTrunkUsageResponse:
+        usage = self.lines.usage
+        return pb.GetTrunkUsageResponse(
+            lines=usage.lines,
+            in_use=usage.in_use,
+            incoming=usage.incoming,
+            outgoing=usage.outgoing,
+            rejected=usage.rejected,
+        )
+
+
+class SipGatewayApp:
+    def __init__(self, config: Config):
+        for key in ("sip", "sipgw"):
+            if not getattr(config.listen, key):
+                raise ConfigError(f"listen.{key}: required to run the SIP gateway")
+        self.config = config
+        self.host = GrpcHost(config.listen.sipgw)
+        realm = config.server.name or config.server.id
+        self.core = SipCore(Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms))
+        self.lines = TrunkLines(config.trunk.lines)
+        self.failed = asyncio.Event()
+        self.udp: UdpEndpoint | None = None
+        self.tcp: TcpListener | None = None
+
+    async def start(self) -> None:
+        host, port = check_host_port(self.config.listen.sip, "listen.sip")
+        receive = self.core.transactions.receive
+        self.udp = await UdpEndpoint.open(host, port, receive)
+        # TCP on the same port as UDP (RFC 3261 18.1); with port 0 it follows the UDP one.
+        self.tcp = await TcpListener.open(host, self.udp.local[1], receive)
+        self.host.add(SipGatewayService(self.core, self.lines))
+        await self.host.start()
+        _log.info(
+            "sipgw of %s: SIP on %s:%s (UDP, TCP), API on %s",
+            self.config.server.id,
+            self.udp.local[0],
+            self.udp.local[1],
+            self.host.address,
+        )
+
+    async def stop(self, graceful: bool) -> None:
+        await self.host.stop(DRAIN_SECONDS if graceful else 0)
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            await self.tcp.close()

@@ -1,0 +1,52 @@
+"""The gateway's SIP core: what each incoming request becomes.
+
+Transports deliver to the transaction layer, which hands new requests here. REGISTER goes to the
+registrar, OPTIONS is answered (a keepalive and capability probe), anything the gateway does not
+handle yet gets 501. Answers go back on the link and to the address the request came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.sipgw.registrar import Registrar
+from services.sipgw.sip import Request
+from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
+from services.sipgw.sip.transport import response_to
+
+_log = logging.getLogger(__name__)
+
+ALLOW = "REGISTER, OPTIONS"
+
+
+class SipCore:
+    def __init__(self, registrar: Registrar):
+        self.registrar = registrar
+        self.transactions = TransactionLayer(self.on_request)
+
+    def on_request(self, transaction: ServerTransaction, request: Request) -> None:
+        if request.method == "ACK":
+            return  # nothing of ours needs an ACK yet
+        if request.method == "REGISTER":
+            self._register(transaction, request)
+        elif request.method == "OPTIONS":
+            response = response_to(request.headers, 200, "OK")
+            response.headers.add("Allow", ALLOW)
+            response.headers.add("Accept", "application/sdp")
+            transaction.respond(response)
+        else:
+            response = response_to(request.headers, 501, "Not Implemented")
+            response.headers.add("Allow", ALLOW)
+            transaction.respond(response)
+
+    def _register(self, transaction: ServerTransaction, request: Request) -> None:
+        decision = self.registrar.handle(request, transaction.address)
+        if decision.response is None:
+            return
+        response = decision.response
+        if decision.delay > 0:
+            # A source that keeps failing waits for its answer; nothing else waits with it.
+            asyncio.get_running_loop().call_later(decision.delay, transaction.respond, response)
+        else:
+            transaction.respond(response)
