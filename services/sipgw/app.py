@@ -74,7 +74,8 @@ class SipGatewayApp:
         self.config = config
         self.host = GrpcHost(config.listen.sipgw)
         realm = config.server.name or config.server.id
-        self.core = SipCore(Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms))
+        registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
+        self.core = SipCore(registrar, {n.number for n in config.numbering.numbers})
         self.lines = TrunkLines(config.trunk.lines)
         self.failed = asyncio.Event()
         self.udp: UdpEndpoint | None = None

@@ -1,8 +1,9 @@
 """The gateway's SIP core: what each incoming request becomes.
 
 Transports deliver to the transaction layer, which hands new requests here. REGISTER goes to the
-registrar, OPTIONS is answered (a keepalive and capability probe), anything the gateway does not
-handle yet gets 501. Answers go back on the link and to the address the request came from.
+registrar, OPTIONS is answered (a keepalive and capability probe), INVITE starts a call and the
+requests of a call go to the back-to-back agent; anything else gets 501. Answers go back on the
+link and to the address the request came from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.sipgw.b2bua import B2BUA
 from services.sipgw.registrar import Registrar
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
@@ -17,18 +19,28 @@ from services.sipgw.sip.transport import response_to
 
 _log = logging.getLogger(__name__)
 
-ALLOW = "REGISTER, OPTIONS"
+ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS"
 
 
 class SipCore:
-    def __init__(self, registrar: Registrar):
+    def __init__(self, registrar: Registrar, own_numbers: set[str]):
         self.registrar = registrar
         self.transactions = TransactionLayer(self.on_request)
+        self.calls = B2BUA(self.transactions, registrar.bindings, own_numbers)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
+        if request.method == "CANCEL":
+            self.calls.cancel(transaction, request)
+            return
+        if request.to_addr.tag:
+            if not self.calls.in_dialog(transaction, request) and request.method != "ACK":
+                transaction.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist"))
+            return
         if request.method == "ACK":
-            return  # nothing of ours needs an ACK yet
-        if request.method == "REGISTER":
+            return  # an ACK outside any dialog: nothing to do
+        if request.method == "INVITE":
+            self.calls.invite(transaction, request)
+        elif request.method == "REGISTER":
             self._register(transaction, request)
         elif request.method == "OPTIONS":
             response = response_to(request.headers, 200, "OK")

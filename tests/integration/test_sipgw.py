@@ -97,7 +97,7 @@ async def test_sipsak_options_and_register_with_digest(gateway: Gateway) -> None
     sipsak = tool("sipsak")
     ping = await asyncio.to_thread(run, sipsak, "-v", "-s", f"sip:{ALICE[0]}@{gateway.sip}")
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    assert "200 OK" in ping.stdout and "Allow: REGISTER, OPTIONS" in ping.stdout
+    assert "200 OK" in ping.stdout and "Allow: INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS" in ping.stdout
 
     good = await asyncio.to_thread(
         run, sipsak, "-U", "-x", "120", "-s", f"sip:{ALICE[0]}@{gateway.sip}", "-u", ALICE[0], "-a", ALICE[1]
@@ -136,3 +136,61 @@ def test_the_gateway_refuses_to_start_without_its_addresses(tmp_path: Path) -> N
         capture_output=True, text=True, timeout=30, env=child_env(), cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 2 and "listen.sip: required to run the SIP gateway" in result.stderr
+
+
+def sipp_args(gateway: Gateway, scenario: str, port: int, service: str, *extra: str) -> list[str]:
+    return [
+        "timeout", "40", tool("sipp"), gateway.sip, "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
+        "-p", str(port), "-m", "1", "-s", service, "-nostdin", "-timeout", "30s", *extra,
+    ]  # fmt: skip
+
+
+async def test_a_local_call_between_two_sipp_phones(gateway: Gateway) -> None:
+    callee_port, caller_port = free_port(), free_port()
+    registered = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
+    )
+    assert registered.returncode == 0, registered.stdout[-1500:]
+    # The callee answers on the port it registered from.
+    callee = await asyncio.create_subprocess_exec(
+        *sipp_args(gateway, "callee.xml", callee_port, BOB[0]),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    caller = await asyncio.to_thread(run, *sipp_args(gateway, "caller.xml", caller_port, BOB[0]))
+    assert caller.returncode == 0, caller.stdout[-1500:] + caller.stderr[-1500:]
+    assert await asyncio.wait_for(callee.wait(), 30) == 0
+    log = "".join(gateway.log)
+    assert f": {ALICE[0]} -> {BOB[0]}" in log and "answered" in log and "hung up by caller" in log
+
+
+def _invite(called: str, branch: str, max_forwards: int = 70) -> bytes:
+    return (
+        f"INVITE sip:{called}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
+        f"Max-Forwards: {max_forwards}\r\nFrom: <sip:100@127.0.0.1>;tag=a{branch}\r\nTo: <sip:{called}@127.0.0.1>\r\n"
+        f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:100@127.0.0.1:5999>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_calls_that_cannot_connect_get_404_480_or_483(gateway: Gateway) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(3)
+    host, port = gateway.sip.split(":")
+
+    def final(data: bytes) -> bytes:
+        sock.sendto(data, (host, int(port)))
+        while True:
+            answer = sock.recv(65536)
+            if not answer.startswith(b"SIP/2.0 100"):
+                return answer
+
+    try:
+        assert (await asyncio.to_thread(final, _invite("999", "nf1"))).startswith(b"SIP/2.0 404")
+        assert (await asyncio.to_thread(final, _invite(BOB[0], "nr1"))).startswith(b"SIP/2.0 480")
+        assert (await asyncio.to_thread(final, _invite(BOB[0], "mf1", 0))).startswith(b"SIP/2.0 483")
+    finally:
+        sock.close()

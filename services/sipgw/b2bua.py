@@ -1,0 +1,291 @@
+"""The back-to-back agent for calls between the server's own phones.
+
+A call is two dialogs: leg A with the caller, leg B with the callee. The agent answers each leg
+itself and carries over what the other side said: ringing, answer and SDP (media goes directly
+between the phones), busy/decline/timeouts, hang-up from either side, CANCEL before the answer.
+Each leg's packets go to the address the phone's packets come from (its INVITE's source, or its
+registration's source), never to a host named inside a message. Max-Forwards is decremented
+across the agent, not reset (RFC 7332); at zero the caller gets 483.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+
+from services.sipgw.registrar import Bindings
+from services.sipgw.sip import Request, Response, SipURI, parse_uri
+from services.sipgw.sip.dialog import Dialog, new_tag
+from services.sipgw.sip.headers import Headers
+from services.sipgw.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TransactionLayer,
+    new_branch,
+)
+from services.sipgw.sip.transport import Address, Link, response_to
+
+_log = logging.getLogger(__name__)
+
+RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"
+
+
+@dataclasses.dataclass
+class Call:
+    id: str
+    caller: str
+    callee: str
+    a_tx: ServerTransaction
+    a_tag: str
+    b_request: Request
+    b_address: Address
+    b_link: Link
+    b_tx: ClientTransaction | None = None
+    a_dialog: Dialog | None = None
+    b_dialog: Dialog | None = None
+    state: str = "dialing"
+    a_answer: bytes | None = None  # the 2xx to A, resent until A's ACK (RFC 3261 13.3.1.4)
+    retransmit: asyncio.TimerHandle | None = None
+    canceled: bool = False
+
+    @property
+    def a_address(self) -> Address:
+        return self.a_tx.address
+
+
+def _parse_source(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class B2BUA:
+    def __init__(self, transactions: TransactionLayer, bindings: Bindings, own_numbers: set[str]):
+        self.transactions = transactions
+        self.bindings = bindings
+        self.own_numbers = own_numbers
+        self.calls: dict[str, Call] = {}
+        self._by_dialog: dict[tuple[str, str, str], tuple[Call, str]] = {}
+        self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
+
+    # -- A: the caller ----------------------------------------------------------------------
+
+    def invite(self, tx: ServerTransaction, request: Request) -> None:
+        """A new INVITE (no To tag) from one of our phones."""
+        mf = request.max_forwards
+        if mf is not None and mf <= 0:
+            tx.respond(self._answer_a(request, 483, "Too Many Hops"))
+            return
+        called = request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
+        caller = request.from_addr.uri.user if isinstance(request.from_addr.uri, SipURI) else None
+        if called not in self.own_numbers:
+            tx.respond(self._answer_a(request, 404, "Not Found"))
+            return
+        contacts = self.bindings.lookup(called)
+        if not contacts:
+            tx.respond(self._answer_a(request, 480, "Temporarily Unavailable"))
+            return
+        tx.respond(response_to(request.headers, 100, "Trying"))
+        binding = contacts[0]
+        link = tx.link
+        b_request = self._b_invite(request, called, caller or "anonymous", binding.contact, link, mf)
+        call = Call(
+            id=uuid.uuid4().hex,
+            caller=caller or "anonymous",
+            callee=called,
+            a_tx=tx,
+            a_tag=new_tag(),
+            b_request=b_request,
+            b_address=_parse_source(binding.source),
+            b_link=link,
+        )
+        self.calls[call.id] = call
+        self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
+        _log.info("call %s: %s -> %s", call.id, call.caller, call.callee)
+        call.b_tx = self.transactions.send_request(
+            b_request,
+            link,
+            call.b_address,
+            lambda response: self._from_b(call, response),
+            lambda: self._b_timeout(call),
+        )
+
+    def _b_invite(self, a: Request, called: str, caller: str, contact: str, link: Link, mf: int | None) -> Request:
+        local = f"{link.local[0]}:{link.local[1]}"
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{link.name} {local};branch={new_branch()};rport")
+        headers.add("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        display = a.from_addr.display_name
+        name = f'"{display}" ' if display else ""
+        headers.add("From", f"{name}<sip:{caller}@{local}>;tag={new_tag()}")
+        headers.add("To", f"<sip:{called}@{local}>")
+        headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<sip:{caller}@{local}>")
+        content_type = a.headers.get("Content-Type")
+        if content_type and a.body:
+            headers.add("Content-Type", content_type)
+        return Request("INVITE", parse_uri(contact), headers, a.body)
+
+    def _answer_a(self, request: Request, status: int, reason: str, tag: str | None = None) -> Response:
+        response = response_to(request.headers, status, reason)
+        if status > 100 and not request.to_addr.tag:
+            to = request.headers.get("To") or ""
+            response.headers.set("To", f"{to};tag={tag or new_tag()}")
+        return response
+
+    # -- B: the callee ----------------------------------------------------------------------
+
+    def _from_b(self, call: Call, response: Response) -> None:
+        a_request = call.a_tx.request
+        if response.status < 200:
+            if response.status > 100 and call.state == "dialing":
+                call.state = RINGING
+                ringing = self._answer_a(a_request, response.status, response.reason, call.a_tag)
+                self._copy_body(response, ringing)
+                call.a_tx.respond(ringing)
+            return
+        if 200 <= response.status < 300:
+            self._answered(call, response)
+            return
+        if call.canceled:
+            self._end(call, "canceled")
+            return
+        call.a_tx.respond(self._answer_a(a_request, response.status, response.reason, call.a_tag))
+        self._end(call, f"{response.status} {response.reason}")
+
+    def _answered(self, call: Call, response: Response) -> None:
+        via = self._via(call.b_link)
+        if call.b_dialog is None:
+            call.b_dialog = Dialog.as_uac(call.b_request, response)
+            self._by_dialog[call.b_dialog.key] = (call, "b")
+        # Every 2xx from B is ACKed again: B resends it until an ACK arrives.
+        call.b_link.send(call.b_dialog.ack(via, call.b_request.cseq.number).to_bytes(), call.b_address)
+        if call.state in (ANSWERED, ENDED):
+            return
+        if call.canceled:  # the answer crossed A's CANCEL: B is hung up at once
+            self._bye(call, "b")
+            self._end(call, "canceled")
+            return
+        call.state = ANSWERED
+        a_request = call.a_tx.request
+        local = f"{call.a_tx.link.local[0]}:{call.a_tx.link.local[1]}"
+        contact = f"<sip:{call.callee}@{local}>"
+        answer = self._answer_a(a_request, 200, "OK", call.a_tag)
+        answer.headers.add("Contact", contact)
+        self._copy_body(response, answer)
+        call.a_dialog = Dialog.as_uas(a_request, call.a_tag, contact)
+        self._by_dialog[call.a_dialog.key] = (call, "a")
+        call.a_tx.respond(answer)
+        call.a_answer = answer.to_bytes()
+        self._resend_answer(call, self.transactions.timers.t1, 0.0)
+        _log.info("call %s answered", call.id)
+
+    def _resend_answer(self, call: Call, interval: float, elapsed: float) -> None:
+        def fire() -> None:
+            if call.a_answer is None or call.state != ANSWERED:
+                return
+            if elapsed + interval >= self.transactions.timers.b:
+                _log.info("call %s: no ACK from the caller, hanging up", call.id)
+                self._bye(call, "a")
+                self._bye(call, "b")
+                self._end(call, "no ACK")
+                return
+            call.a_tx.link.send(call.a_answer, call.a_address)
+            self._resend_answer(call, min(interval * 2, self.transactions.timers.t2), elapsed + interval)
+
+        call.retransmit = asyncio.get_running_loop().call_later(interval, fire)
+
+    def _b_timeout(self, call: Call) -> None:
+        if call.state in ("dialing", RINGING):
+            call.a_tx.respond(self._answer_a(call.a_tx.request, 408, "Request Timeout", call.a_tag))
+            self._end(call, "no answer from the callee")
+
+    @staticmethod
+    def _copy_body(source: Response, target: Response) -> None:
+        content_type = source.headers.get("Content-Type")
+        if content_type and source.body:
+            target.headers.add("Content-Type", content_type)
+            target.body = source.body
+
+    # -- requests inside a call --------------------------------------------------------------
+
+    def in_dialog(self, tx: ServerTransaction, request: Request) -> bool:
+        """ACK, BYE and the rest for an existing call; False if the request is not ours."""
+        key = (request.call_id, request.to_addr.tag or "", request.from_addr.tag or "")
+        found = self._by_dialog.get(key)
+        if found is None:
+            return False
+        call, side = found
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        assert dialog is not None
+        if request.method == "ACK":
+            if side == "a":
+                call.a_answer = None
+                if call.retransmit is not None:
+                    call.retransmit.cancel()
+            return True
+        if not dialog.receive(request):
+            tx.respond(response_to(request.headers, 500, "Server Internal Error"))
+            return True
+        if request.method == "BYE":
+            tx.respond(response_to(request.headers, 200, "OK"))
+            self._bye(call, "b" if side == "a" else "a")
+            self._end(call, f"hung up by {'caller' if side == 'a' else 'callee'}")
+            return True
+        tx.respond(response_to(request.headers, 501, "Not Implemented"))
+        return True
+
+    def cancel(self, tx: ServerTransaction, request: Request) -> None:
+        """CANCEL from the caller before the answer (RFC 3261 9.2)."""
+        call = self._by_invite.get((request.call_id, request.from_addr.tag or ""))
+        invite_tx = self.transactions.invite_for(request)
+        if call is None or invite_tx is None or call.state not in ("dialing", RINGING):
+            tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist"))
+            return
+        tx.respond(response_to(request.headers, 200, "OK"))
+        call.canceled = True
+        invite_tx.respond(self._answer_a(invite_tx.request, 487, "Request Terminated", call.a_tag))
+        self.transactions.send_request(
+            self._cancel_for(call.b_request), call.b_link, call.b_address, lambda r: None, lambda: None
+        )
+
+    @staticmethod
+    def _cancel_for(invite: Request) -> Request:
+        headers = Headers()
+        headers.add("Via", invite.headers.get_lines("Via")[0])
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
+        headers.add("Max-Forwards", "70")
+        return Request("CANCEL", invite.uri, headers)
+
+    def _bye(self, call: Call, side: str) -> None:
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        if dialog is None:
+            return
+        link, address = (call.a_tx.link, call.a_address) if side == "a" else (call.b_link, call.b_address)
+        bye = dialog.request("BYE", self._via(link))
+        self.transactions.send_request(bye, link, address, lambda r: None, lambda: None)
+
+    def _end(self, call: Call, reason: str) -> None:
+        if call.state == ENDED:
+            return
+        call.state = ENDED
+        if call.retransmit is not None:
+            call.retransmit.cancel()
+        _log.info("call %s ended: %s", call.id, reason)
+        # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
+        asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        for dialog in (call.a_dialog, call.b_dialog):
+            if dialog is not None:
+                self._by_dialog.pop(dialog.key, None)
+        self._by_invite.pop((call.a_tx.request.call_id, call.a_tx.request.from_addr.tag or ""), None)
+
+    @staticmethod
+    def _via(link: Link) -> str:
+        return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
