@@ -71,14 +71,13 @@ class B2BUA:
 
     # -- A: the caller ----------------------------------------------------------------------
 
-    def invite(self, tx: ServerTransaction, request: Request) -> None:
-        """A new INVITE (no To tag) from one of our phones."""
+    def invite(self, tx: ServerTransaction, request: Request, caller: str) -> None:
+        """A new INVITE (no To tag) from ``caller``, one of our phones that proved who it is."""
         mf = request.max_forwards
         if mf is not None and mf <= 0:
             tx.respond(self._answer_a(request, 483, "Too Many Hops"))
             return
         called = request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
-        caller = request.from_addr.uri.user if isinstance(request.from_addr.uri, SipURI) else None
         if called not in self.own_numbers:
             tx.respond(self._answer_a(request, 404, "Not Found"))
             return
@@ -89,10 +88,10 @@ class B2BUA:
         tx.respond(response_to(request.headers, 100, "Trying"))
         binding = contacts[0]
         link = tx.link
-        b_request = self._b_invite(request, called, caller or "anonymous", binding.contact, link, mf)
+        b_request = self._b_invite(request, called, caller, binding.contact, link, mf)
         call = Call(
             id=uuid.uuid4().hex,
-            caller=caller or "anonymous",
+            caller=caller,
             callee=called,
             a_tx=tx,
             a_tag=new_tag(),

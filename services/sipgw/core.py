@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from services.sipgw.b2bua import B2BUA
-from services.sipgw.registrar import Registrar
+from services.sipgw.registrar import Decision, Registrar
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import response_to
@@ -39,7 +39,7 @@ class SipCore:
         if request.method == "ACK":
             return  # an ACK outside any dialog: nothing to do
         if request.method == "INVITE":
-            self.calls.invite(transaction, request)
+            self._invite(transaction, request)
         elif request.method == "REGISTER":
             self._register(transaction, request)
         elif request.method == "OPTIONS":
@@ -52,11 +52,22 @@ class SipCore:
             response.headers.add("Allow", ALLOW)
             transaction.respond(response)
 
+    def _invite(self, transaction: ServerTransaction, request: Request) -> None:
+        """A phone's new call: it proves who it is first (407 challenge), as for REGISTER."""
+        decision = self.registrar.authorize(request, transaction.address)
+        if decision.number is None:
+            self._answer(transaction, decision)
+        else:
+            self.calls.invite(transaction, request, decision.number)
+
     def _register(self, transaction: ServerTransaction, request: Request) -> None:
-        decision = self.registrar.handle(request, transaction.address)
-        if decision.response is None:
-            return
+        self._answer(transaction, self.registrar.handle(request, transaction.address))
+
+    @staticmethod
+    def _answer(transaction: ServerTransaction, decision: Decision) -> None:
         response = decision.response
+        if response is None:
+            return
         if decision.delay > 0:
             # A source that keeps failing waits for its answer; nothing else waits with it.
             asyncio.get_running_loop().call_later(decision.delay, transaction.respond, response)

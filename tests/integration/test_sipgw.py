@@ -157,23 +157,42 @@ async def test_a_local_call_between_two_sipp_phones(gateway: Gateway) -> None:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     await asyncio.sleep(0.5)
-    caller = await asyncio.to_thread(run, *sipp_args(gateway, "caller.xml", caller_port, BOB[0]))
+    caller = await asyncio.to_thread(
+        run, *sipp_args(gateway, "caller.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+    )
     assert caller.returncode == 0, caller.stdout[-1500:] + caller.stderr[-1500:]
     assert await asyncio.wait_for(callee.wait(), 30) == 0
     log = "".join(gateway.log)
     assert f": {ALICE[0]} -> {BOB[0]}" in log and "answered" in log and "hung up by caller" in log
 
 
-def _invite(called: str, branch: str, max_forwards: int = 70) -> bytes:
+def _invite(called: str, branch: str, max_forwards: int = 70, cseq: int = 1, auth: str = "") -> bytes:
     return (
         f"INVITE sip:{called}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
         f"Max-Forwards: {max_forwards}\r\nFrom: <sip:100@127.0.0.1>;tag=a{branch}\r\nTo: <sip:{called}@127.0.0.1>\r\n"
-        f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:100@127.0.0.1:5999>\r\n"
-        "Content-Length: 0\r\n\r\n"
+        f"Call-ID: {branch}@127.0.0.1\r\nCSeq: {cseq} INVITE\r\nContact: <sip:100@127.0.0.1:5999>\r\n"
+        f"{auth}Content-Length: 0\r\n\r\n"
     ).encode()
 
 
-async def test_calls_that_cannot_connect_get_404_480_or_483(gateway: Gateway) -> None:
+def _proxy_authorization(challenge: bytes, uri: str, user: str, password: str) -> str:
+    import hashlib
+
+    def h(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    match = re.search(rb'Proxy-Authenticate: Digest realm="([^"]+)", nonce="([^"]+)", algorithm=MD5', challenge)
+    assert match is not None, challenge
+    realm, nonce = match.group(1).decode(), match.group(2).decode()
+    ha1, ha2 = h(f"{user}:{realm}:{password}"), h(f"INVITE:{uri}")
+    response = h(f"{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}")
+    return (
+        f'Proxy-Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+        f'response="{response}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c0ffee"\r\n'
+    )
+
+
+async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_or_483(gateway: Gateway) -> None:
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -188,9 +207,16 @@ async def test_calls_that_cannot_connect_get_404_480_or_483(gateway: Gateway) ->
             if not answer.startswith(b"SIP/2.0 100"):
                 return answer
 
+    def call(called: str, branch: str, max_forwards: int = 70, password: str = ALICE[1]) -> bytes:
+        challenge = final(_invite(called, branch, max_forwards))
+        assert challenge.startswith(b"SIP/2.0 407"), challenge  # even for numbers that do not exist
+        auth = _proxy_authorization(challenge, f"sip:{called}@127.0.0.1", ALICE[0], password)
+        return final(_invite(called, branch + "b", max_forwards, 2, auth))
+
     try:
-        assert (await asyncio.to_thread(final, _invite("999", "nf1"))).startswith(b"SIP/2.0 404")
-        assert (await asyncio.to_thread(final, _invite(BOB[0], "nr1"))).startswith(b"SIP/2.0 480")
-        assert (await asyncio.to_thread(final, _invite(BOB[0], "mf1", 0))).startswith(b"SIP/2.0 483")
+        assert (await asyncio.to_thread(call, "999", "nf1")).startswith(b"SIP/2.0 404")
+        assert (await asyncio.to_thread(call, BOB[0], "nr1")).startswith(b"SIP/2.0 480")
+        assert (await asyncio.to_thread(call, BOB[0], "mf1", 0)).startswith(b"SIP/2.0 483")
+        assert (await asyncio.to_thread(call, BOB[0], "pw1", 70, "wrong")).startswith(b"SIP/2.0 403")
     finally:
         sock.close()

@@ -120,20 +120,51 @@ class Registrar:
         self._lockout.succeeded(ip)
         return Decision(self._bind(request, number, _source_text(source), call_id, cseq), delay, number)
 
+    def authorize(self, request: Request, source: Address) -> Decision:
+        """A request from a phone that starts something (a call): who is it?
+
+        ``Decision.number`` is the authenticated caller, who must be the From user; otherwise the
+        response is a 407 challenge (RFC 3261 22.3), a 403 (the same for every cause), or None when
+        the source is locked out. Failures count toward the same lockout as REGISTER's.
+        """
+        ip = source[0]
+        verdict = self._lockout.check(ip)
+        if verdict.action == "locked":
+            return Decision(None, 0.0, None)
+        delay = verdict.delay if verdict.action == "delay" else 0.0
+        try:
+            caller = request.from_addr.uri.user if isinstance(request.from_addr.uri, SipURI) else None
+        except ParseError:
+            caller = None
+        lines = request.headers.get_lines("Proxy-Authorization")
+        if not lines:
+            return Decision(self._challenge(request, stale=False, proxy=True), delay, None)
+        outcome, number = self._authenticate(lines, caller, request.method)
+        if outcome == "failed":
+            self._lockout.failed(ip)
+            return Decision(self._reply(request, 403, "Forbidden"), delay, None)
+        if outcome == "stale":
+            return Decision(self._challenge(request, stale=True, proxy=True), delay, None)
+        self._lockout.succeeded(ip)
+        return Decision(None, delay, number)
+
     # Authentication (RFC 3261 section 22.4, RFC 7616 section 3.4).
 
-    def _challenge(self, request: Request, stale: bool) -> Response:
-        response = self._reply(request, 401, "Unauthorized")
+    def _challenge(self, request: Request, stale: bool, proxy: bool = False) -> Response:
+        if proxy:
+            response, header = self._reply(request, 407, "Proxy Authentication Required"), "Proxy-Authenticate"
+        else:
+            response, header = self._reply(request, 401, "Unauthorized"), "WWW-Authenticate"
         nonce = self._nonces.issue()  # one nonce for both challenges: the phone answers one of them
         for algorithm in self._algorithms:
-            response.headers.add("WWW-Authenticate", Challenge(self._realm, nonce, algorithm, stale).header_value())
+            response.headers.add(header, Challenge(self._realm, nonce, algorithm, stale).header_value())
         return response
 
     def _authenticate(self, lines: list[str], aor: str | None, method: str) -> tuple[_Outcome, str | None]:
         """Checks the credentials for our realm; every failure looks the same to the caller."""
         params = self._credentials_for_realm(lines)
         if params is None:
-            _log.info("REGISTER refused: no readable digest credentials for realm %s", self._realm)
+            _log.info("%s refused: no readable digest credentials for realm %s", method, self._realm)
             return "failed", None
         username = params.get("username", "")
         password = self._passwords.get(username)
@@ -148,12 +179,12 @@ class Registrar:
         try:
             valid = verify_response(params, method, password)
         except DigestError as error:
-            _log.info("REGISTER for %r refused: %s", username[:40], error)
+            _log.info("%s from %r refused: %s", method, username[:40], error)
             return "failed", None
         if not (known and valid) or nonce_state == "bad":
             # Which of these it was stays in the log, never in the answer (no number enumeration).
             why = "unknown user or other number" if not known else "wrong digest" if not valid else "nonce not ours"
-            _log.info("REGISTER for %r refused: %s", username[:40], why)
+            _log.info("%s from %r refused: %s", method, username[:40], why)
             return "failed", None
         if nonce_state == "stale":
             return "stale", None
@@ -161,7 +192,7 @@ class Registrar:
             if "qop" not in params:
                 # RFC 2069-style phones reuse a nonce on every refresh: ask for a new one instead of punishing.
                 return "stale", None
-            _log.info("REGISTER for %r refused: replayed nonce count", username[:40])
+            _log.info("%s from %r refused: replayed nonce count", method, username[:40])
             return "failed", None
         return "ok", username
 
