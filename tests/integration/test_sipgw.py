@@ -220,3 +220,50 @@ async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_
         assert (await asyncio.to_thread(call, BOB[0], "pw1", 70, "wrong")).startswith(b"SIP/2.0 403")
     finally:
         sock.close()
+
+
+async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gateway) -> None:
+    import socket
+
+    callee_port = free_port()
+    registered = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
+    )
+    assert registered.returncode == 0, registered.stdout[-1500:]
+    callee = await asyncio.create_subprocess_exec(
+        *sipp_args(gateway, "callee_cancel.xml", callee_port, BOB[0]),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    host, port = gateway.sip.split(":")
+    target = (host, int(port))
+
+    def caller() -> list[bytes]:
+        sock.sendto(_invite(BOB[0], "cx1"), target)
+        challenge = sock.recv(65536)
+        while challenge.startswith(b"SIP/2.0 100"):
+            challenge = sock.recv(65536)
+        auth = _proxy_authorization(challenge, f"sip:{BOB[0]}@127.0.0.1", ALICE[0], ALICE[1])
+        invite = _invite(BOB[0], "cx2", 70, 2, auth)
+        sock.sendto(invite, target)
+        seen = [sock.recv(65536) for _ in range(2)]  # 100 Trying, 180 Ringing
+        cancel = invite.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(b"CSeq: 2 INVITE", b"CSeq: 2 CANCEL")
+        cancel = re.sub(rb"Proxy-Authorization: [^\r]*\r\n", b"", cancel)
+        sock.sendto(cancel, target)
+        seen += [sock.recv(65536) for _ in range(2)]  # 200 for the CANCEL, 487 for the INVITE
+        return seen
+
+    try:
+        seen = await asyncio.to_thread(caller)
+        statuses = sorted(message.split(b"\r\n", 1)[0] for message in seen)
+        assert statuses == [
+            b"SIP/2.0 100 Trying", b"SIP/2.0 180 Ringing", b"SIP/2.0 200 OK", b"SIP/2.0 487 Request Terminated",
+        ]  # fmt: skip
+        assert await asyncio.wait_for(callee.wait(), 30) == 0  # the phone saw the CANCEL and was ACKed
+    finally:
+        sock.close()
+        if callee.returncode is None:
+            callee.kill()
