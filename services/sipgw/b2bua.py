@@ -46,8 +46,8 @@ class Call:
     a_dialog: Dialog | None = None
     b_dialog: Dialog | None = None
     state: str = "dialing"
-    a_answer: bytes | None = None  # the 2xx to A, resent until A's ACK (RFC 3261 13.3.1.4)
-    retransmit: asyncio.TimerHandle | None = None
+    # A 2xx we sent to an INVITE of side "a" or "b", resent until its ACK (RFC 3261 13.3.1.4).
+    unacked: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     canceled: bool = False
 
     @property
@@ -177,24 +177,37 @@ class B2BUA:
         call.a_dialog = Dialog.as_uas(a_request, call.a_tag, contact)
         self._by_dialog[call.a_dialog.key] = (call, "a")
         call.a_tx.respond(answer)
-        call.a_answer = answer.to_bytes()
-        self._resend_answer(call, self.transactions.timers.t1, 0.0)
+        self._resend_until_ack(call, "a", answer.to_bytes())
         _log.info("call %s answered", call.id)
 
-    def _resend_answer(self, call: Call, interval: float, elapsed: float) -> None:
-        def fire() -> None:
-            if call.a_answer is None or call.state != ANSWERED:
+    def _resend_until_ack(self, call: Call, side: str, wire: bytes) -> None:
+        """The transaction layer leaves 2xx retransmission to us (RFC 6026): T1 doubling to T2,
+        and a call whose side never ACKs within 64*T1 is hung up."""
+        timers = self.transactions.timers
+        link, address = self._peer(call, side)
+
+        def fire(interval: float, elapsed: float) -> None:
+            if call.state == ENDED or side not in call.unacked:
                 return
-            if elapsed + interval >= self.transactions.timers.b:
-                _log.info("call %s: no ACK from the caller, hanging up", call.id)
+            if elapsed >= timers.b:
+                _log.info("call %s: no ACK from the %s, hanging up", call.id, "caller" if side == "a" else "callee")
                 self._bye(call, "a")
                 self._bye(call, "b")
                 self._end(call, "no ACK")
                 return
-            call.a_tx.link.send(call.a_answer, call.a_address)
-            self._resend_answer(call, min(interval * 2, self.transactions.timers.t2), elapsed + interval)
+            link.send(wire, address)
+            following = min(interval * 2, timers.t2)
+            call.unacked[side] = loop.call_later(following, fire, following, elapsed + following)
 
-        call.retransmit = asyncio.get_running_loop().call_later(interval, fire)
+        loop = asyncio.get_running_loop()
+        previous = call.unacked.pop(side, None)
+        if previous is not None:
+            previous.cancel()
+        call.unacked[side] = loop.call_later(timers.t1, fire, timers.t1, timers.t1)
+
+    @staticmethod
+    def _peer(call: Call, side: str) -> tuple[Link, Address]:
+        return (call.a_tx.link, call.a_address) if side == "a" else (call.b_link, call.b_address)
 
     def _b_timeout(self, call: Call) -> None:
         if call.state in ("dialing", RINGING):
@@ -220,10 +233,9 @@ class B2BUA:
         dialog = call.a_dialog if side == "a" else call.b_dialog
         assert dialog is not None
         if request.method == "ACK":
-            if side == "a":
-                call.a_answer = None
-                if call.retransmit is not None:
-                    call.retransmit.cancel()
+            handle = call.unacked.pop(side, None)
+            if handle is not None:
+                handle.cancel()
             return True
         if not dialog.receive(request):
             tx.respond(response_to(request.headers, 500, "Server Internal Error"))
@@ -233,8 +245,45 @@ class B2BUA:
             self._bye(call, "b" if side == "a" else "a")
             self._end(call, f"hung up by {'caller' if side == 'a' else 'callee'}")
             return True
+        if request.method in ("INVITE", "UPDATE") and call.state == ANSWERED:
+            self._relay_offer(call, side, tx, request)
+            return True
         tx.respond(response_to(request.headers, 501, "Not Implemented"))
         return True
+
+    def _relay_offer(self, call: Call, side: str, tx: ServerTransaction, request: Request) -> None:
+        """A re-INVITE or UPDATE (hold, resume, a new codec): the other side gets the same offer in
+        its own dialog, and its answer comes back (RFC 3261 14, RFC 3311)."""
+        if request.method == "INVITE":
+            tx.respond(response_to(request.headers, 100, "Trying"))
+        other = "b" if side == "a" else "a"
+        dialog = call.b_dialog if other == "b" else call.a_dialog
+        assert dialog is not None
+        link, address = self._peer(call, other)
+        offer = dialog.request(request.method, self._via(link), request.body, request.headers.get("Content-Type") or "")
+        own = call.a_dialog if side == "a" else call.b_dialog
+        assert own is not None
+
+        def on_answer(response: Response) -> None:
+            if response.status < 200:
+                return
+            if request.method == "INVITE" and response.status < 300:
+                dialog.refresh_target(response)
+                link.send(dialog.ack(self._via(link), offer.cseq.number).to_bytes(), address)
+            if tx.state not in ("Proceeding", "Trying"):
+                return  # an answer we already relayed (a retransmitted 2xx)
+            answer = response_to(request.headers, response.status, response.reason)
+            if response.status < 300:
+                answer.headers.add("Contact", own.contact)
+            self._copy_body(response, answer)
+            tx.respond(answer)
+            if request.method == "INVITE" and response.status < 300:
+                self._resend_until_ack(call, side, answer.to_bytes())
+
+        def on_timeout() -> None:
+            tx.respond(response_to(request.headers, 408, "Request Timeout"))
+
+        self.transactions.send_request(offer, link, address, on_answer, on_timeout)
 
     def cancel(self, tx: ServerTransaction, request: Request) -> None:
         """CANCEL from the caller before the answer (RFC 3261 9.2)."""
@@ -264,7 +313,7 @@ class B2BUA:
         dialog = call.a_dialog if side == "a" else call.b_dialog
         if dialog is None:
             return
-        link, address = (call.a_tx.link, call.a_address) if side == "a" else (call.b_link, call.b_address)
+        link, address = self._peer(call, side)
         bye = dialog.request("BYE", self._via(link))
         self.transactions.send_request(bye, link, address, lambda r: None, lambda: None)
 
@@ -272,8 +321,9 @@ class B2BUA:
         if call.state == ENDED:
             return
         call.state = ENDED
-        if call.retransmit is not None:
-            call.retransmit.cancel()
+        for handle in call.unacked.values():
+            handle.cancel()
+        call.unacked.clear()
         _log.info("call %s ended: %s", call.id, reason)
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)

@@ -145,7 +145,8 @@ def sipp_args(gateway: Gateway, scenario: str, port: int, service: str, *extra: 
     ]  # fmt: skip
 
 
-async def test_a_local_call_between_two_sipp_phones(gateway: Gateway) -> None:
+@pytest.mark.parametrize("hold", [False, True], ids=["plain", "hold-and-resume"])
+async def test_a_local_call_between_two_sipp_phones(gateway: Gateway, hold: bool) -> None:
     callee_port, caller_port = free_port(), free_port()
     registered = await asyncio.to_thread(
         run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
@@ -153,12 +154,15 @@ async def test_a_local_call_between_two_sipp_phones(gateway: Gateway) -> None:
     assert registered.returncode == 0, registered.stdout[-1500:]
     # The callee answers on the port it registered from.
     callee = await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, "callee.xml", callee_port, BOB[0]),
+        *sipp_args(gateway, "callee_hold.xml" if hold else "callee.xml", callee_port, BOB[0]),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     await asyncio.sleep(0.5)
     caller = await asyncio.to_thread(
-        run, *sipp_args(gateway, "caller.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+        run,
+        *sipp_args(
+            gateway, "caller_hold.xml" if hold else "caller.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1]
+        ),
     )
     assert caller.returncode == 0, caller.stdout[-1500:] + caller.stderr[-1500:]
     assert await asyncio.wait_for(callee.wait(), 30) == 0

@@ -277,9 +277,10 @@ class TransactionLayer:
             return
         server_key = self._server_key(message)
         existing = self.servers.get(server_key)
-        if existing is not None:
+        if existing is not None and not (message.method == "ACK" and existing.state == "Accepted"):
             existing.receive_again(message)
             return
+        # An ACK for a 2xx that reuses the INVITE's branch (some phones do) still reaches the core.
         transaction = ServerTransaction(self, server_key, message, link, source)
         if message.method != "ACK":
             self.servers[server_key] = transaction

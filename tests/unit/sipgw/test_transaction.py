@@ -174,3 +174,15 @@ async def test_non_invite_server_completes_and_answers_retransmissions() -> None
     assert link.starts(b"SIP/2.0 200") == 2 and len(seen) == 1
     await asyncio.sleep(FAST.b + 0.05)
     assert tl.servers == {}
+
+
+async def test_an_ack_for_a_2xx_with_the_invites_branch_still_reaches_the_core() -> None:
+    link = FakeLink()
+    seen: list[tuple[ServerTransaction, Request]] = []
+    tl = layer(seen)
+    branch = new_branch()
+    tl.receive(request("INVITE", branch), PEER, link)
+    server, _ = seen[0]
+    server.respond(response(200, branch))
+    tl.receive(request("ACK", branch), PEER, link)  # some phones reuse the INVITE's branch
+    assert [r.method for _, r in seen] == ["INVITE", "ACK"] and server.state == "Accepted"
