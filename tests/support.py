@@ -211,6 +211,8 @@ class Group:
         connector: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         file_name: str | None = None,
+        listen: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Server:
         entries = [{"number": n, "name": f"{server_id}-{n}"} if isinstance(n, str) else n for n in numbers]
         document = {
@@ -221,8 +223,9 @@ class Group:
                 "lease_ttl": lease_ttl,
                 **(connector or {}),
             },
-            "listen": {"registry": "127.0.0.1:0"},
+            "listen": {"registry": "127.0.0.1:0", **(listen or {})},
             "numbering": {"departments": departments or [], "numbers": entries},
+            **(extra or {}),
         }
         path = self.tmp / (file_name or f"{server_id}-{len(self.servers)}.yaml")
         path.write_text(yaml.safe_dump(document))

@@ -35,7 +35,11 @@ class RegistryApp:
         cfg = self.config
         self.host.bind()
         local = MemberInfo(
-            server_id=cfg.server.id, name=cfg.server.name or cfg.server.id, registry_address=self.host.address
+            server_id=cfg.server.id,
+            name=cfg.server.name or cfg.server.id,
+            registry_address=self.host.address,
+            # The gateway of this server takes trunk calls there (same config file, same server).
+            trunk_address=cfg.listen.trunk,
         )
         view = PlanView(local)
         with view.batch():

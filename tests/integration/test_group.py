@@ -197,10 +197,14 @@ async def test_watch_members_reports_join_and_leave(group: Group) -> None:
     first = await next_message(stream)
     assert first.synced and first.connected
     assert [m.server_id for m in first.upserted] == ["alpha"]
-    beta = await group.start("beta", ["200"])
+    beta = await group.start(
+        "beta", ["200"], listen={"trunk": "127.0.0.1:5071"}, extra={"trunk": {"secret": "a-group-secret-0123456"}}
+    )
     joined = await next_message(stream)
     assert [m.server_id for m in joined.upserted] == ["beta"]
     assert joined.upserted[0].registry_address == beta.address
+    assert joined.upserted[0].trunk_address == "127.0.0.1:5071"
+    assert (await beta.resolve("200")).trunk_address == "127.0.0.1:5071"  # type: ignore[union-attr]
     await beta.stop()
     left = await next_message(stream)
     assert list(left.left) == ["beta"]
