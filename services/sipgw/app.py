@@ -12,9 +12,13 @@ from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.grpc_server import GrpcHost
+from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.core import SipCore
+from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
+from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip.transport import TcpListener, UdpEndpoint
+from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
 
 _log = logging.getLogger(__name__)
@@ -75,8 +79,18 @@ class SipGatewayApp:
         self.host = GrpcHost(config.listen.sipgw)
         realm = config.server.name or config.server.id
         registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
-        self.core = SipCore(registrar, {n.number for n in config.numbering.numbers})
         self.lines = TrunkLines(config.trunk.lines)
+        self.plan = PlanFeed(config.listen.registry)
+        self.trunk = (
+            Trunk(config.server.id, TrunkProof(config.trunk.secret.value), self.lines) if config.listen.trunk else None
+        )
+        self.core = SipCore(
+            registrar,
+            {n.number for n in config.numbering.numbers},
+            self.plan,
+            self.trunk,
+            Scenarios(config.scenarios),
+        )
         self.failed = asyncio.Event()
         self.udp: UdpEndpoint | None = None
         self.tcp: TcpListener | None = None
@@ -85,6 +99,11 @@ class SipGatewayApp:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
         receive = self.core.transactions.receive
         self.udp = await UdpEndpoint.open(host, port, receive)
+        self.core.calls.phone_link = self.udp
+        if self.trunk is not None:
+            trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
+            self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
+        self.plan.start()
         # TCP on the same port as UDP (RFC 3261 18.1); with port 0 it follows the UDP one.
         self.tcp = await TcpListener.open(host, self.udp.local[1], receive)
         self.host.add(SipGatewayService(self.core, self.lines))
@@ -96,9 +115,14 @@ class SipGatewayApp:
             self.udp.local[1],
             self.host.address,
         )
+        if self.trunk is not None and self.trunk.endpoint is not None:
+            _log.info("sipgw of %s: trunk on %s:%s (UDP)", self.config.server.id, *self.trunk.endpoint.local)
 
     async def stop(self, graceful: bool) -> None:
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
+        await self.plan.stop()
+        if self.trunk is not None and self.trunk.endpoint is not None:
+            self.trunk.endpoint.close()
         if self.udp is not None:
             self.udp.close()
         if self.tcp is not None:

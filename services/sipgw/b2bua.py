@@ -15,7 +15,10 @@ import dataclasses
 import logging
 import uuid
 
+from services.runtime.config_calls import ScenariosSection
+from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Bindings
+from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip import Request, Response, SipURI, parse_uri
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.headers import Headers
@@ -26,6 +29,8 @@ from services.sipgw.sip.transaction import (
     new_branch,
 )
 from services.sipgw.sip.transport import Address, Link, response_to
+from services.sipgw.trunk import CORRELATION, Trunk
+from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
 
@@ -49,10 +54,16 @@ class Call:
     # A 2xx we sent to an INVITE of side "a" or "b", resent until its ACK (RFC 3261 13.3.1.4).
     unacked: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     canceled: bool = False
+    trunk_in: bool = False  # each holds one trunk line until the call ends
+    trunk_out: bool = False
 
     @property
     def a_address(self) -> Address:
         return self.a_tx.address
+
+
+def _called(request: Request) -> str:
+    return request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
 
 
 def _parse_source(text: str) -> Address:
@@ -61,10 +72,22 @@ def _parse_source(text: str) -> Address:
 
 
 class B2BUA:
-    def __init__(self, transactions: TransactionLayer, bindings: Bindings, own_numbers: set[str]):
+    def __init__(
+        self,
+        transactions: TransactionLayer,
+        bindings: Bindings,
+        own_numbers: set[str],
+        plan: PlanFeed | None = None,
+        trunk: Trunk | None = None,
+        scenarios: Scenarios | None = None,
+    ):
         self.transactions = transactions
         self.bindings = bindings
         self.own_numbers = own_numbers
+        self.plan = plan
+        self.trunk = trunk
+        self.scenarios = scenarios or Scenarios(ScenariosSection())
+        self.phone_link: Link | None = None  # the phones' UDP endpoint, set when it is open
         self.calls: dict[str, Call] = {}
         self._by_dialog: dict[tuple[str, str, str], tuple[Call, str]] = {}
         self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
@@ -73,31 +96,110 @@ class B2BUA:
 
     def invite(self, tx: ServerTransaction, request: Request, caller: str) -> None:
         """A new INVITE (no To tag) from ``caller``, one of our phones that proved who it is."""
+        if not self._hops_left(tx, request):
+            return
+        called = _called(request)
+        if called in self.own_numbers:
+            self._ring_phone(tx, request, caller, request.from_addr.display_name, called, uuid.uuid4().hex)
+            return
+        route = self.plan.resolve(called) if self.plan is not None else None
+        if route is None or route.local or self.trunk is None or self.trunk.endpoint is None or not route.trunk_address:
+            tx.respond(self._answer_a(request, 404, "Not Found"))
+            return
+        try:
+            self.trunk.lines.take(outgoing=True)
+        except NoLineFree as error:
+            tx.respond(self._answer_a(request, 503, f"Service Unavailable ({error})"))
+            return
+        call_id = uuid.uuid4().hex
+        address = _parse_source(route.trunk_address)
+        link = self.trunk.endpoint
+        b_request = self._b_invite(request, called, caller, f"sip:{called}@{route.trunk_address}", link)
+        self.trunk.identity(b_request.headers, caller, request.from_addr.display_name, call_id)
+        _log.info("call %s goes to server %s over the trunk", call_id, route.server_id)
+        self._dial(tx, request, caller, called, b_request, address, link, call_id, trunk_out=True)
+
+    def trunk_invite(self, tx: ServerTransaction, request: Request) -> None:
+        """A new INVITE from another server of the group (its trunk proof was checked)."""
+        assert self.trunk is not None
+        if not self._hops_left(tx, request):
+            return
+        try:
+            self.trunk.lines.take(outgoing=False)
+        except NoLineFree as error:
+            tx.respond(self._answer_a(request, 503, f"Service Unavailable ({error})"))
+            return
+        caller, display = Trunk.caller_of(request)
+        called = _called(request)
+        correlation = request.headers.get(CORRELATION) or uuid.uuid4().hex
+        action = self.scenarios.route(called, caller, from_trunk=True)
+        if action.kind == "dial" and action.target in self.own_numbers:
+            if self._ring_phone(tx, request, caller, display, action.target, correlation, trunk_in=True):
+                return
+        elif action.kind == "reject":
+            tx.respond(self._answer_a(request, action.code, "Rejected"))
+        else:
+            tx.respond(self._answer_a(request, 404, "Not Found"))
+        self.trunk.lines.give_back(outgoing=False)
+
+    def _hops_left(self, tx: ServerTransaction, request: Request) -> bool:
         mf = request.max_forwards
         if mf is not None and mf <= 0:
             tx.respond(self._answer_a(request, 483, "Too Many Hops"))
-            return
-        called = request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
-        if called not in self.own_numbers:
-            tx.respond(self._answer_a(request, 404, "Not Found"))
-            return
+            return False
+        return True
+
+    def _ring_phone(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        caller: str,
+        display: str | None,
+        called: str,
+        call_id: str,
+        trunk_in: bool = False,
+    ) -> bool:
+        """Rings our phone ``called``; False (after answering 480) if it is not registered."""
         contacts = self.bindings.lookup(called)
         if not contacts:
             tx.respond(self._answer_a(request, 480, "Temporarily Unavailable"))
-            return
-        tx.respond(response_to(request.headers, 100, "Trying"))
+            return False
         binding = contacts[0]
-        link = tx.link
-        b_request = self._b_invite(request, called, caller, binding.contact, link, mf)
+        link = self._phone_link(tx.link)
+        b_request = self._b_invite(request, called, caller, binding.contact, link, display)
+        address = _parse_source(binding.source)
+        self._dial(tx, request, caller, called, b_request, address, link, call_id, trunk_in=trunk_in)
+        return True
+
+    def _phone_link(self, link: Link) -> Link:
+        """Phones are reached on the phone side, whatever side the call came in on."""
+        return self.phone_link if self.phone_link is not None else link
+
+    def _dial(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        caller: str,
+        called: str,
+        b_request: Request,
+        address: Address,
+        link: Link,
+        call_id: str,
+        trunk_in: bool = False,
+        trunk_out: bool = False,
+    ) -> None:
+        tx.respond(response_to(request.headers, 100, "Trying"))
         call = Call(
-            id=uuid.uuid4().hex,
+            id=call_id,
             caller=caller,
             callee=called,
             a_tx=tx,
             a_tag=new_tag(),
             b_request=b_request,
-            b_address=_parse_source(binding.source),
+            b_address=address,
             b_link=link,
+            trunk_in=trunk_in,
+            trunk_out=trunk_out,
         )
         self.calls[call.id] = call
         self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
@@ -105,18 +207,21 @@ class B2BUA:
         call.b_tx = self.transactions.send_request(
             b_request,
             link,
-            call.b_address,
+            address,
             lambda response: self._from_b(call, response),
             lambda: self._b_timeout(call),
         )
 
-    def _b_invite(self, a: Request, called: str, caller: str, contact: str, link: Link, mf: int | None) -> Request:
+    def _b_invite(
+        self, a: Request, called: str, caller: str, contact: str, link: Link, display: str | None = None
+    ) -> Request:
         local = f"{link.local[0]}:{link.local[1]}"
+        mf = a.max_forwards
         headers = Headers()
         headers.add("Via", f"SIP/2.0/{link.name} {local};branch={new_branch()};rport")
         headers.add("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        display = a.from_addr.display_name
-        name = f'"{display}" ' if display else ""
+        display = display if display is not None else a.from_addr.display_name
+        name = f'"{display.replace(chr(34), "")}" ' if display else ""
         headers.add("From", f"{name}<sip:{caller}@{local}>;tag={new_tag()}")
         headers.add("To", f"<sip:{called}@{local}>")
         headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
@@ -160,7 +265,7 @@ class B2BUA:
             call.b_dialog = Dialog.as_uac(call.b_request, response)
             self._by_dialog[call.b_dialog.key] = (call, "b")
         # Every 2xx from B is ACKed again: B resends it until an ACK arrives.
-        call.b_link.send(call.b_dialog.ack(via, call.b_request.cseq.number).to_bytes(), call.b_address)
+        self.transactions.send_direct(call.b_dialog.ack(via, call.b_request.cseq.number), call.b_link, call.b_address)
         if call.state in (ANSWERED, ENDED):
             return
         if call.canceled:  # the answer crossed A's CANCEL: B is hung up at once
@@ -269,7 +374,7 @@ class B2BUA:
                 return
             if request.method == "INVITE" and response.status < 300:
                 dialog.refresh_target(response)
-                link.send(dialog.ack(self._via(link), offer.cseq.number).to_bytes(), address)
+                self.transactions.send_direct(dialog.ack(self._via(link), offer.cseq.number), link, address)
             if tx.state not in ("Proceeding", "Trying"):
                 return  # an answer we already relayed (a retransmitted 2xx)
             answer = response_to(request.headers, response.status, response.reason)
@@ -321,6 +426,11 @@ class B2BUA:
         if call.state == ENDED:
             return
         call.state = ENDED
+        if self.trunk is not None:
+            if call.trunk_in:
+                self.trunk.lines.give_back(outgoing=False)
+            if call.trunk_out:
+                self.trunk.lines.give_back(outgoing=True)
         for handle in call.unacked.values():
             handle.cancel()
         call.unacked.clear()

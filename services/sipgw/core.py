@@ -12,10 +12,13 @@ import asyncio
 import logging
 
 from services.sipgw.b2bua import B2BUA
+from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Decision, Registrar
+from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import response_to
+from services.sipgw.trunk import Trunk
 
 _log = logging.getLogger(__name__)
 
@@ -23,12 +26,33 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS"
 
 
 class SipCore:
-    def __init__(self, registrar: Registrar, own_numbers: set[str]):
+    def __init__(
+        self,
+        registrar: Registrar,
+        own_numbers: set[str],
+        plan: PlanFeed | None = None,
+        trunk: Trunk | None = None,
+        scenarios: Scenarios | None = None,
+    ):
         self.registrar = registrar
+        self.trunk = trunk
         self.transactions = TransactionLayer(self.on_request)
-        self.calls = B2BUA(self.transactions, registrar.bindings, own_numbers)
+        if trunk is not None:
+            self.transactions.sign = trunk.sign
+        self.calls = B2BUA(self.transactions, registrar.bindings, own_numbers, plan, trunk, scenarios)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
+        if self.trunk is not None and self.trunk.carries(transaction.link):
+            if not self.trunk.verify(request, transaction.address):
+                if request.method != "ACK":
+                    transaction.respond(response_to(request.headers, 403, "Forbidden"))
+                return
+            if request.method == "INVITE" and not request.to_addr.tag:
+                self.calls.trunk_invite(transaction, request)
+                return
+            if request.method == "REGISTER":
+                transaction.respond(response_to(request.headers, 403, "Forbidden"))
+                return
         if request.method == "CANCEL":
             self.calls.cancel(transaction, request)
             return

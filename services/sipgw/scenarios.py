@@ -2,7 +2,8 @@
 
 A call runs the server's ``inter_server`` scenario when it comes over the trunk (if there is one),
 else ``incoming``. The first rule whose patterns match the whole called and caller numbers gives
-the action; with no match the call is rejected with 404.
+the action; with no match the call is rejected with 404. A server with no scenario at all rings
+the number that was dialed.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Scenarios:
         self._inter_server = [_compile(r) for r in section.inter_server]
 
     def route(self, called: str, caller: str, from_trunk: bool) -> Action:
+        if not self._incoming and not self._inter_server:
+            return Action("dial", called)  # no scenario at all: ring the number that was dialed
         rules = self._inter_server if from_trunk and self._inter_server else self._incoming
         for rule in rules:
             if rule.called is not None and not rule.called.fullmatch(called):

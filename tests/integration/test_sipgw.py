@@ -37,6 +37,7 @@ class Gateway:
         self.sip_port = sip_port
         self.api = api
         self.log: list[str] = []
+        self.reader: asyncio.Task[None] | None = None
 
     async def registrations(self) -> dict[str, list[pb.Contact]]:
         async with grpc.aio.insecure_channel(self.api) as channel:
@@ -45,16 +46,7 @@ class Gateway:
         return {r.number: list(r.contacts) for r in response.registrations}
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = {
-        "server": {"id": "alpha", "name": "Alpha office"},
-        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
-        "numbering": {"numbers": [{"number": ALICE[0]}, {"number": BOB[0]}]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in (ALICE, BOB)]},
-    }
-    path = tmp_path / "alpha.yaml"
-    path.write_text(yaml.safe_dump(config))
+async def start_gateway(path: Path) -> Gateway:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "serve", "sipgw", "-c", str(path),
         stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(), cwd=REPO,
@@ -76,17 +68,37 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         async for raw in process.stderr:
             log.append(raw.decode(errors="replace"))
 
-    reader = asyncio.create_task(drain())
+    gw.reader = asyncio.create_task(drain())
+    return gw
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    if gw.process.returncode is None:
+        gw.process.terminate()
+        try:
+            await asyncio.wait_for(gw.process.wait(), 10)
+        except TimeoutError:
+            gw.process.kill()
+            await gw.process.wait()
+    if gw.reader is not None:
+        gw.reader.cancel()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    config = {
+        "server": {"id": "alpha", "name": "Alpha office"},
+        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
+        "numbering": {"numbers": [{"number": ALICE[0]}, {"number": BOB[0]}]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in (ALICE, BOB)]},
+    }
+    path = tmp_path / "alpha.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw = await start_gateway(path)
     try:
         yield gw
     finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        reader.cancel()
+        await stop_gateway(gw)
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

@@ -156,7 +156,7 @@ class ClientTransaction(_Transaction):
             self.on_response(response)
             self._start("D", 0 if _reliable(self.link) else 32.0, self._terminate)
         if self.state == "Completed":
-            self.link.send(self._ack_for(response).to_bytes(), self.address)  # also for retransmissions
+            self.layer.send_direct(self._ack_for(response), self.link, self.address)  # retransmissions too
 
     def _ack_for(self, response: Response) -> Request:
         """RFC 3261 17.1.1.3: the ACK for a non-2xx final response belongs to the transaction."""
@@ -245,12 +245,21 @@ class TransactionLayer:
         on_stray: Callable[[Response], None] | None = None,
         timers: Timers | None = None,
     ):
+        # Called on every request this layer sends (ACKs it makes included), before it goes out:
+        # the gateway signs its trunk requests here.
+        self.sign: Callable[[Request, Link], None] | None = None
         self.on_request = on_request
         self.on_stray = on_stray
         self.timers = timers or Timers()
         self.loop = asyncio.get_event_loop()
         self.clients: dict[tuple[str, ...], ClientTransaction] = {}
         self.servers: dict[tuple[str, ...], ServerTransaction] = {}
+
+    def send_direct(self, request: Request, link: Link, address: Address) -> None:
+        """A request outside any transaction (the ACK for a 2xx), signed like the others."""
+        if self.sign is not None:
+            self.sign(request, link)
+        link.send(request.to_bytes(), address)
 
     def send_request(
         self,
@@ -260,6 +269,8 @@ class TransactionLayer:
         on_response: Callable[[Response], None],
         on_timeout: Callable[[], None],
     ) -> ClientTransaction:
+        if self.sign is not None:
+            self.sign(request, link)
         transaction = ClientTransaction(self, request, link, address, on_response, on_timeout)
         self.clients[transaction.key] = transaction
         transaction.start()

@@ -34,5 +34,7 @@ def test_trunk_calls_use_inter_server_when_there_is_one() -> None:
     assert only_incoming.route("123", "100", from_trunk=True) == Action("dial", "123")
 
 
-def test_no_rules_reject_with_404() -> None:
-    assert Scenarios(ScenariosSection()).route("100", "200", from_trunk=False) == Action("reject", code=404)
+def test_no_scenario_rings_the_dialed_number_but_unmatched_rules_reject_with_404() -> None:
+    assert Scenarios(ScenariosSection()).route("100", "200", from_trunk=True) == Action("dial", "100")
+    only_sales = Scenarios(ScenariosSection(incoming=(ScenarioRule(match=RuleMatch(called="5.."), dial="500"),)))
+    assert only_sales.route("100", "200", from_trunk=True) == Action("reject", code=404)

@@ -1,0 +1,72 @@
+"""The group's numbering plan in the gateway's memory, fed by the local registry's WatchNumbers.
+
+A call looks its number up here, not with one RPC per call. If the registry goes away the last
+plan stays in use (the registry itself would have kept it too) and the feed reconnects; a fresh
+snapshot then replaces it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+import grpc.aio
+
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+
+_log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.2
+RETRY_MAX = 5.0
+
+
+class PlanFeed:
+    def __init__(self, registry_address: str):
+        self.registry_address = registry_address
+        self.routes: dict[str, pb.Route] = {}
+        self.connected = False
+        self.synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def resolve(self, number: str) -> pb.Route | None:
+        return self.routes.get(number)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="plan-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.registry_address) as channel:
+                    stream = pb_grpc.RegistryServiceStub(channel).WatchNumbers(pb.WatchNumbersRequest())
+                    snapshot: dict[str, pb.Route] | None = {}
+                    async for message in stream:
+                        delay = RETRY_MIN
+                        self._apply(message, snapshot)
+                        if snapshot is not None and message.synced:
+                            self.routes, snapshot = snapshot, None
+                            self.synced.set()
+                            _log.info("numbering plan: %d numbers from the registry", len(self.routes))
+            except grpc.aio.AioRpcError as exc:
+                _log.info("registry feed interrupted (%s); retrying", exc.code().name)
+            self.connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _apply(self, message: pb.WatchNumbersResponse, snapshot: dict[str, pb.Route] | None) -> None:
+        target = self.routes if snapshot is None else snapshot
+        for route in message.upserted:
+            target[route.number] = route
+        for number in message.removed:
+            target.pop(number, None)
+        self.connected = message.connected

@@ -1,0 +1,70 @@
+"""The gateway's end of the inter-server trunk: one endpoint, one secret, one pool of lines.
+
+Every request sent on the trunk is signed (``TrunkProof``); every request received on it must
+carry a valid proof, else it gets 403 and a log line with its source, and nothing else. Only
+there are the identity headers believed: P-Asserted-Identity (who calls), the origin server and
+the call's correlation id. Whatever a phone puts in those headers is never copied.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.sipgw.auth.trunk_proof import HEADER, TrunkProof, TrunkProofError
+from services.sipgw.sip import Request, SipURI, parse_name_addr
+from services.sipgw.sip.headers import Headers
+from services.sipgw.sip.transport import Address, Link, UdpEndpoint
+from services.sipgw.trunk_lines import TrunkLines
+
+_log = logging.getLogger(__name__)
+
+ORIGIN = "X-Pbxmesh-Origin"
+CORRELATION = "X-Pbxmesh-Call"
+IDENTITY = "P-Asserted-Identity"
+
+
+class Trunk:
+    def __init__(self, server_id: str, proof: TrunkProof, lines: TrunkLines):
+        self.server_id = server_id
+        self.proof = proof
+        self.lines = lines
+        self.endpoint: UdpEndpoint | None = None
+
+    def carries(self, link: Link) -> bool:
+        return self.endpoint is not None and link is self.endpoint
+
+    def sign(self, request: Request, link: Link) -> None:
+        """The transaction layer's hook: requests leaving on the trunk get their proof."""
+        if not self.carries(link):
+            return
+        request.headers.set(HEADER, self.proof.sign(*_signed_fields(request)))
+
+    def verify(self, request: Request, source: Address) -> bool:
+        try:
+            self.proof.verify(request.headers.get(HEADER), *_signed_fields(request))
+        except TrunkProofError as error:
+            _log.warning("trunk %s from %s:%s refused: %s", request.method, source[0], source[1], error)
+            return False
+        return True
+
+    def identity(self, headers: Headers, caller: str, display: str | None, correlation: str) -> None:
+        """Who is calling, for the server at the other end."""
+        name = display.replace('"', "") if display else ""
+        shown = f'"{name}" ' if name else ""
+        headers.set(IDENTITY, f"{shown}<sip:{caller}@{self.server_id}.pbxmesh.invalid>")
+        headers.set(ORIGIN, self.server_id)
+        headers.set(CORRELATION, correlation)
+
+    @staticmethod
+    def caller_of(request: Request) -> tuple[str, str | None]:
+        """The calling number and name a trunk request asserts (its proof was checked already)."""
+        value = request.headers.get(IDENTITY)
+        addr = parse_name_addr(value) if value else request.from_addr
+        user = addr.uri.user if isinstance(addr.uri, SipURI) and addr.uri.user else "anonymous"
+        return user, addr.display_name
+
+
+def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes]:
+    cseq = request.cseq
+    return (request.method, str(request.uri), request.call_id, f"{cseq.number} {cseq.method}",
+            request.from_addr.tag or "", request.body)  # fmt: skip
