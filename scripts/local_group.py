@@ -1,4 +1,5 @@
-"""`make up`: a local group on an embedded etcd, one registry per config file given.
+"""`make up`: a local group on an embedded etcd: per config file given, a registry and (when the
+file has listen.sip) a SIP gateway.
 
 Prints where each server listens; Ctrl-C (or SIGTERM) stops everything: each server leaves the
 group, then etcd stops and its data folder is removed.
@@ -18,7 +19,10 @@ from services.runtime.config import load_config
 from services.runtime.embedded_etcd import EmbeddedEtcd
 
 ETCD_PORT = 2379
-READY = re.compile(r"listening on (\S+), group")
+READY = {
+    "registry": re.compile(r"listening on (\S+), group"),
+    "sipgw": re.compile(r"SIP on (\S+) \(UDP, TCP\)"),
+}
 
 
 def main(paths: list[str]) -> int:
@@ -32,20 +36,27 @@ def main(paths: list[str]) -> int:
         etcd.start()
         print(f"etcd            {etcd.endpoint}  (embedded, data in {etcd.data_dir})")
         for path, config in zip(paths, configs, strict=True):
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", "registry", "-c", path],
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            processes.append(process)
-            address = _wait_ready(process)
-            print(f"{config.server.id:<15} registry {address}  ({config.server.name})")
-            threading.Thread(target=_relay, args=(config.server.id, process), daemon=True).start()
+            services = ["registry", "sipgw"] if config.listen.sip else ["registry"]
+            for service in services:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "serve", service, "-c", path],
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+                processes.append(process)
+                address = _wait_ready(process, READY[service])
+                what = "registry" if service == "registry" else "SIP     "
+                print(f"{config.server.id:<15} {what} {address}  ({config.server.name})")
+                threading.Thread(target=_relay, args=(f"{config.server.id} {service}", process), daemon=True).start()
+            if config.sip.accounts:
+                numbers = ", ".join(a.number for a in config.sip.accounts)
+                print(f"{'':<15} phones   {numbers} (passwords in {path})")
         print()
         print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
         print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")
+        print("      a softphone registered as 100 on alpha can call 200 on beta (over the trunk)")
         print("Ctrl-C stops the group.")
         while not stop.wait(0.5):
             for process in processes:
@@ -67,11 +78,11 @@ def main(paths: list[str]) -> int:
         print("stopped")
 
 
-def _wait_ready(process: subprocess.Popen[str]) -> str:
+def _wait_ready(process: subprocess.Popen[str], ready: re.Pattern[str]) -> str:
     assert process.stderr is not None
     for line in process.stderr:
         sys.stderr.write(line)
-        match = READY.search(line)
+        match = ready.search(line)
         if match:
             return match.group(1)
     raise SystemExit(f"a server exited before it was ready (code {process.wait()})")
