@@ -28,25 +28,24 @@ class Site:
     trunk: str
 
 
+async def make_site(group: Group, server_id: str, account: tuple[str, str], lines: int = 4) -> Site:
+    trunk = f"127.0.0.1:{free_port()}"
+    listen = {"registry": f"127.0.0.1:{free_port()}", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0", "trunk": trunk}
+    extra = {
+        "sip": {"accounts": [{"number": account[0], "password": account[1]}]},
+        "trunk": {"secret": SECRET, "lines": lines},
+    }
+    server = group.server(server_id, [account[0]], listen=listen, extra=extra)
+    await server.start()
+    return Site(server, await start_gateway(server.config_path), trunk)
+
+
 @pytest.fixture
 async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
     made: dict[str, Site] = {}
     try:
-        for server_id, (number, password) in (("alpha", ALICE), ("beta", CAROL)):
-            trunk = f"127.0.0.1:{free_port()}"
-            listen = {
-                "registry": f"127.0.0.1:{free_port()}",
-                "sip": "127.0.0.1:0",
-                "sipgw": "127.0.0.1:0",
-                "trunk": trunk,
-            }
-            extra = {
-                "sip": {"accounts": [{"number": number, "password": password}]},
-                "trunk": {"secret": SECRET, "lines": 4},
-            }
-            server = group.server(server_id, [number], listen=listen, extra=extra)
-            await server.start()
-            made[server_id] = Site(server, await start_gateway(server.config_path), trunk)
+        made["alpha"] = await make_site(group, "alpha", ALICE)
+        made["beta"] = await make_site(group, "beta", CAROL)
         await wait_for(lambda: has_numbers(made["alpha"].registry, {"200"}), what="beta's 200 on alpha")
         yield made
     finally:
@@ -115,3 +114,61 @@ async def test_a_trunk_request_without_the_right_proof_gets_403(sites: dict[str,
 
 async def _logged(gateway: Gateway, text: str) -> bool:
     return text in "".join(gateway.log)
+
+
+def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
+    from services.sipgw.auth.trunk_proof import TrunkProof
+
+    uri = f"sip:{number}@{trunk}"
+    proof = TrunkProof(SECRET).sign("INVITE", uri, f"{branch}@test", "1 INVITE", f"t{branch}", b"")
+    return (
+        f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:100@127.0.0.1>;tag=t{branch}\r\nTo: <sip:{number}@127.0.0.1>\r\n"
+        f"Call-ID: {branch}@test\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: <sip:100@alpha.pbxmesh.invalid>\r\n"
+        f"X-Pbxmesh-Trunk: {proof}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(group: Group) -> None:
+    site = await make_site(group, "beta", CAROL, lines=1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(3)
+    host, port = site.trunk.split(":")
+    try:
+        callee_port = free_port()
+        registered = await asyncio.to_thread(
+            run, *sipp_args(site.gateway, "register.xml", callee_port, CAROL[0], "-au", CAROL[0], "-ap", CAROL[1])
+        )
+        assert registered.returncode == 0
+        callee = await asyncio.create_subprocess_exec(
+            *sipp_args(site.gateway, "callee_cancel.xml", callee_port, CAROL[0]),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+
+        def first_final(data: bytes) -> bytes:
+            sock.sendto(data, (host, int(port)))
+            while True:
+                answer = sock.recv(65536)
+                if not answer.startswith((b"SIP/2.0 100", b"SIP/2.0 180")):
+                    return answer
+
+        def ringing(data: bytes) -> bytes:
+            sock.sendto(data, (host, int(port)))
+            while True:
+                answer = sock.recv(65536)
+                if answer.startswith(b"SIP/2.0 180"):
+                    return answer
+
+        await asyncio.to_thread(ringing, _signed_invite(site.trunk, CAROL[0], "line1"))
+        assert (await usage(site.gateway)).in_use == 1
+        busy = await asyncio.to_thread(first_final, _signed_invite(site.trunk, CAROL[0], "line2"))
+        assert busy.startswith(b"SIP/2.0 503 Service Unavailable (all 1 trunk lines are busy)"), busy[:80]
+        counts = await usage(site.gateway)
+        assert (counts.in_use, counts.incoming, counts.rejected) == (1, 1, 1)
+        callee.kill()
+        await callee.wait()
+    finally:
+        sock.close()
+        await stop_gateway(site.gateway)
