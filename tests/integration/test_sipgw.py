@@ -165,26 +165,42 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("flow", list(CALLS))
-async def test_a_local_call_between_two_sipp_phones(gateway: Gateway, flow: str) -> None:
-    caller_xml, callee_xml, ending = CALLS[flow]
+async def sipp_call(
+    caller_gw: Gateway,
+    callee_gw: Gateway,
+    caller: tuple[str, str],
+    callee: tuple[str, str],
+    caller_xml: str,
+    callee_xml: str,
+) -> None:
+    """The callee phone registers on ``callee_gw`` and waits; the caller dials it through ``caller_gw``."""
     callee_port, caller_port = free_port(), free_port()
     registered = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
+        run, *sipp_args(callee_gw, "register.xml", callee_port, callee[0], "-au", callee[0], "-ap", callee[1])
     )
     assert registered.returncode == 0, registered.stdout[-1500:]
     # The callee answers on the port it registered from.
-    callee = await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, callee_xml, callee_port, BOB[0]),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    answering = await asyncio.create_subprocess_exec(
+        *sipp_args(callee_gw, callee_xml, callee_port, callee[0]),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    await asyncio.sleep(0.5)
-    caller = await asyncio.to_thread(
-        run,
-        *sipp_args(gateway, caller_xml, caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1]),
-    )
-    assert caller.returncode == 0, caller.stdout[-1500:] + caller.stderr[-1500:]
-    assert await asyncio.wait_for(callee.wait(), 30) == 0
+    try:
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(caller_gw, caller_xml, caller_port, callee[0], "-au", caller[0], "-ap", caller[1])
+        )
+        assert calling.returncode == 0, calling.stdout[-2000:] + calling.stderr[-2000:]
+        assert await asyncio.wait_for(answering.wait(), 30) == 0
+    finally:
+        if answering.returncode is None:
+            answering.kill()
+            await answering.wait()
+
+
+@pytest.mark.parametrize("flow", list(CALLS))
+async def test_a_local_call_between_two_sipp_phones(gateway: Gateway, flow: str) -> None:
+    caller_xml, callee_xml, ending = CALLS[flow]
+    await sipp_call(gateway, gateway, ALICE, BOB, caller_xml, callee_xml)
     log = "".join(gateway.log)
     assert f": {ALICE[0]} -> {BOB[0]}" in log and ending in log
 

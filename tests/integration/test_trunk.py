@@ -13,7 +13,7 @@ import pytest
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import Gateway, run, sipp_args, start_gateway, stop_gateway
+from tests.integration.test_sipgw import Gateway, run, sipp_args, sipp_call, start_gateway, stop_gateway
 from tests.support import Group, Server, has_numbers, wait_for
 
 SECRET = "the-group-trunk-secret-2026"
@@ -61,24 +61,8 @@ async def usage(gateway: Gateway) -> pb.GetTrunkUsageResponse:
 @pytest.mark.parametrize("hold", [False, True], ids=["plain", "hold-and-resume"])
 async def test_a_phone_on_alpha_calls_a_phone_on_beta(sites: dict[str, Site], hold: bool) -> None:
     alpha, beta = sites["alpha"].gateway, sites["beta"].gateway
-    callee_port, caller_port = free_port(), free_port()
-    registered = await asyncio.to_thread(
-        run, *sipp_args(beta, "register.xml", callee_port, CAROL[0], "-au", CAROL[0], "-ap", CAROL[1])
-    )
-    assert registered.returncode == 0, registered.stdout[-1500:]
-    callee = await asyncio.create_subprocess_exec(
-        *sipp_args(beta, "callee_hold.xml" if hold else "callee.xml", callee_port, CAROL[0]),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await asyncio.sleep(0.5)
-    caller = await asyncio.to_thread(
-        run,
-        *sipp_args(
-            alpha, "caller_hold.xml" if hold else "caller.xml", caller_port, CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
-        ),
-    )
-    assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
-    assert await asyncio.wait_for(callee.wait(), 30) == 0
+    caller_xml, callee_xml = ("caller_hold.xml", "callee_hold.xml") if hold else ("caller.xml", "callee.xml")
+    await sipp_call(alpha, beta, ALICE, CAROL, caller_xml, callee_xml)
     alpha_log, beta_log = "".join(alpha.log), "".join(beta.log)
     assert "over the trunk" in alpha_log and "server beta" in alpha_log
     assert f": {ALICE[0]} -> {CAROL[0]}" in beta_log and "hung up by caller" in beta_log
