@@ -20,6 +20,7 @@ from services.runtime import ConfigError, error_info, load_config
 _log = logging.getLogger("pbxmesh")
 
 DEFAULT_REGISTRY = "127.0.0.1:50051"
+DEFAULT_SIPGW = "127.0.0.1:50061"
 RPC_TIMEOUT = 5.0
 
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     numbers.add_argument("--conflicts", action="store_true", help="list conflicts and who wins them")
     resolve = client("resolve", "show where a number lives", _resolve)
     resolve.add_argument("number")
+    calls = sub.add_parser("calls", help="list a gateway's calls in progress")
+    calls.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
+    calls.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
+    calls.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
+    calls.set_defaults(func=_calls)
     return parser
 
 
@@ -186,6 +192,37 @@ def _resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
+    from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
+
+    def show(call: gw.Call) -> None:
+        if args.json:
+            print(json.dumps(MessageToDict(call, always_print_fields_with_no_presence=True)))
+            return
+        state = gw.CallState.Name(call.state).removeprefix("CALL_STATE_").lower()
+        kind = gw.CallKind.Name(call.kind).removeprefix("CALL_KIND_").lower().replace("_", " ")
+        ended = f"  ({call.end_reason})" if call.end_reason else ""
+        print(f"{call.call_id[:12]}  {call.caller:>8} -> {call.callee:<8}  {state:<9} {kind}{ended}")
+
+    with grpc.insecure_channel(args.sipgw) as channel:
+        stub = gw_grpc.SipGatewayServiceStub(channel)
+        if not args.watch:
+            response = stub.ListCalls(gw.ListCallsRequest(), timeout=RPC_TIMEOUT)
+            if args.json:
+                _print_json(response)
+                return 0
+            for call in response.calls:
+                show(call)
+            if not response.calls:
+                print("no calls in progress")
+            return 0
+        for message in stub.WatchCalls(gw.WatchCallsRequest()):
+            for call in message.calls:
+                show(call)
+    return 0
+
+
 def _kind(kind: int) -> str:
     return pb.NumberKind.Name(pb.NumberKind.ValueType(kind)).removeprefix("NUMBER_KIND_").lower()
 
@@ -193,7 +230,7 @@ def _kind(kind: int) -> str:
 def _report_rpc_error(exc: Any) -> int:
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.UNAVAILABLE:
-        print("pbxmesh: the registry did not answer (is it running? see --registry)", file=sys.stderr)
+        print("pbxmesh: the service did not answer (is it running? see --registry / --sipgw)", file=sys.stderr)
         return 2
     info = error_info(exc)
     reason = f" [{info.reason}]" if info is not None else ""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
 
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
+from services.runtime.errors import Unavailable
 from services.runtime.grpc_server import GrpcHost
 from services.sipgw.auth.trunk_proof import TrunkProof
+from services.sipgw.b2bua import Call
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
@@ -24,6 +26,7 @@ from services.sipgw.trunk_lines import TrunkLines
 _log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0
+WATCH_QUEUE_LIMIT = 10_000
 
 Ctx = grpc.aio.ServicerContext
 
@@ -57,6 +60,36 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             ]
         )
 
+    async def ListCalls(
+        self, request: pb.ListCallsRequest, context: Ctx[pb.ListCallsRequest, pb.ListCallsResponse]
+    ) -> pb.ListCallsResponse:
+        return pb.ListCallsResponse(calls=[call_pb(c) for c in self.core.calls.active()])
+
+    async def WatchCalls(
+        self, request: pb.WatchCallsRequest, context: Ctx[pb.WatchCallsRequest, pb.WatchCallsResponse]
+    ) -> AsyncIterator[pb.WatchCallsResponse]:
+        changes: asyncio.Queue[pb.Call] = asyncio.Queue(maxsize=WATCH_QUEUE_LIMIT)
+        overflow = False
+
+        def listen(call: Call) -> None:
+            nonlocal overflow
+            try:
+                changes.put_nowait(call_pb(call))  # converted now: the call changes on
+            except asyncio.QueueFull:
+                overflow = True
+
+        calls = self.core.calls
+        calls.listeners.add(listen)
+        try:
+            yield pb.WatchCallsResponse(calls=[call_pb(c) for c in calls.active()], synced=True)
+            while True:
+                change = await changes.get()
+                if overflow:
+                    raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
+                yield pb.WatchCallsResponse(calls=[change], synced=True)
+        finally:
+            calls.listeners.discard(listen)
+
     async def GetTrunkUsage(
         self, request: pb.GetTrunkUsageRequest, context: Ctx[pb.GetTrunkUsageRequest, pb.GetTrunkUsageResponse]
     ) -> pb.GetTrunkUsageResponse:
@@ -68,6 +101,34 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             outgoing=usage.outgoing,
             rejected=usage.rejected,
         )
+
+
+_STATES = {
+    "dialing": pb.CALL_STATE_DIALING,
+    "ringing": pb.CALL_STATE_RINGING,
+    "answered": pb.CALL_STATE_ANSWERED,
+    "ended": pb.CALL_STATE_ENDED,
+}
+
+
+def call_pb(call: Call) -> pb.Call:
+    kind = pb.CALL_KIND_TRUNK_IN if call.trunk_in else pb.CALL_KIND_TRUNK_OUT if call.trunk_out else pb.CALL_KIND_LOCAL
+    message = pb.Call(
+        call_id=call.id,
+        caller=call.caller,
+        callee=call.callee,
+        state=_STATES.get(call.state, pb.CALL_STATE_UNSPECIFIED),
+        kind=kind,
+        end_reason=call.end_reason,
+    )
+    message.started_at.FromNanoseconds(int(call.started_at * 1e9))
+    if call.answered_at is not None:
+        message.answered_at.FromNanoseconds(int(call.answered_at * 1e9))
+    return message
+
+
+class WatcherTooSlow(Unavailable):
+    reason = "WATCHER_TOO_SLOW"
 
 
 class SipGatewayApp:

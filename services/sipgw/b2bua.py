@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 from services.runtime.config_calls import ScenariosSection
 from services.sipgw.plan_feed import PlanFeed
@@ -56,6 +58,9 @@ class Call:
     canceled: bool = False
     trunk_in: bool = False  # each holds one trunk line until the call ends
     trunk_out: bool = False
+    started_at: float = dataclasses.field(default_factory=time.time)
+    answered_at: float | None = None
+    end_reason: str = ""
 
     @property
     def a_address(self) -> Address:
@@ -88,6 +93,8 @@ class B2BUA:
         self.trunk = trunk
         self.scenarios = scenarios or Scenarios(ScenariosSection())
         self.phone_link: Link | None = None  # the phones' UDP endpoint, set when it is open
+        # Told of every call that starts or changes state (the API's WatchCalls listens here).
+        self.listeners: set[Callable[[Call], None]] = set()
         self.calls: dict[str, Call] = {}
         self._by_dialog: dict[tuple[str, str, str], tuple[Call, str]] = {}
         self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
@@ -204,6 +211,7 @@ class B2BUA:
         self.calls[call.id] = call
         self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
         _log.info("call %s: %s -> %s", call.id, call.caller, call.callee)
+        self._changed(call)
         call.b_tx = self.transactions.send_request(
             b_request,
             link,
@@ -246,6 +254,7 @@ class B2BUA:
         if response.status < 200:
             if response.status > 100 and call.state == "dialing":
                 call.state = RINGING
+                self._changed(call)
                 ringing = self._answer_a(a_request, response.status, response.reason, call.a_tag)
                 self._copy_body(response, ringing)
                 call.a_tx.respond(ringing)
@@ -273,6 +282,7 @@ class B2BUA:
             self._end(call, "canceled")
             return
         call.state = ANSWERED
+        call.answered_at = time.time()
         a_request = call.a_tx.request
         local = f"{call.a_tx.link.local[0]}:{call.a_tx.link.local[1]}"
         contact = f"<sip:{call.callee}@{local}>"
@@ -284,6 +294,7 @@ class B2BUA:
         call.a_tx.respond(answer)
         self._resend_until_ack(call, "a", answer.to_bytes())
         _log.info("call %s answered", call.id)
+        self._changed(call)
 
     def _resend_until_ack(self, call: Call, side: str, wire: bytes) -> None:
         """The transaction layer leaves 2xx retransmission to us (RFC 6026): T1 doubling to T2,
@@ -434,7 +445,9 @@ class B2BUA:
         for handle in call.unacked.values():
             handle.cancel()
         call.unacked.clear()
+        call.end_reason = reason
         _log.info("call %s ended: %s", call.id, reason)
+        self._changed(call)
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
 
@@ -444,6 +457,13 @@ class B2BUA:
             if dialog is not None:
                 self._by_dialog.pop(dialog.key, None)
         self._by_invite.pop((call.a_tx.request.call_id, call.a_tx.request.from_addr.tag or ""), None)
+
+    def _changed(self, call: Call) -> None:
+        for listener in list(self.listeners):
+            listener(call)
+
+    def active(self) -> list[Call]:
+        return [call for call in self.calls.values() if call.state != ENDED]
 
     @staticmethod
     def _via(link: Link) -> str:

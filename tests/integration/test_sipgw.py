@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import yaml
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.support import REPO, child_env
+from tests.support import REPO, child_env, wait_for
 
 READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\), API on (\S+)")
 SIPP_DIR = Path(__file__).parent / "sipp"
@@ -306,3 +307,50 @@ async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gatew
         sock.close()
         if callee.returncode is None:
             callee.kill()
+
+
+class CallWatch:
+    """Collects a gateway's WatchCalls stream in the background."""
+
+    def __init__(self, gateway: Gateway):
+        self.events: list[pb.Call] = []
+        self.synced = asyncio.Event()
+        self._task = asyncio.create_task(self._run(gateway))
+
+    async def _run(self, gateway: Gateway) -> None:
+        async with grpc.aio.insecure_channel(gateway.api) as channel:
+            async for message in pb_grpc.SipGatewayServiceStub(channel).WatchCalls(pb.WatchCallsRequest()):
+                self.events.extend(message.calls)
+                self.synced.set()
+
+    def states(self) -> list[str]:
+        return [pb.CallState.Name(c.state).removeprefix("CALL_STATE_") for c in self.events]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_watch_and_list_calls_follow_a_call(gateway: Gateway) -> None:
+    watch = CallWatch(gateway)
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        assert watch.events == []
+        await sipp_call(gateway, gateway, ALICE, BOB, "caller.xml", "callee.xml")
+        await wait_for(lambda: _sync(watch.states() == ["DIALING", "RINGING", "ANSWERED", "ENDED"]), what="states")
+        ended = watch.events[-1]
+        assert (ended.caller, ended.callee, ended.end_reason) == (ALICE[0], BOB[0], "hung up by caller")
+        assert ended.kind == pb.CALL_KIND_LOCAL and len({c.call_id for c in watch.events}) == 1
+        assert ended.answered_at.ToNanoseconds() >= ended.started_at.ToNanoseconds() > 0
+    finally:
+        await watch.close()
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        listed = await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)
+    assert list(listed.calls) == []
+    cli = await asyncio.to_thread(run, sys.executable, "-m", "services.cli", "calls", "--sipgw", gateway.api)
+    assert cli.returncode == 0 and "no calls in progress" in cli.stdout
+
+
+async def _sync(value: bool) -> bool:
+    return value

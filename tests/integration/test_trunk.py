@@ -13,7 +13,7 @@ import pytest
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import Gateway, run, sipp_args, sipp_call, start_gateway, stop_gateway
+from tests.integration.test_sipgw import CallWatch, Gateway, run, sipp_args, sipp_call, start_gateway, stop_gateway
 from tests.support import Group, Server, has_numbers, wait_for
 
 SECRET = "the-group-trunk-secret-2026"
@@ -62,13 +62,30 @@ async def usage(gateway: Gateway) -> pb.GetTrunkUsageResponse:
 async def test_a_phone_on_alpha_calls_a_phone_on_beta(sites: dict[str, Site], hold: bool) -> None:
     alpha, beta = sites["alpha"].gateway, sites["beta"].gateway
     caller_xml, callee_xml = ("caller_hold.xml", "callee_hold.xml") if hold else ("caller.xml", "callee.xml")
-    await sipp_call(alpha, beta, ALICE, CAROL, caller_xml, callee_xml)
+    watches = [CallWatch(alpha), CallWatch(beta)]
+    try:
+        for watch in watches:
+            await asyncio.wait_for(watch.synced.wait(), 5)
+        await sipp_call(alpha, beta, ALICE, CAROL, caller_xml, callee_xml)
+        for watch in watches:
+            await wait_for(lambda w=watch: _ended(w), what="the call's end on both servers")  # type: ignore[misc]
+    finally:
+        for watch in watches:
+            await watch.close()
+    out, into = watches[0].events[-1], watches[1].events[-1]
+    assert (out.kind, into.kind) == (pb.CALL_KIND_TRUNK_OUT, pb.CALL_KIND_TRUNK_IN)
+    assert out.call_id == into.call_id  # one correlation id for the call on both servers
+    assert (into.caller, into.callee) == (ALICE[0], CAROL[0])
     alpha_log, beta_log = "".join(alpha.log), "".join(beta.log)
     assert "over the trunk" in alpha_log and "server beta" in alpha_log
     assert f": {ALICE[0]} -> {CAROL[0]}" in beta_log and "hung up by caller" in beta_log
     for gateway in (alpha, beta):
         await wait_for(lambda g=gateway: _idle(g), what="trunk lines back to zero")  # type: ignore[misc]
     assert (await usage(alpha)).lines == 4
+
+
+async def _ended(watch: CallWatch) -> bool:
+    return bool(watch.events) and watch.events[-1].state == pb.CALL_STATE_ENDED
 
 
 async def _idle(gateway: Gateway) -> bool:

@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +19,177 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CallState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_STATE_UNSPECIFIED: _CallState.ValueType  # 0
+    CALL_STATE_DIALING: _CallState.ValueType  # 1
+    CALL_STATE_RINGING: _CallState.ValueType  # 2
+    CALL_STATE_ANSWERED: _CallState.ValueType  # 3
+    CALL_STATE_ENDED: _CallState.ValueType  # 4
+
+class CallState(_CallState, metaclass=_CallStateEnumTypeWrapper):
+    """CallState is where a call is in its life."""
+
+CALL_STATE_UNSPECIFIED: CallState.ValueType  # 0
+CALL_STATE_DIALING: CallState.ValueType  # 1
+CALL_STATE_RINGING: CallState.ValueType  # 2
+CALL_STATE_ANSWERED: CallState.ValueType  # 3
+CALL_STATE_ENDED: CallState.ValueType  # 4
+Global___CallState: _TypeAlias = CallState  # noqa: Y015
+
+class _CallKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_KIND_UNSPECIFIED: _CallKind.ValueType  # 0
+    CALL_KIND_LOCAL: _CallKind.ValueType  # 1
+    """Both parties are this server's phones."""
+    CALL_KIND_TRUNK_OUT: _CallKind.ValueType  # 2
+    """A phone of this server calls another server."""
+    CALL_KIND_TRUNK_IN: _CallKind.ValueType  # 3
+    """Another server calls a phone of this server."""
+
+class CallKind(_CallKind, metaclass=_CallKindEnumTypeWrapper):
+    """CallKind says which legs of the call are on the inter-server trunk."""
+
+CALL_KIND_UNSPECIFIED: CallKind.ValueType  # 0
+CALL_KIND_LOCAL: CallKind.ValueType  # 1
+"""Both parties are this server's phones."""
+CALL_KIND_TRUNK_OUT: CallKind.ValueType  # 2
+"""A phone of this server calls another server."""
+CALL_KIND_TRUNK_IN: CallKind.ValueType  # 3
+"""Another server calls a phone of this server."""
+Global___CallKind: _TypeAlias = CallKind  # noqa: Y015
+
+@_typing.final
+class Call(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    CALLEE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    """The call's correlation id; the same on both servers of a trunk call."""
+    caller: _builtins.str
+    callee: _builtins.str
+    state: Global___CallState.ValueType
+    kind: Global___CallKind.ValueType
+    end_reason: _builtins.str
+    """Why the call ended ("hung up by caller", "486 Busy Here", ...); empty while it lasts."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def answered_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset until answered."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        callee: _builtins.str = ...,
+        state: Global___CallState.ValueType = ...,
+        kind: Global___CallKind.ValueType = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        answered_at: _timestamp_pb2.Timestamp | None = ...,
+        end_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "call_id", b"call_id", "callee", b"callee", "caller", b"caller", "end_reason", b"end_reason", "kind", b"kind", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Call: _TypeAlias = Call  # noqa: Y015
+
+@_typing.final
+class ListCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCallsRequest: _TypeAlias = ListCallsRequest  # noqa: Y015
+
+@_typing.final
+class ListCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___Call] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCallsResponse: _TypeAlias = ListCallsResponse  # noqa: Y015
+
+@_typing.final
+class WatchCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCallsRequest: _TypeAlias = WatchCallsRequest  # noqa: Y015
+
+@_typing.final
+class WatchCallsResponse(_message.Message):
+    """WatchCallsResponse carries calls that appeared or changed; the first message (with `synced`) is
+    the snapshot of the calls in progress, every later one has it set too.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    SYNCED_FIELD_NUMBER: _builtins.int
+    synced: _builtins.bool
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___Call] | None = ...,
+        synced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "synced", b"synced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCallsResponse: _TypeAlias = WatchCallsResponse  # noqa: Y015
 
 @_typing.final
 class ListRegistrationsRequest(_message.Message):

@@ -45,6 +45,16 @@ class SipGatewayServiceStub:
                 request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageResponse.FromString,
                 _registered_method=True)
+        self.ListCalls = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/ListCalls',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsResponse.FromString,
+                _registered_method=True)
+        self.WatchCalls = channel.unary_stream(
+                '/pbxmesh.sipgw.v1.SipGatewayService/WatchCalls',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.FromString,
+                _registered_method=True)
 
 
 class SipGatewayServiceServicer:
@@ -65,6 +75,20 @@ class SipGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCalls(self, request, context):
+        """ListCalls returns the calls in progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCalls(self, request, context):
+        """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +101,16 @@ def add_SipGatewayServiceServicer_to_server(servicer, server):
                     servicer.GetTrunkUsage,
                     request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageRequest.FromString,
                     response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageResponse.SerializeToString,
+            ),
+            'ListCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCalls,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsResponse.SerializeToString,
+            ),
+            'WatchCalls': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCalls,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +168,60 @@ class SipGatewayService:
             '/pbxmesh.sipgw.v1.SipGatewayService/GetTrunkUsage',
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageRequest.SerializeToString,
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.GetTrunkUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/ListCalls',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/WatchCalls',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class SipGatewayServiceStub:
     """ListRegistrations returns every number with at least one live contact."""
     GetTrunkUsage: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.GetTrunkUsageRequest, _sipgw_pb2.GetTrunkUsageResponse]
     """GetTrunkUsage returns the inter-server trunk's line count and use."""
+    ListCalls: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.ListCallsRequest, _sipgw_pb2.ListCallsResponse]
+    """ListCalls returns the calls in progress."""
+    WatchCalls: _grpc.UnaryStreamMultiCallable[_sipgw_pb2.WatchCallsRequest, _sipgw_pb2.WatchCallsResponse]
+    """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
 
 @_typing.type_check_only
 class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
@@ -47,6 +51,10 @@ class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
     """ListRegistrations returns every number with at least one live contact."""
     GetTrunkUsage: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.GetTrunkUsageRequest, _sipgw_pb2.GetTrunkUsageResponse]  # type: ignore[assignment]
     """GetTrunkUsage returns the inter-server trunk's line count and use."""
+    ListCalls: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.ListCallsRequest, _sipgw_pb2.ListCallsResponse]  # type: ignore[assignment]
+    """ListCalls returns the calls in progress."""
+    WatchCalls: _aio.UnaryStreamMultiCallable[_sipgw_pb2.WatchCallsRequest, _sipgw_pb2.WatchCallsResponse]  # type: ignore[assignment]
+    """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
 
 class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """SipGatewayService is one server's SIP gateway: its registered phones and its trunk lines."""
@@ -66,5 +74,21 @@ class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sipgw_pb2.GetTrunkUsageResponse, _abc.Awaitable[_sipgw_pb2.GetTrunkUsageResponse]]:
         """GetTrunkUsage returns the inter-server trunk's line count and use."""
+
+    @_abc_1.abstractmethod
+    def ListCalls(
+        self,
+        request: _sipgw_pb2.ListCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.ListCallsResponse, _abc.Awaitable[_sipgw_pb2.ListCallsResponse]]:
+        """ListCalls returns the calls in progress."""
+
+    @_abc_1.abstractmethod
+    def WatchCalls(
+        self,
+        request: _sipgw_pb2.WatchCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sipgw_pb2.WatchCallsResponse], _abc.AsyncIterator[_sipgw_pb2.WatchCallsResponse]]:
+        """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
 
 def add_SipGatewayServiceServicer_to_server(servicer: SipGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
