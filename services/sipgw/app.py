@@ -11,7 +11,7 @@ import grpc.aio
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
-from services.runtime.errors import Unavailable
+from services.runtime.errors import InvalidArgument, NotFound, Unavailable
 from services.runtime.grpc_server import GrpcHost
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.b2bua import Call
@@ -89,6 +89,15 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
                 yield pb.WatchCallsResponse(calls=[change], synced=True)
         finally:
             calls.listeners.discard(listen)
+
+    async def HangUpCall(
+        self, request: pb.HangUpCallRequest, context: Ctx[pb.HangUpCallRequest, pb.HangUpCallResponse]
+    ) -> pb.HangUpCallResponse:
+        if not request.call_id or len(request.call_id) > 64:
+            raise InvalidArgument("call_id is required (at most 64 characters)", reason="INVALID_CALL_ID")
+        if not self.core.calls.hang_up(request.call_id):
+            raise NotFound(f"no call in progress has id {request.call_id}", reason="CALL_NOT_FOUND")
+        return pb.HangUpCallResponse()
 
     async def GetTrunkUsage(
         self, request: pb.GetTrunkUsageRequest, context: Ctx[pb.GetTrunkUsageRequest, pb.GetTrunkUsageResponse]

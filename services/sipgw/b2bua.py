@@ -401,6 +401,23 @@ class B2BUA:
 
         self.transactions.send_request(offer, link, address, on_answer, on_timeout)
 
+    def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
+        """Ends a call from outside: BYE to both parties, or CANCEL to a phone still ringing."""
+        call = self.calls.get(call_id)
+        if call is None or call.state == ENDED:
+            return False
+        if call.state == ANSWERED:
+            self._bye(call, "a")
+            self._bye(call, "b")
+        else:
+            call.canceled = True
+            call.a_tx.respond(self._answer_a(call.a_tx.request, 487, "Request Terminated", call.a_tag))
+            self.transactions.send_request(
+                self._cancel_for(call.b_request), call.b_link, call.b_address, lambda r: None, lambda: None
+            )
+        self._end(call, reason)
+        return True
+
     def cancel(self, tx: ServerTransaction, request: Request) -> None:
         """CANCEL from the caller before the answer (RFC 3261 9.2)."""
         call = self._by_invite.get((request.call_id, request.from_addr.tag or ""))

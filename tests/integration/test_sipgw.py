@@ -354,3 +354,48 @@ async def test_watch_and_list_calls_follow_a_call(gateway: Gateway) -> None:
 
 async def _sync(value: bool) -> bool:
     return value
+
+
+async def test_hang_up_through_the_api_sends_bye_to_both_phones(gateway: Gateway) -> None:
+    from services.runtime import error_info
+
+    callee_port, caller_port = free_port(), free_port()
+    registered = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
+    )
+    assert registered.returncode == 0
+    watch = CallWatch(gateway)
+    phones = []
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        for args in (
+            sipp_args(gateway, "callee.xml", callee_port, BOB[0]),
+            sipp_args(gateway, "caller_hungup.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1]),
+        ):
+            phones.append(
+                await asyncio.create_subprocess_exec(
+                    *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                )
+            )
+            await asyncio.sleep(0.3)
+        await wait_for(lambda: _sync("ANSWERED" in watch.states()), what="the answer")
+        call_id = watch.events[-1].call_id
+        async with grpc.aio.insecure_channel(gateway.api) as channel:
+            stub = pb_grpc.SipGatewayServiceStub(channel)
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
+            for bad, code, reason in (
+                ("no-such-call", grpc.StatusCode.NOT_FOUND, "CALL_NOT_FOUND"),
+                ("", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CALL_ID"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.HangUpCall(pb.HangUpCallRequest(call_id=bad), timeout=5)
+                info = error_info(raised.value)
+                assert raised.value.code() == code and info is not None and info.reason == reason
+        for phone in phones:
+            assert await asyncio.wait_for(phone.wait(), 20) == 0  # each got its BYE and answered it
+        assert watch.events[-1].end_reason == "hung up through the API"
+    finally:
+        await watch.close()
+        for phone in phones:
+            if phone.returncode is None:
+                phone.kill()

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpbxmesh/sipgw/v1/sipgw.proto\x12\x10pbxmesh.sipgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x02\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.pbxmesh.sipgw.v1.CallState\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.pbxmesh.sipgw.v1.CallKind\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x08 \x01(\t\"\x12\n\x10ListCallsRequest\":\n\x11ListCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.pbxmesh.sipgw.v1.Call\"\x13\n\x11WatchCallsRequest\"K\n\x12WatchCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.pbxmesh.sipgw.v1.Call\x12\x0e\n\x06synced\x18\x02 \x01(\x08\"\x1a\n\x18ListRegistrationsRequest\":\n\x07\x43ontact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"K\n\x0cRegistration\x12\x0e\n\x06number\x18\x01 \x01(\t\x12+\n\x08\x63ontacts\x18\x02 \x03(\x0b\x32\x19.pbxmesh.sipgw.v1.Contact\"R\n\x19ListRegistrationsResponse\x12\x35\n\rregistrations\x18\x01 \x03(\x0b\x32\x1e.pbxmesh.sipgw.v1.Registration\"\x16\n\x14GetTrunkUsageRequest\"l\n\x15GetTrunkUsageResponse\x12\r\n\x05lines\x18\x01 \x01(\x05\x12\x0e\n\x06in_use\x18\x02 \x01(\x05\x12\x10\n\x08incoming\x18\x03 \x01(\x05\x12\x10\n\x08outgoing\x18\x04 \x01(\x05\x12\x10\n\x08rejected\x18\x05 \x01(\x03*\x86\x01\n\tCallState\x12\x1a\n\x16\x43\x41LL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_STATE_DIALING\x10\x01\x12\x16\n\x12\x43\x41LL_STATE_RINGING\x10\x02\x12\x17\n\x13\x43\x41LL_STATE_ANSWERED\x10\x03\x12\x14\n\x10\x43\x41LL_STATE_ENDED\x10\x04*k\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_KIND_LOCAL\x10\x01\x12\x17\n\x13\x43\x41LL_KIND_TRUNK_OUT\x10\x02\x12\x16\n\x12\x43\x41LL_KIND_TRUNK_IN\x10\x03\x32\x94\x03\n\x11SipGatewayService\x12l\n\x11ListRegistrations\x12*.pbxmesh.sipgw.v1.ListRegistrationsRequest\x1a+.pbxmesh.sipgw.v1.ListRegistrationsResponse\x12`\n\rGetTrunkUsage\x12&.pbxmesh.sipgw.v1.GetTrunkUsageRequest\x1a\'.pbxmesh.sipgw.v1.GetTrunkUsageResponse\x12T\n\tListCalls\x12\".pbxmesh.sipgw.v1.ListCallsRequest\x1a#.pbxmesh.sipgw.v1.ListCallsResponse\x12Y\n\nWatchCalls\x12#.pbxmesh.sipgw.v1.WatchCallsRequest\x1a$.pbxmesh.sipgw.v1.WatchCallsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpbxmesh/sipgw/v1/sipgw.proto\x12\x10pbxmesh.sipgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x02\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.pbxmesh.sipgw.v1.CallState\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.pbxmesh.sipgw.v1.CallKind\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x08 \x01(\t\"\x12\n\x10ListCallsRequest\":\n\x11ListCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.pbxmesh.sipgw.v1.Call\"\x13\n\x11WatchCallsRequest\"K\n\x12WatchCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.pbxmesh.sipgw.v1.Call\x12\x0e\n\x06synced\x18\x02 \x01(\x08\"\x1a\n\x18ListRegistrationsRequest\":\n\x07\x43ontact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"K\n\x0cRegistration\x12\x0e\n\x06number\x18\x01 \x01(\t\x12+\n\x08\x63ontacts\x18\x02 \x03(\x0b\x32\x19.pbxmesh.sipgw.v1.Contact\"R\n\x19ListRegistrationsResponse\x12\x35\n\rregistrations\x18\x01 \x03(\x0b\x32\x1e.pbxmesh.sipgw.v1.Registration\"\x16\n\x14GetTrunkUsageRequest\"l\n\x15GetTrunkUsageResponse\x12\r\n\x05lines\x18\x01 \x01(\x05\x12\x0e\n\x06in_use\x18\x02 \x01(\x05\x12\x10\n\x08incoming\x18\x03 \x01(\x05\x12\x10\n\x08outgoing\x18\x04 \x01(\x05\x12\x10\n\x08rejected\x18\x05 \x01(\x03\"$\n\x11HangUpCallRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"\x14\n\x12HangUpCallResponse*\x86\x01\n\tCallState\x12\x1a\n\x16\x43\x41LL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_STATE_DIALING\x10\x01\x12\x16\n\x12\x43\x41LL_STATE_RINGING\x10\x02\x12\x17\n\x13\x43\x41LL_STATE_ANSWERED\x10\x03\x12\x14\n\x10\x43\x41LL_STATE_ENDED\x10\x04*k\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_KIND_LOCAL\x10\x01\x12\x17\n\x13\x43\x41LL_KIND_TRUNK_OUT\x10\x02\x12\x16\n\x12\x43\x41LL_KIND_TRUNK_IN\x10\x03\x32\xed\x03\n\x11SipGatewayService\x12l\n\x11ListRegistrations\x12*.pbxmesh.sipgw.v1.ListRegistrationsRequest\x1a+.pbxmesh.sipgw.v1.ListRegistrationsResponse\x12`\n\rGetTrunkUsage\x12&.pbxmesh.sipgw.v1.GetTrunkUsageRequest\x1a\'.pbxmesh.sipgw.v1.GetTrunkUsageResponse\x12T\n\tListCalls\x12\".pbxmesh.sipgw.v1.ListCallsRequest\x1a#.pbxmesh.sipgw.v1.ListCallsResponse\x12Y\n\nWatchCalls\x12#.pbxmesh.sipgw.v1.WatchCallsRequest\x1a$.pbxmesh.sipgw.v1.WatchCallsResponse0\x01\x12W\n\nHangUpCall\x12#.pbxmesh.sipgw.v1.HangUpCallRequest\x1a$.pbxmesh.sipgw.v1.HangUpCallResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pbxmesh.sipgw.v1.sipgw_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLSTATE']._serialized_start=906
-  _globals['_CALLSTATE']._serialized_end=1040
-  _globals['_CALLKIND']._serialized_start=1042
-  _globals['_CALLKIND']._serialized_end=1149
+  _globals['_CALLSTATE']._serialized_start=966
+  _globals['_CALLSTATE']._serialized_end=1100
+  _globals['_CALLKIND']._serialized_start=1102
+  _globals['_CALLKIND']._serialized_end=1209
   _globals['_CALL']._serialized_start=84
   _globals['_CALL']._serialized_end=342
   _globals['_LISTCALLSREQUEST']._serialized_start=344
@@ -58,6 +58,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTRUNKUSAGEREQUEST']._serialized_end=793
   _globals['_GETTRUNKUSAGERESPONSE']._serialized_start=795
   _globals['_GETTRUNKUSAGERESPONSE']._serialized_end=903
-  _globals['_SIPGATEWAYSERVICE']._serialized_start=1152
-  _globals['_SIPGATEWAYSERVICE']._serialized_end=1556
+  _globals['_HANGUPCALLREQUEST']._serialized_start=905
+  _globals['_HANGUPCALLREQUEST']._serialized_end=941
+  _globals['_HANGUPCALLRESPONSE']._serialized_start=943
+  _globals['_HANGUPCALLRESPONSE']._serialized_end=963
+  _globals['_SIPGATEWAYSERVICE']._serialized_start=1212
+  _globals['_SIPGATEWAYSERVICE']._serialized_end=1705
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,11 @@ class SipGatewayServiceStub:
                 request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.FromString,
                 _registered_method=True)
+        self.HangUpCall = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/HangUpCall',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.FromString,
+                _registered_method=True)
 
 
 class SipGatewayServiceServicer:
@@ -89,6 +94,14 @@ class SipGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HangUpCall(self, request, context):
+        """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
+        call in progress has this id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_SipGatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchCalls,
                     request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.FromString,
                     response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.SerializeToString,
+            ),
+            'HangUpCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.HangUpCall,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class SipGatewayService:
             '/pbxmesh.sipgw.v1.SipGatewayService/WatchCalls',
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsRequest.SerializeToString,
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.WatchCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HangUpCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/HangUpCall',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class SipGatewayServiceStub:
     """ListCalls returns the calls in progress."""
     WatchCalls: _grpc.UnaryStreamMultiCallable[_sipgw_pb2.WatchCallsRequest, _sipgw_pb2.WatchCallsResponse]
     """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
+    HangUpCall: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.HangUpCallRequest, _sipgw_pb2.HangUpCallResponse]
+    """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
+    call in progress has this id.
+    """
 
 @_typing.type_check_only
 class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
@@ -55,6 +59,10 @@ class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
     """ListCalls returns the calls in progress."""
     WatchCalls: _aio.UnaryStreamMultiCallable[_sipgw_pb2.WatchCallsRequest, _sipgw_pb2.WatchCallsResponse]  # type: ignore[assignment]
     """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
+    HangUpCall: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.HangUpCallRequest, _sipgw_pb2.HangUpCallResponse]  # type: ignore[assignment]
+    """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
+    call in progress has this id.
+    """
 
 class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """SipGatewayService is one server's SIP gateway: its registered phones and its trunk lines."""
@@ -90,5 +98,15 @@ class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sipgw_pb2.WatchCallsResponse], _abc.AsyncIterator[_sipgw_pb2.WatchCallsResponse]]:
         """WatchCalls sends the calls in progress, then every change: new, ringing, answered, ended."""
+
+    @_abc_1.abstractmethod
+    def HangUpCall(
+        self,
+        request: _sipgw_pb2.HangUpCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.HangUpCallResponse, _abc.Awaitable[_sipgw_pb2.HangUpCallResponse]]:
+        """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
+        call in progress has this id.
+        """
 
 def add_SipGatewayServiceServicer_to_server(servicer: SipGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
