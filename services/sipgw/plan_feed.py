@@ -58,7 +58,9 @@ class PlanFeed:
                             self.synced.set()
                             _log.info("numbering plan: %d numbers from the registry", len(self.routes))
             except grpc.aio.AioRpcError as exc:
-                _log.info("registry feed interrupted (%s); retrying", exc.code().name)
+                # Said once per outage, not at every retry.
+                log = _log.info if self.connected or delay == RETRY_MIN else _log.debug
+                log("registry feed interrupted (%s); retrying", exc.code().name)
             self.connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
