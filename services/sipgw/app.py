@@ -14,7 +14,7 @@ from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.errors import InvalidArgument, NotFound, Unavailable
 from services.runtime.grpc_server import GrpcHost
 from services.sipgw.auth.trunk_proof import TrunkProof
-from services.sipgw.b2bua import Call
+from services.sipgw.call import Call
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar

@@ -11,21 +11,20 @@ across the agent, not reset (RFC 7332); at zero the caller gets 483.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Callable
 
 from services.runtime.config_calls import ScenariosSection
+from services.sipgw.call import ANSWERED, ENDED, RINGING, Call, called_number, parse_address
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Bindings
 from services.sipgw.scenarios import Scenarios
-from services.sipgw.sip import Request, Response, SipURI, parse_uri
+from services.sipgw.sip import Request, Response, parse_uri
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.headers import Headers
 from services.sipgw.sip.transaction import (
-    ClientTransaction,
     ServerTransaction,
     TransactionLayer,
     new_branch,
@@ -35,45 +34,6 @@ from services.sipgw.trunk import CORRELATION, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
-
-RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"
-
-
-@dataclasses.dataclass
-class Call:
-    id: str
-    caller: str
-    callee: str
-    a_tx: ServerTransaction
-    a_tag: str
-    b_request: Request
-    b_address: Address
-    b_link: Link
-    b_tx: ClientTransaction | None = None
-    a_dialog: Dialog | None = None
-    b_dialog: Dialog | None = None
-    state: str = "dialing"
-    # A 2xx we sent to an INVITE of side "a" or "b", resent until its ACK (RFC 3261 13.3.1.4).
-    unacked: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
-    canceled: bool = False
-    trunk_in: bool = False  # each holds one trunk line until the call ends
-    trunk_out: bool = False
-    started_at: float = dataclasses.field(default_factory=time.time)
-    answered_at: float | None = None
-    end_reason: str = ""
-
-    @property
-    def a_address(self) -> Address:
-        return self.a_tx.address
-
-
-def _called(request: Request) -> str:
-    return request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
-
-
-def _parse_source(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class B2BUA:
@@ -105,7 +65,7 @@ class B2BUA:
         """A new INVITE (no To tag) from ``caller``, one of our phones that proved who it is."""
         if not self._hops_left(tx, request):
             return
-        called = _called(request)
+        called = called_number(request)
         if called in self.own_numbers:
             self._ring_phone(tx, request, caller, request.from_addr.display_name, called, uuid.uuid4().hex)
             return
@@ -119,7 +79,7 @@ class B2BUA:
             tx.respond(self._answer_a(request, 503, f"Service Unavailable ({error})"))
             return
         call_id = uuid.uuid4().hex
-        address = _parse_source(route.trunk_address)
+        address = parse_address(route.trunk_address)
         link = self.trunk.endpoint
         b_request = self._b_invite(request, called, caller, f"sip:{called}@{route.trunk_address}", link)
         self.trunk.identity(b_request.headers, caller, request.from_addr.display_name, call_id)
@@ -137,7 +97,7 @@ class B2BUA:
             tx.respond(self._answer_a(request, 503, f"Service Unavailable ({error})"))
             return
         caller, display = Trunk.caller_of(request)
-        called = _called(request)
+        called = called_number(request)
         correlation = request.headers.get(CORRELATION) or uuid.uuid4().hex
         action = self.scenarios.route(called, caller, from_trunk=True)
         if action.kind == "dial" and action.target in self.own_numbers:
@@ -174,7 +134,7 @@ class B2BUA:
         binding = contacts[0]
         link = self._phone_link(tx.link)
         b_request = self._b_invite(request, called, caller, binding.contact, link, display)
-        address = _parse_source(binding.source)
+        address = parse_address(binding.source)
         self._dial(tx, request, caller, called, b_request, address, link, call_id, trunk_in=trunk_in)
         return True
 
