@@ -11,7 +11,7 @@ ServiceError (services.runtime.errors)
     +-- WatcherTooSlow         reason WATCHER_TOO_SLOW
 """
 
-from services.runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.runtime.errors import InvalidArgument, NotFound
 
 
 class InvalidNumber(InvalidArgument):
@@ -32,7 +32,3 @@ class NumberNotFound(NotFound):
 
 class NumberNotOwned(NotFound):
     reason = "NUMBER_NOT_OWNED"
-
-
-class WatcherTooSlow(Unavailable):
-    reason = "WATCHER_TOO_SLOW"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Generic, TypeVar
 
 import grpc.aio
 from opentelemetry import trace
@@ -20,12 +18,12 @@ from services.registry.errors import (
     NumberNotFound,
     NumberNotOwned,
     UnknownDepartment,
-    WatcherTooSlow,
 )
 from services.registry.membership import GroupLink
 from services.registry.plan import MembersChange, NumbersChange, PlanView, Route
 from services.registry.records import MemberInfo, NumberRecord
 from services.runtime.config import NUMBER_RE
+from services.runtime.subscription import Subscription
 from services.runtime.telemetry import ATTR_NUMBER, ATTR_ROUTE_SERVER_ID
 
 _log = logging.getLogger(__name__)
@@ -43,10 +41,7 @@ PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 # to go on serving between two messages of a 100,000-number snapshot.
 CHUNK = 2000
 MAX_PAGE = 10_000
-# A watcher that falls this many batches behind is dropped; it can watch again for a snapshot.
-WATCH_QUEUE_LIMIT = 10_000
 
-Msg = TypeVar("Msg")
 Ctx = grpc.aio.ServicerContext
 
 
@@ -133,7 +128,7 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
     async def WatchNumbers(
         self, request: pb.WatchNumbersRequest, context: Ctx[pb.WatchNumbersRequest, pb.WatchNumbersResponse]
     ) -> AsyncIterator[pb.WatchNumbersResponse]:
-        changes: _Subscription[NumbersChange | MembersChange] = _Subscription()
+        changes: Subscription[NumbersChange | MembersChange] = Subscription()
         unsubscribe = (self.view.on_numbers(changes.put), self.view.on_members(changes.put))
         try:
             # Snapshot and subscription with no await between them: nothing is missed or doubled.
@@ -166,7 +161,7 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         self, request: pb.WatchMembersRequest, context: Ctx[pb.WatchMembersRequest, pb.WatchMembersResponse]
     ) -> AsyncIterator[pb.WatchMembersResponse]:
         local = self.view.local_id
-        changes: _Subscription[MembersChange] = _Subscription()
+        changes: Subscription[MembersChange] = Subscription()
         unsubscribe = self.view.on_members(changes.put)
         try:
             members = [member_pb(m, local) for m in self.view.live_members()]
@@ -269,23 +264,3 @@ def _route_messages(
             synced=last,
             connected=connected,
         )
-
-
-class _Subscription(Generic[Msg]):
-    """A watcher's queue of changes; one that falls too far behind is dropped, not buffered forever."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._overflow = False
-
-    def put(self, change: Msg) -> None:
-        if self._queue.qsize() >= WATCH_QUEUE_LIMIT:
-            self._overflow = True
-        else:
-            self._queue.put_nowait(change)
-
-    async def get(self) -> Msg:
-        change = await self._queue.get()
-        if self._overflow:
-            raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
-        return change

@@ -11,8 +11,9 @@ import grpc.aio
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
-from services.runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.grpc_server import GrpcHost
+from services.runtime.subscription import Subscription
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Call
 from services.sipgw.core import SipCore
@@ -26,7 +27,6 @@ from services.sipgw.trunk_lines import TrunkLines
 _log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0
-WATCH_QUEUE_LIMIT = 10_000
 
 Ctx = grpc.aio.ServicerContext
 
@@ -68,25 +68,17 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
     async def WatchCalls(
         self, request: pb.WatchCallsRequest, context: Ctx[pb.WatchCallsRequest, pb.WatchCallsResponse]
     ) -> AsyncIterator[pb.WatchCallsResponse]:
-        changes: asyncio.Queue[pb.Call] = asyncio.Queue(maxsize=WATCH_QUEUE_LIMIT)
-        overflow = False
+        changes: Subscription[pb.Call] = Subscription()
+        calls = self.core.calls
 
         def listen(call: Call) -> None:
-            nonlocal overflow
-            try:
-                changes.put_nowait(call_pb(call))  # converted now: the call changes on
-            except asyncio.QueueFull:
-                overflow = True
+            changes.put(call_pb(call))  # converted now: the call changes on
 
-        calls = self.core.calls
         calls.listeners.add(listen)
         try:
             yield pb.WatchCallsResponse(calls=[call_pb(c) for c in calls.active()], synced=True)
             while True:
-                change = await changes.get()
-                if overflow:
-                    raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
-                yield pb.WatchCallsResponse(calls=[change], synced=True)
+                yield pb.WatchCallsResponse(calls=[await changes.get()], synced=True)
         finally:
             calls.listeners.discard(listen)
 
@@ -134,10 +126,6 @@ def call_pb(call: Call) -> pb.Call:
     if call.answered_at is not None:
         message.answered_at.FromNanoseconds(int(call.answered_at * 1e9))
     return message
-
-
-class WatcherTooSlow(Unavailable):
-    reason = "WATCHER_TOO_SLOW"
 
 
 class SipGatewayApp:
