@@ -206,12 +206,21 @@ async def test_a_local_call_between_two_sipp_phones(gateway: Gateway, flow: str)
     assert f": {ALICE[0]} -> {BOB[0]}" in log and ending in log
 
 
-def _invite(called: str, branch: str, max_forwards: int = 70, cseq: int = 1, auth: str = "") -> bytes:
+def _invite(
+    called: str,
+    branch: str,
+    max_forwards: int = 70,
+    cseq: int = 1,
+    auth: str = "",
+    host: str = "127.0.0.1",
+    extra: str = "",
+) -> bytes:
+    """A phone's (or, with ``extra`` headers, a server's) INVITE as raw bytes; ``auth`` is a header line."""
     return (
-        f"INVITE sip:{called}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
+        f"INVITE sip:{called}@{host} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
         f"Max-Forwards: {max_forwards}\r\nFrom: <sip:100@127.0.0.1>;tag=a{branch}\r\nTo: <sip:{called}@127.0.0.1>\r\n"
         f"Call-ID: {branch}@127.0.0.1\r\nCSeq: {cseq} INVITE\r\nContact: <sip:100@127.0.0.1:5999>\r\n"
-        f"{auth}Content-Length: 0\r\n\r\n"
+        f"{auth}{extra}Content-Length: 0\r\n\r\n"
     ).encode()
 
 
@@ -232,20 +241,74 @@ def _proxy_authorization(challenge: bytes, uri: str, user: str, password: str) -
     )
 
 
-async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_or_483(gateway: Gateway) -> None:
-    import socket
+class RawPhone:
+    """A phone made of one UDP socket: it sends raw requests, reads only the answers to the request
+    it waits on (a retransmitted answer to an earlier one is skipped), and ACKs every failure answer
+    to its INVITEs, as RFC 3261 17.1.1.3 asks (else the gateway keeps resending it)."""
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(3)
-    host, port = gateway.sip.split(":")
+    def __init__(self, target: str):
+        import socket
+
+        host, port = target.split(":")
+        self.target = (host, int(port))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+
+    def send(self, request: bytes) -> None:
+        self.sock.sendto(request, self.target)
+
+    def answer_to(self, request: bytes, skip: tuple[bytes, ...] = (b"SIP/2.0 100",)) -> bytes:
+        branch = re.search(rb"branch=([^;\r]+)", request)
+        assert branch is not None
+        while True:
+            answer = self.sock.recv(65536)
+            head = answer.split(b"\r\n\r\n", 1)[0]
+            if branch.group(1) not in head:
+                continue
+            status = int(answer.split(b" ", 2)[1])
+            if status >= 300 and b" INVITE\r\n" in head and request.startswith(b"INVITE"):
+                self.send(_ack(request, answer))
+            if not answer.startswith(skip):
+                return answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ack(invite: bytes, answer: bytes) -> bytes:
+    """The ACK for a failure answer: the INVITE's Via, From, Call-ID and CSeq number, the answer's To."""
+
+    def field(message: bytes, name: bytes) -> bytes:
+        found = re.search(rb"\r\n" + name + rb": ([^\r]*)", message)
+        assert found is not None
+        return found.group(1)
+
+    uri = invite.split(b" ", 2)[1]
+    cseq = field(invite, b"CSeq").split()[0]
+    return (
+        b"ACK "
+        + uri
+        + b" SIP/2.0\r\nVia: "
+        + field(invite, b"Via")
+        + b"\r\nMax-Forwards: 70\r\nFrom: "
+        + field(invite, b"From")
+        + b"\r\nTo: "
+        + field(answer, b"To")
+        + b"\r\nCall-ID: "
+        + field(invite, b"Call-ID")
+        + b"\r\nCSeq: "
+        + cseq
+        + b" ACK\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_or_483(gateway: Gateway) -> None:
+    phone = RawPhone(gateway.sip)
 
     def final(data: bytes) -> bytes:
-        sock.sendto(data, (host, int(port)))
-        while True:
-            answer = sock.recv(65536)
-            if not answer.startswith(b"SIP/2.0 100"):
-                return answer
+        phone.send(data)
+        return phone.answer_to(data)
 
     def call(called: str, branch: str, max_forwards: int = 70, password: str = ALICE[1]) -> bytes:
         challenge = final(_invite(called, branch, max_forwards))
@@ -259,11 +322,10 @@ async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_
         assert (await asyncio.to_thread(call, BOB[0], "mf1", 0)).startswith(b"SIP/2.0 483")
         assert (await asyncio.to_thread(call, BOB[0], "pw1", 70, "wrong")).startswith(b"SIP/2.0 403")
     finally:
-        sock.close()
+        phone.close()
 
 
 async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gateway) -> None:
-    import socket
 
     callee_port = free_port()
     registered = await asyncio.to_thread(
@@ -275,25 +337,21 @@ async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gatew
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.sleep(0.5)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(5)
-    host, port = gateway.sip.split(":")
-    target = (host, int(port))
+    phone = RawPhone(gateway.sip)
 
     def caller() -> list[bytes]:
-        sock.sendto(_invite(BOB[0], "cx1"), target)
-        challenge = sock.recv(65536)
-        while challenge.startswith(b"SIP/2.0 100"):
-            challenge = sock.recv(65536)
+        first = _invite(BOB[0], "cx1")
+        phone.send(first)
+        challenge = phone.answer_to(first)
         auth = _proxy_authorization(challenge, f"sip:{BOB[0]}@127.0.0.1", ALICE[0], ALICE[1])
         invite = _invite(BOB[0], "cx2", 70, 2, auth)
-        sock.sendto(invite, target)
-        seen = [sock.recv(65536) for _ in range(2)]  # 100 Trying, 180 Ringing
+        phone.send(invite)
+        seen = [phone.answer_to(invite, skip=()) for _ in range(2)]  # 100 Trying, 180 Ringing
         cancel = invite.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(b"CSeq: 2 INVITE", b"CSeq: 2 CANCEL")
         cancel = re.sub(rb"Proxy-Authorization: [^\r]*\r\n", b"", cancel)
-        sock.sendto(cancel, target)
-        seen += [sock.recv(65536) for _ in range(2)]  # 200 for the CANCEL, 487 for the INVITE
+        phone.send(cancel)
+        # The CANCEL and the INVITE share a branch: their answers (200, 487) come in either order.
+        seen += [phone.answer_to(invite, skip=()) for _ in range(2)]
         return seen
 
     try:
@@ -304,7 +362,7 @@ async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gatew
         ]  # fmt: skip
         assert await asyncio.wait_for(callee.wait(), 30) == 0  # the phone saw the CANCEL and was ACKed
     finally:
-        sock.close()
+        phone.close()
         if callee.returncode is None:
             callee.kill()
 

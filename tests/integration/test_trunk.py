@@ -13,7 +13,16 @@ import pytest
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import CallWatch, Gateway, run, sipp_args, sipp_call, start_gateway, stop_gateway
+from tests.integration.test_sipgw import (
+    CallWatch,
+    Gateway,
+    _invite,
+    run,
+    sipp_args,
+    sipp_call,
+    start_gateway,
+    stop_gateway,
+)
 from tests.support import Group, Server, has_numbers, wait_for
 
 SECRET = "the-group-trunk-secret-2026"
@@ -118,16 +127,12 @@ async def _logged(gateway: Gateway, text: str) -> bool:
 
 
 def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
+    """An INVITE as another server of the group sends it: signed with the group's secret."""
     from services.sipgw.auth.trunk_proof import TrunkProof
 
-    uri = f"sip:{number}@{trunk}"
-    proof = TrunkProof(SECRET).sign("INVITE", uri, f"{branch}@test", "1 INVITE", f"t{branch}", b"")
-    return (
-        f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{branch};rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:100@127.0.0.1>;tag=t{branch}\r\nTo: <sip:{number}@127.0.0.1>\r\n"
-        f"Call-ID: {branch}@test\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: <sip:100@alpha.pbxmesh.invalid>\r\n"
-        f"X-Pbxmesh-Trunk: {proof}\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
+    proof = TrunkProof(SECRET).sign("INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}")
+    identity = "P-Asserted-Identity: <sip:100@alpha.pbxmesh.invalid>\r\n"
+    return _invite(number, branch, host=trunk, extra=f"{identity}X-Pbxmesh-Trunk: {proof}\r\n")
 
 
 async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(group: Group) -> None:

@@ -83,11 +83,9 @@ class _Inbound:
 
     def deliver(self, message: Request | Response, source: Address, link: Link) -> None:
         try:
+            message.check()
             if isinstance(message, Request):
-                message.check()
                 stamp_via(message, source)
-            else:
-                message.check()
         except ParseError as error:
             self.reject(error, source, link)
             return

@@ -46,6 +46,16 @@ def response(status: int, branch: str, method: str = "INVITE") -> Response:
     return message
 
 
+def serving(method: str) -> tuple[TransactionLayer, FakeLink, list[tuple[ServerTransaction, Request]], Request]:
+    """A layer that has just received ``method`` on a fresh branch: (layer, link, what the core saw, request)."""
+    link = FakeLink()
+    seen: list[tuple[ServerTransaction, Request]] = []
+    tl = layer(seen)
+    received = request(method, new_branch())
+    tl.receive(received, PEER, link)
+    return tl, link, seen, received
+
+
 def layer(requests: list[tuple[ServerTransaction, Request]] | None = None) -> TransactionLayer:
     seen = requests if requests is not None else []
     return TransactionLayer(lambda t, r: seen.append((t, r)), timers=FAST)
@@ -145,12 +155,8 @@ async def test_server_absorbs_retransmissions_resends_final_and_waits_for_ack() 
 
 
 async def test_server_2xx_goes_accepted_and_new_ack_reaches_the_core() -> None:
-    link = FakeLink()
-    seen: list[tuple[ServerTransaction, Request]] = []
-    tl = layer(seen)
-    branch = new_branch()
-    invite = request("INVITE", branch)
-    tl.receive(invite, PEER, link)
+    tl, link, seen, invite = serving("INVITE")
+    branch = invite.top_via.branch or ""
     server, _ = seen[0]
     server.respond(response(200, branch))
     tl.receive(invite, PEER, link)  # absorbed in Accepted
@@ -162,12 +168,8 @@ async def test_server_2xx_goes_accepted_and_new_ack_reaches_the_core() -> None:
 
 
 async def test_non_invite_server_completes_and_answers_retransmissions() -> None:
-    link = FakeLink()
-    seen: list[tuple[ServerTransaction, Request]] = []
-    tl = layer(seen)
-    branch = new_branch()
-    options = request("OPTIONS", branch)
-    tl.receive(options, PEER, link)
+    tl, link, seen, options = serving("OPTIONS")
+    branch = options.top_via.branch or ""
     server, _ = seen[0]
     server.respond(response(200, branch, "OPTIONS"))
     tl.receive(options, PEER, link)
@@ -177,11 +179,8 @@ async def test_non_invite_server_completes_and_answers_retransmissions() -> None
 
 
 async def test_an_ack_for_a_2xx_with_the_invites_branch_still_reaches_the_core() -> None:
-    link = FakeLink()
-    seen: list[tuple[ServerTransaction, Request]] = []
-    tl = layer(seen)
-    branch = new_branch()
-    tl.receive(request("INVITE", branch), PEER, link)
+    tl, link, seen, invite = serving("INVITE")
+    branch = invite.top_via.branch or ""
     server, _ = seen[0]
     server.respond(response(200, branch))
     tl.receive(request("ACK", branch), PEER, link)  # some phones reuse the INVITE's branch
