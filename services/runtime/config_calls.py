@@ -7,6 +7,7 @@ one action. Patterns are regular expressions matched against the whole number ("
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 from services.runtime._loader import ConfigError, Secret
@@ -14,7 +15,8 @@ from services.runtime._loader import ConfigError, Secret
 TEMPLATE_RE = re.compile(r"\$\{(\w+)\}")
 TEMPLATE_FIELDS = ("called", "caller")
 TARGET_RE = re.compile(r"[0-9*#+]{1,32}")
-URI_RE = re.compile(r"sips?:[^\s<>]+")
+# A full address to call: the host is an IP address, as the gateway never resolves names.
+URI_RE = re.compile(r"sip:(?P<user>[0-9*#+]{1,32})@(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+):(?P<port>[0-9]{1,5})")
 MIN_SECRET = 16
 MAX_LINES = 10_000
 
@@ -117,12 +119,27 @@ def _validate_rule(rule: ScenarioRule, key: str, departments: set[str]) -> None:
         raise ConfigError(f"{key}.reject: {rule.reject} is not a SIP failure code (400-699)")
 
 
+def parse_target_uri(text: str) -> tuple[str, str, int] | None:
+    """``sip:number@ip:port`` as (number, ip, port); None if ``text`` is not one."""
+    match = URI_RE.fullmatch(text)
+    if match is None:
+        return None
+    host, port = match["host"].strip("[]"), int(match["port"])
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not 0 < port < 65536:
+        return None
+    return match["user"], host, port
+
+
 def _validate_target(target: str, key: str, allow_uri: bool) -> None:
     for name in TEMPLATE_RE.findall(target):
         if name not in TEMPLATE_FIELDS:
             raise ConfigError(f"{key}: unknown placeholder ${{{name}}} in {target!r}")
     resolved = TEMPLATE_RE.sub("0", target)
-    if TARGET_RE.fullmatch(resolved) or (allow_uri and URI_RE.fullmatch(resolved)):
+    if TARGET_RE.fullmatch(resolved) or (allow_uri and parse_target_uri(resolved)):
         return
-    what = "a number or a sip: URI" if allow_uri else "a number"
+    what = "a number or sip:number@ip:port" if allow_uri else "a number"
     raise ConfigError(f"{key}: {target!r} is not {what} (placeholders: ${{called}}, ${{caller}})")

@@ -128,6 +128,15 @@ def call_pb(call: Call) -> pb.Call:
     return message
 
 
+def departments_of(config: Config) -> dict[str, list[str]]:
+    """Department id -> this server's numbers in it (what ring_department rings)."""
+    departments: dict[str, list[str]] = {}
+    for entry in config.numbering.numbers:
+        if entry.department:
+            departments.setdefault(entry.department, []).append(entry.number)
+    return departments
+
+
 class SipGatewayApp:
     def __init__(self, config: Config):
         for key in ("sip", "sipgw"):
@@ -148,6 +157,7 @@ class SipGatewayApp:
             self.plan,
             self.trunk,
             Scenarios(config.scenarios),
+            departments_of(config),
         )
         self.failed = asyncio.Event()
         self.udp: UdpEndpoint | None = None
@@ -157,13 +167,14 @@ class SipGatewayApp:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
         receive = self.core.transactions.receive
         self.udp = await UdpEndpoint.open(host, port, receive)
-        self.core.calls.phone_link = self.udp
+        self.core.router.phone_links["UDP"] = self.udp
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
         self.plan.start()
         # TCP on the same port as UDP (RFC 3261 18.1); with port 0 it follows the UDP one.
         self.tcp = await TcpListener.open(host, self.udp.local[1], receive)
+        self.core.router.phone_links["TCP"] = self.tcp
         self.host.add(SipGatewayService(self.core, self.lines))
         await self.host.start()
         _log.info(

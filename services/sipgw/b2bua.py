@@ -1,11 +1,15 @@
-"""The back-to-back agent for calls between the server's own phones.
+"""The back-to-back agent: every call through the gateway is two dialogs it holds itself.
 
-A call is two dialogs: leg A with the caller, leg B with the callee. The agent answers each leg
-itself and carries over what the other side said: ringing, answer and SDP (media goes directly
-between the phones), busy/decline/timeouts, hang-up from either side, CANCEL before the answer.
-Each leg's packets go to the address the phone's packets come from (its INVITE's source, or its
-registration's source), never to a host named inside a message. Max-Forwards is decremented
-across the agent, not reset (RFC 7332); at zero the caller gets 483.
+Leg A is the caller, leg B the callee. The agent answers each leg itself and carries over what the
+other side said: ringing, answer and SDP (media goes directly between the phones), failures,
+hang-up from either side, CANCEL before the answer, re-INVITE/UPDATE offers. Leg B may ring
+several places at once (``fork.py``); where it goes is ``routing.py``'s business. Each leg's
+packets go to the address the party's packets come from, never to a host named inside a message.
+Max-Forwards is decremented across the agent, not reset (RFC 7332); at zero the caller gets 483.
+
+A call placed through the API (``place``) rings its first party with an INVITE without SDP, then
+offers that party's SDP to the second and ACKs the first with the answer: RFC 3725's flow I. The
+second party's ringing is limited so that the first party's 2xx is ACKed within its 32 s.
 """
 
 from __future__ import annotations
@@ -16,75 +20,50 @@ import time
 import uuid
 from collections.abc import Callable
 
-from services.runtime.config_calls import ScenariosSection
-from services.sipgw.call import ANSWERED, ENDED, RINGING, Call, called_number, parse_address
-from services.sipgw.plan_feed import PlanFeed
-from services.sipgw.registrar import Bindings
-from services.sipgw.scenarios import Scenarios
-from services.sipgw.sip import Request, Response, parse_uri
+from services.sipgw.call import ANSWERED, DIALING, ENDED, RINGING, Call, called_number
+from services.sipgw.fork import Branch, Fork
+from services.sipgw.routing import Failure, Outgoing, Router
+from services.sipgw.scenarios import Action, Scenarios
+from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
-from services.sipgw.sip.headers import Headers
-from services.sipgw.sip.transaction import (
-    ServerTransaction,
-    TransactionLayer,
-    new_branch,
-)
+from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import Address, Link, response_to
 from services.sipgw.trunk import CORRELATION, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
 
+PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
+PLACED_SECOND_RING = 25.0  # the second: its answer must reach the first party's ACK within 32 s
+
+
+class PlaceError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status, self.reason = status, reason
+
 
 class B2BUA:
-    def __init__(
-        self,
-        transactions: TransactionLayer,
-        bindings: Bindings,
-        own_numbers: set[str],
-        plan: PlanFeed | None = None,
-        trunk: Trunk | None = None,
-        scenarios: Scenarios | None = None,
-    ):
+    def __init__(self, transactions: TransactionLayer, router: Router, scenarios: Scenarios | None = None):
         self.transactions = transactions
-        self.bindings = bindings
-        self.own_numbers = own_numbers
-        self.plan = plan
-        self.trunk = trunk
-        self.scenarios = scenarios or Scenarios(ScenariosSection())
-        self.phone_link: Link | None = None  # the phones' UDP endpoint, set when it is open
+        self.router = router
+        self.trunk: Trunk | None = router.trunk
+        self.scenarios = scenarios or Scenarios.none()
         # Told of every call that starts or changes state (the API's WatchCalls listens here).
         self.listeners: set[Callable[[Call], None]] = set()
         self.calls: dict[str, Call] = {}
         self._by_dialog: dict[tuple[str, str, str], tuple[Call, str]] = {}
         self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
 
-    # -- A: the caller ----------------------------------------------------------------------
+    # -- new calls ------------------------------------------------------------------------------
 
     def invite(self, tx: ServerTransaction, request: Request, caller: str) -> None:
         """A new INVITE (no To tag) from ``caller``, one of our phones that proved who it is."""
         if not self._hops_left(tx, request):
             return
         called = called_number(request)
-        if called in self.own_numbers:
-            self._ring_phone(tx, request, caller, request.from_addr.display_name, called, uuid.uuid4().hex)
-            return
-        route = self.plan.resolve(called) if self.plan is not None else None
-        if route is None or route.local or self.trunk is None or self.trunk.endpoint is None or not route.trunk_address:
-            tx.respond(self._answer_a(request, 404, "Not Found"))
-            return
-        try:
-            self.trunk.lines.take(outgoing=True)
-        except NoLineFree as error:
-            tx.respond(self._answer_a(request, 503, f"Service Unavailable ({error})"))
-            return
-        call_id = uuid.uuid4().hex
-        address = parse_address(route.trunk_address)
-        link = self.trunk.endpoint
-        b_request = self._b_invite(request, called, caller, f"sip:{called}@{route.trunk_address}", link)
-        self.trunk.identity(b_request.headers, caller, request.from_addr.display_name, call_id)
-        _log.info("call %s goes to server %s over the trunk", call_id, route.server_id)
-        self._dial(tx, request, caller, called, b_request, address, link, call_id, trunk_out=True)
+        out = self._outgoing(request, caller, request.from_addr.display_name, uuid.uuid4().hex)
+        self._connect(tx, request, caller, called, self.router.number(called, out), out.correlation)
 
     def trunk_invite(self, tx: ServerTransaction, request: Request) -> None:
         """A new INVITE from another server of the group (its trunk proof was checked)."""
@@ -98,16 +77,60 @@ class B2BUA:
             return
         caller, display = Trunk.caller_of(request)
         called = called_number(request)
-        correlation = request.headers.get(CORRELATION) or uuid.uuid4().hex
+        out = self._outgoing(request, caller, display, request.headers.get(CORRELATION) or uuid.uuid4().hex)
         action = self.scenarios.route(called, caller, from_trunk=True)
-        if action.kind == "dial" and action.target in self.own_numbers:
-            if self._ring_phone(tx, request, caller, display, action.target, correlation, trunk_in=True):
-                return
-        elif action.kind == "reject":
-            tx.respond(self._answer_a(request, action.code, "Rejected"))
-        else:
-            tx.respond(self._answer_a(request, 404, "Not Found"))
-        self.trunk.lines.give_back(outgoing=False)
+        if not self._connect(tx, request, caller, called, self._run(action, out), out.correlation, trunk_in=True):
+            self.trunk.lines.give_back(outgoing=False)
+
+    def place(self, first: str, target: str, caller_id: str = "", called_id: str = "") -> Call:
+        """Rings our phone ``first``; once it answers, calls ``target`` (a number or a full URI)
+        as ``caller_id`` (default: ``first``). ``first`` is shown ``called_id`` (default: the
+        target's number). Raises PlaceError when the call cannot start."""
+        if first not in self.router.own_numbers:
+            raise PlaceError(404, f"{first} is not a number of this server")
+        correlation = uuid.uuid4().hex
+        out = Outgoing(caller_id or first, None, 70, correlation)
+        first_branches = self.router.number(first, Outgoing(called_id or target, None, 70, correlation))
+        if isinstance(first_branches, tuple):
+            raise PlaceError(*first_branches)
+        second = self.router.target(target, out)
+        if isinstance(second, tuple):
+            for branch in first_branches:
+                branch.released()
+            raise PlaceError(*second)
+        link, address = first_branches[0].link, first_branches[0].address
+        call = Call(correlation, caller_id or first, target, link, address, placed=True)
+        call.trunk_out = any(b.over_trunk for b in second)
+        call.a_fork = Fork(
+            self.transactions,
+            first_branches,
+            lambda branch, response: self._first_ringing(call),
+            lambda branch, response: self._first_answered(call, branch, response),
+            lambda status, reason: self._end(call, f"{first}: {status} {reason}"),
+            ring_timeout=PLACED_FIRST_RING,
+        )
+        call.b_fork = self._fork(call, second, ring_timeout=PLACED_SECOND_RING)
+        self._started(call)
+        call.a_fork.start()
+        return call
+
+    def _run(self, action: Action, out: Outgoing) -> list[Branch] | Failure:
+        if action.kind == "reject":
+            return (action.code, "Rejected")
+        if action.kind == "ring_department":
+            return self.router.department(action.target, out)
+        return self.router.target(action.target, out)  # dial a number, forward to a number or URI
+
+    def _outgoing(self, request: Request, caller: str, display: str | None, correlation: str) -> Outgoing:
+        mf = request.max_forwards
+        return Outgoing(
+            caller,
+            display,
+            (mf if mf is not None else 70) - 1,
+            correlation,
+            request.body,
+            request.headers.get("Content-Type") or "",
+        )
 
     def _hops_left(self, tx: ServerTransaction, request: Request) -> bool:
         mf = request.max_forwards
@@ -116,89 +139,43 @@ class B2BUA:
             return False
         return True
 
-    def _ring_phone(
+    def _connect(
         self,
         tx: ServerTransaction,
         request: Request,
         caller: str,
-        display: str | None,
         called: str,
+        branches: list[Branch] | Failure,
         call_id: str,
         trunk_in: bool = False,
     ) -> bool:
-        """Rings our phone ``called``; False (after answering 480) if it is not registered."""
-        contacts = self.bindings.lookup(called)
-        if not contacts:
-            tx.respond(self._answer_a(request, 480, "Temporarily Unavailable"))
+        """Starts leg B on ``branches``, or answers A with the failure; False if it failed."""
+        if isinstance(branches, tuple):
+            tx.respond(self._answer_a(request, *branches))
             return False
-        binding = contacts[0]
-        link = self._phone_link(tx.link)
-        b_request = self._b_invite(request, called, caller, binding.contact, link, display)
-        address = parse_address(binding.source)
-        self._dial(tx, request, caller, called, b_request, address, link, call_id, trunk_in=trunk_in)
+        tx.respond(response_to(request.headers, 100, "Trying"))
+        call = Call(call_id, caller, called, tx.link, tx.address, new_tag(), a_tx=tx, trunk_in=trunk_in)
+        call.trunk_out = any(b.over_trunk for b in branches)
+        call.b_fork = self._fork(call, branches)
+        self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
+        self._started(call)
+        call.b_fork.start()
         return True
 
-    def _phone_link(self, link: Link) -> Link:
-        """Phones are reached on the phone side, whatever side the call came in on."""
-        return self.phone_link if self.phone_link is not None else link
-
-    def _dial(
-        self,
-        tx: ServerTransaction,
-        request: Request,
-        caller: str,
-        called: str,
-        b_request: Request,
-        address: Address,
-        link: Link,
-        call_id: str,
-        trunk_in: bool = False,
-        trunk_out: bool = False,
-    ) -> None:
-        tx.respond(response_to(request.headers, 100, "Trying"))
-        call = Call(
-            id=call_id,
-            caller=caller,
-            callee=called,
-            a_tx=tx,
-            a_tag=new_tag(),
-            b_request=b_request,
-            b_address=address,
-            b_link=link,
-            trunk_in=trunk_in,
-            trunk_out=trunk_out,
+    def _fork(self, call: Call, branches: list[Branch], ring_timeout: float | None = None) -> Fork:
+        return Fork(
+            self.transactions,
+            branches,
+            lambda branch, response: self._b_ringing(call, response),
+            lambda branch, response: self._b_answered(call, branch, response),
+            lambda status, reason: self._b_failed(call, status, reason),
+            ring_timeout=ring_timeout,
         )
+
+    def _started(self, call: Call) -> None:
         self.calls[call.id] = call
-        self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
         _log.info("call %s: %s -> %s", call.id, call.caller, call.callee)
         self._changed(call)
-        call.b_tx = self.transactions.send_request(
-            b_request,
-            link,
-            address,
-            lambda response: self._from_b(call, response),
-            lambda: self._b_timeout(call),
-        )
-
-    def _b_invite(
-        self, a: Request, called: str, caller: str, contact: str, link: Link, display: str | None = None
-    ) -> Request:
-        local = f"{link.local[0]}:{link.local[1]}"
-        mf = a.max_forwards
-        headers = Headers()
-        headers.add("Via", f"SIP/2.0/{link.name} {local};branch={new_branch()};rport")
-        headers.add("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        display = display if display is not None else a.from_addr.display_name
-        name = f'"{display.replace(chr(34), "")}" ' if display else ""
-        headers.add("From", f"{name}<sip:{caller}@{local}>;tag={new_tag()}")
-        headers.add("To", f"<sip:{called}@{local}>")
-        headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
-        headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", f"<sip:{caller}@{local}>")
-        content_type = a.headers.get("Content-Type")
-        if content_type and a.body:
-            headers.add("Content-Type", content_type)
-        return Request("INVITE", parse_uri(contact), headers, a.body)
 
     def _answer_a(self, request: Request, status: int, reason: str, tag: str | None = None) -> Response:
         response = response_to(request.headers, status, reason)
@@ -207,54 +184,100 @@ class B2BUA:
             response.headers.set("To", f"{to};tag={tag or new_tag()}")
         return response
 
-    # -- B: the callee ----------------------------------------------------------------------
+    # -- the first party of a placed call ----------------------------------------------------
 
-    def _from_b(self, call: Call, response: Response) -> None:
-        a_request = call.a_tx.request
-        if response.status < 200:
-            if response.status > 100 and call.state == "dialing":
-                call.state = RINGING
-                self._changed(call)
-                ringing = self._answer_a(a_request, response.status, response.reason, call.a_tag)
-                self._copy_body(response, ringing)
-                call.a_tx.respond(ringing)
-            return
-        if 200 <= response.status < 300:
-            self._answered(call, response)
-            return
-        if call.canceled:
-            self._end(call, "canceled")
-            return
-        call.a_tx.respond(self._answer_a(a_request, response.status, response.reason, call.a_tag))
-        self._end(call, f"{response.status} {response.reason}")
+    def _first_ringing(self, call: Call) -> None:
+        if call.state == DIALING:
+            call.state = RINGING
+            self._changed(call)
 
-    def _answered(self, call: Call, response: Response) -> None:
-        via = self._via(call.b_link)
+    def _first_answered(self, call: Call, branch: Branch, response: Response) -> None:
+        if call.a_dialog is not None:
+            if call.a_answer is not None:
+                self._ack_first(call, *call.a_answer)  # a retransmitted 2xx: our ACK was lost
+            return
+        call.a_link, call.a_address = branch.link, branch.address
+        call.a_dialog = Dialog.as_uac(branch.request, response)
+        call.a_invite = branch.request
+        self._by_dialog[call.a_dialog.key] = (call, "a")
+        content_type = response.headers.get("Content-Type") or ""
+        if not response.body or content_type != "application/sdp":
+            self._refuse_first(call)
+            self._end(call, "the first party answered without an SDP offer")
+            return
+        call.a_offer = response.body
+        assert call.b_fork is not None
+        for second in call.b_fork.branches:  # the first party's offer goes to the second now
+            second.request.body = response.body
+            second.request.headers.set("Content-Type", content_type)
+        _log.info("call %s: %s answered, calling %s", call.id, call.caller, call.callee)
+        call.b_fork.start()
+
+    def _ack_first(self, call: Call, body: bytes, content_type: str) -> None:
+        """ACKs the first party's 2xx, carrying the answer to its offer."""
+        assert call.a_dialog is not None and call.a_invite is not None
+        call.a_answer = (body, content_type)
+        ack = call.a_dialog.ack(_via(call.a_link), call.a_invite.cseq.number, body, content_type if body else "")
+        self.transactions.send_direct(ack, call.a_link, call.a_address)
+
+    def _refuse_first(self, call: Call) -> None:
+        """The first party answered but there is no one to talk to: ACK refusing its media, BYE."""
+        self._ack_first(call, _refusal(call.a_offer), "application/sdp")
+        self._bye(call, "a")
+
+    # -- leg B --------------------------------------------------------------------------------
+
+    def _b_ringing(self, call: Call, response: Response) -> None:
+        if call.state not in (DIALING, RINGING):
+            return
+        first_ring = call.state == DIALING
+        call.state = RINGING
+        if call.a_tx is not None:
+            ringing = self._answer_a(call.a_tx.request, response.status, response.reason, call.a_tag)
+            _copy_body(response, ringing)
+            call.a_tx.respond(ringing)
+        if first_ring:
+            self._changed(call)
+
+    def _b_answered(self, call: Call, branch: Branch, response: Response) -> None:
         if call.b_dialog is None:
-            call.b_dialog = Dialog.as_uac(call.b_request, response)
+            call.b = branch
+            call.b_dialog = Dialog.as_uac(branch.request, response)
             self._by_dialog[call.b_dialog.key] = (call, "b")
         # Every 2xx from B is ACKed again: B resends it until an ACK arrives.
-        self.transactions.send_direct(call.b_dialog.ack(via, call.b_request.cseq.number), call.b_link, call.b_address)
+        b_ack = call.b_dialog.ack(_via(branch.link), branch.request.cseq.number)
+        self.transactions.send_direct(b_ack, branch.link, branch.address)
         if call.state in (ANSWERED, ENDED):
-            return
-        if call.canceled:  # the answer crossed A's CANCEL: B is hung up at once
-            self._bye(call, "b")
-            self._end(call, "canceled")
             return
         call.state = ANSWERED
         call.answered_at = time.time()
+        if call.placed:
+            self._ack_first(call, response.body, response.headers.get("Content-Type") or "")
+        else:
+            self._answer_caller(call, response)
+        _log.info("call %s answered", call.id)
+        self._changed(call)
+
+    def _answer_caller(self, call: Call, response: Response) -> None:
+        assert call.a_tx is not None
         a_request = call.a_tx.request
-        local = f"{call.a_tx.link.local[0]}:{call.a_tx.link.local[1]}"
-        contact = f"<sip:{call.callee}@{local}>"
+        contact = f"<sip:{call.callee}@{call.a_link.local[0]}:{call.a_link.local[1]}>"
         answer = self._answer_a(a_request, 200, "OK", call.a_tag)
         answer.headers.add("Contact", contact)
-        self._copy_body(response, answer)
+        _copy_body(response, answer)
         call.a_dialog = Dialog.as_uas(a_request, call.a_tag, contact)
         self._by_dialog[call.a_dialog.key] = (call, "a")
         call.a_tx.respond(answer)
         self._resend_until_ack(call, "a", answer.to_bytes())
-        _log.info("call %s answered", call.id)
-        self._changed(call)
+
+    def _b_failed(self, call: Call, status: int, reason: str) -> None:
+        if call.state == ENDED:
+            return
+        if call.a_tx is not None:
+            call.a_tx.respond(self._answer_a(call.a_tx.request, status, reason, call.a_tag))
+        elif call.a_dialog is not None:  # a placed call: the first party answered and waits
+            self._refuse_first(call)
+        self._end(call, f"{status} {reason}")
 
     def _resend_until_ack(self, call: Call, side: str, wire: bytes) -> None:
         """The transaction layer leaves 2xx retransmission to us (RFC 6026): T1 doubling to T2,
@@ -283,19 +306,10 @@ class B2BUA:
 
     @staticmethod
     def _peer(call: Call, side: str) -> tuple[Link, Address]:
-        return (call.a_tx.link, call.a_address) if side == "a" else (call.b_link, call.b_address)
-
-    def _b_timeout(self, call: Call) -> None:
-        if call.state in ("dialing", RINGING):
-            call.a_tx.respond(self._answer_a(call.a_tx.request, 408, "Request Timeout", call.a_tag))
-            self._end(call, "no answer from the callee")
-
-    @staticmethod
-    def _copy_body(source: Response, target: Response) -> None:
-        content_type = source.headers.get("Content-Type")
-        if content_type and source.body:
-            target.headers.add("Content-Type", content_type)
-            target.body = source.body
+        if side == "a":
+            return call.a_link, call.a_address
+        assert call.b is not None
+        return call.b.link, call.b.address
 
     # -- requests inside a call --------------------------------------------------------------
 
@@ -336,7 +350,7 @@ class B2BUA:
         dialog = call.b_dialog if other == "b" else call.a_dialog
         assert dialog is not None
         link, address = self._peer(call, other)
-        offer = dialog.request(request.method, self._via(link), request.body, request.headers.get("Content-Type") or "")
+        offer = dialog.request(request.method, _via(link), request.body, request.headers.get("Content-Type") or "")
         own = call.a_dialog if side == "a" else call.b_dialog
         assert own is not None
 
@@ -345,13 +359,13 @@ class B2BUA:
                 return
             if request.method == "INVITE" and response.status < 300:
                 dialog.refresh_target(response)
-                self.transactions.send_direct(dialog.ack(self._via(link), offer.cseq.number), link, address)
+                self.transactions.send_direct(dialog.ack(_via(link), offer.cseq.number), link, address)
             if tx.state not in ("Proceeding", "Trying"):
                 return  # an answer we already relayed (a retransmitted 2xx)
             answer = response_to(request.headers, response.status, response.reason)
             if response.status < 300:
                 answer.headers.add("Contact", own.contact)
-            self._copy_body(response, answer)
+            _copy_body(response, answer)
             tx.respond(answer)
             if request.method == "INVITE" and response.status < 300:
                 self._resend_until_ack(call, side, answer.to_bytes())
@@ -362,19 +376,18 @@ class B2BUA:
         self.transactions.send_request(offer, link, address, on_answer, on_timeout)
 
     def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
-        """Ends a call from outside: BYE to both parties, or CANCEL to a phone still ringing."""
+        """Ends a call from outside: BYE to each party in the call, CANCEL to each still ringing."""
         call = self.calls.get(call_id)
         if call is None or call.state == ENDED:
             return False
         if call.state == ANSWERED:
             self._bye(call, "a")
             self._bye(call, "b")
-        else:
+        elif call.a_tx is not None:
             call.canceled = True
             call.a_tx.respond(self._answer_a(call.a_tx.request, 487, "Request Terminated", call.a_tag))
-            self.transactions.send_request(
-                self._cancel_for(call.b_request), call.b_link, call.b_address, lambda r: None, lambda: None
-            )
+        elif call.a_dialog is not None:  # placed: the first party answered, the second rings
+            self._refuse_first(call)
         self._end(call, reason)
         return True
 
@@ -382,43 +395,34 @@ class B2BUA:
         """CANCEL from the caller before the answer (RFC 3261 9.2)."""
         call = self._by_invite.get((request.call_id, request.from_addr.tag or ""))
         invite_tx = self.transactions.invite_for(request)
-        if call is None or invite_tx is None or call.state not in ("dialing", RINGING):
+        if call is None or invite_tx is None or call.state not in (DIALING, RINGING):
             tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist"))
             return
         tx.respond(response_to(request.headers, 200, "OK"))
         call.canceled = True
         invite_tx.respond(self._answer_a(invite_tx.request, 487, "Request Terminated", call.a_tag))
-        self.transactions.send_request(
-            self._cancel_for(call.b_request), call.b_link, call.b_address, lambda r: None, lambda: None
-        )
-
-    @staticmethod
-    def _cancel_for(invite: Request) -> Request:
-        headers = Headers()
-        headers.add("Via", invite.headers.get_lines("Via")[0])
-        for name in ("From", "To", "Call-ID"):
-            headers.add(name, invite.headers.get(name) or "")
-        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
-        headers.add("Max-Forwards", "70")
-        return Request("CANCEL", invite.uri, headers)
+        self._end(call, "canceled")
 
     def _bye(self, call: Call, side: str) -> None:
         dialog = call.a_dialog if side == "a" else call.b_dialog
         if dialog is None:
             return
         link, address = self._peer(call, side)
-        bye = dialog.request("BYE", self._via(link))
+        bye = dialog.request("BYE", _via(link))
         self.transactions.send_request(bye, link, address, lambda r: None, lambda: None)
 
     def _end(self, call: Call, reason: str) -> None:
         if call.state == ENDED:
             return
         call.state = ENDED
-        if self.trunk is not None:
-            if call.trunk_in:
-                self.trunk.lines.give_back(outgoing=False)
-            if call.trunk_out:
-                self.trunk.lines.give_back(outgoing=True)
+        for fork in (call.a_fork, call.b_fork):
+            if fork is not None:
+                if fork.winner is None:
+                    fork.cancel()  # still ringing somewhere: CANCEL it (and free its lines)
+                for branch in fork.branches:
+                    branch.released()
+        if self.trunk is not None and call.trunk_in:
+            self.trunk.lines.give_back(outgoing=False)
         for handle in call.unacked.values():
             handle.cancel()
         call.unacked.clear()
@@ -433,7 +437,9 @@ class B2BUA:
         for dialog in (call.a_dialog, call.b_dialog):
             if dialog is not None:
                 self._by_dialog.pop(dialog.key, None)
-        self._by_invite.pop((call.a_tx.request.call_id, call.a_tx.request.from_addr.tag or ""), None)
+        if call.a_tx is not None:
+            request = call.a_tx.request
+            self._by_invite.pop((request.call_id, request.from_addr.tag or ""), None)
 
     def _changed(self, call: Call) -> None:
         for listener in list(self.listeners):
@@ -442,6 +448,29 @@ class B2BUA:
     def active(self) -> list[Call]:
         return [call for call in self.calls.values() if call.state != ENDED]
 
-    @staticmethod
-    def _via(link: Link) -> str:
-        return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
+
+def _via(link: Link) -> str:
+    return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
+
+
+def _copy_body(source: Response, target: Response) -> None:
+    content_type = source.headers.get("Content-Type")
+    if content_type and source.body:
+        target.headers.add("Content-Type", content_type)
+        target.body = source.body
+
+
+def _refusal(offer: bytes) -> bytes:
+    """An SDP answer that refuses every stream of ``offer`` (port 0, RFC 3264 6): what the first
+    party of a placed call is ACKed with when there is no second party to talk to."""
+    lines = offer.decode("utf-8", "replace").splitlines()
+    if not any(line.startswith("v=") for line in lines):
+        return b""
+    out = []
+    for line in lines:
+        if line.startswith("m="):
+            media, _port, *rest = line.split(" ")
+            out.append(" ".join([media, "0", *rest]))
+        else:
+            out.append(line)
+    return ("\r\n".join(out) + "\r\n").encode()

@@ -6,40 +6,47 @@ import asyncio
 import dataclasses
 import time
 
+from services.sipgw.fork import Branch, Fork
 from services.sipgw.sip import Request, SipURI
 from services.sipgw.sip.dialog import Dialog
-from services.sipgw.sip.transaction import ClientTransaction, ServerTransaction
+from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import Address, Link
 
-RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"
+DIALING, RINGING, ANSWERED, ENDED = "dialing", "ringing", "answered", "ended"
 
 
 @dataclasses.dataclass
 class Call:
+    """Leg A is the caller: a phone or server whose INVITE we answer (``a_tx``), or for a call
+    placed through the API the phone we rang first (``a_fork``). Leg B is the callee, rung on one
+    or more branches (``b_fork``); ``b`` is the branch that answered."""
+
     id: str
     caller: str
     callee: str
-    a_tx: ServerTransaction
-    a_tag: str
-    b_request: Request
-    b_address: Address
-    b_link: Link
-    b_tx: ClientTransaction | None = None
+    a_link: Link
+    a_address: Address
+    a_tag: str = ""
+    a_tx: ServerTransaction | None = None
+    a_fork: Fork | None = None
     a_dialog: Dialog | None = None
+    # A placed call: A's 2xx with its offer waits for B's answer before it is ACKed (RFC 3725 4.1).
+    a_invite: Request | None = None
+    a_offer: bytes = b""
+    a_answer: tuple[bytes, str] | None = None  # what its ACK carried, for a retransmitted 2xx
+    b_fork: Fork | None = None
+    b: Branch | None = None
     b_dialog: Dialog | None = None
-    state: str = "dialing"
+    state: str = DIALING
     # A 2xx we sent to an INVITE of side "a" or "b", resent until its ACK (RFC 3261 13.3.1.4).
     unacked: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     canceled: bool = False
-    trunk_in: bool = False  # each holds one trunk line until the call ends
-    trunk_out: bool = False
+    trunk_in: bool = False  # holds one trunk line until the call ends
+    trunk_out: bool = False  # leg B goes over the trunk (its branch holds the line)
+    placed: bool = False
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None
     end_reason: str = ""
-
-    @property
-    def a_address(self) -> Address:
-        return self.a_tx.address
 
 
 def called_number(request: Request) -> str:

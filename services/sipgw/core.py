@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Decision, Registrar
+from services.sipgw.routing import Router
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
@@ -33,13 +35,15 @@ class SipCore:
         plan: PlanFeed | None = None,
         trunk: Trunk | None = None,
         scenarios: Scenarios | None = None,
+        departments: Mapping[str, Sequence[str]] | None = None,
     ):
         self.registrar = registrar
         self.trunk = trunk
         self.transactions = TransactionLayer(self.on_request)
         if trunk is not None:
             self.transactions.sign = trunk.sign
-        self.calls = B2BUA(self.transactions, registrar.bindings, own_numbers, plan, trunk, scenarios)
+        self.router = Router(registrar.bindings, own_numbers, departments or {}, plan, trunk)
+        self.calls = B2BUA(self.transactions, self.router, scenarios)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
         if self.trunk is not None and self.trunk.carries(transaction.link):
@@ -85,7 +89,7 @@ class SipCore:
             self.calls.invite(transaction, request, decision.number)
 
     def _register(self, transaction: ServerTransaction, request: Request) -> None:
-        self._answer(transaction, self.registrar.handle(request, transaction.address))
+        self._answer(transaction, self.registrar.handle(request, transaction.address, transaction.link.name))
 
     @staticmethod
     def _answer(transaction: ServerTransaction, decision: Decision) -> None:

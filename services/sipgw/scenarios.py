@@ -53,6 +53,11 @@ class Scenarios:
         self._incoming = [_compile(r) for r in section.incoming]
         self._inter_server = [_compile(r) for r in section.inter_server]
 
+    @classmethod
+    def none(cls) -> Scenarios:
+        """No scenario: every call rings the number dialed."""
+        return cls(ScenariosSection())
+
     def route(self, called: str, caller: str, from_trunk: bool) -> Action:
         if not self._incoming and not self._inter_server:
             return Action("dial", called)  # no scenario at all: ring the number that was dialed

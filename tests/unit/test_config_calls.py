@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.config import ConfigError, load_config
+from services.runtime.config_calls import parse_target_uri
 
 BASE = """
 server: {id: alpha}
@@ -86,7 +87,10 @@ def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
             ('dial: "${called}"', 'dial: "sip:100@127.0.0.1"'),
             "scenarios.incoming[0].dial: 'sip:100@127.0.0.1' is not a number",
         ),
-        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "ftp://x"'), "is not a number or a sip: URI"),
+        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "ftp://x"'), "is not a number or sip:number@ip:port"),
+        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "sip:${called}@pbx.example.com:5080"'), "ip:port"),
+        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "sip:${called}@127.0.0.1:70000"'), "ip:port"),
+        (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "sip:${called}@127.0.0.1"'), "ip:port"),
         (('sip: "127.0.0.1:5060"', 'sip: "nowhere"'), "listen.sip: 'nowhere' is not host:port"),
     ],
 )
@@ -107,3 +111,19 @@ def test_duplicate_account(tmp_path: Path) -> None:
         '[{number: "100", password: "pw-alice-1"}]', '[{number: "100", password: "a"}, {number: "100", password: "b"}]'
     )
     assert "sip.accounts[1].number: duplicate account '100'" in _error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("sip:200@127.0.0.1:5072", ("200", "127.0.0.1", 5072)),
+        ("sip:+4930@[::1]:5060", ("+4930", "::1", 5060)),
+        ("sip:200@999.0.0.1:5072", None),
+        ("sip:200@host:5072", None),
+        ("sip:alice@127.0.0.1:5072", None),
+        ("sip:200@127.0.0.1:0", None),
+        ("sips:200@127.0.0.1:5061", None),
+    ],
+)
+def test_target_uris_name_an_ip_and_a_port(text: str, parsed: tuple[str, str, int] | None) -> None:
+    assert parse_target_uri(text) == parsed

@@ -33,6 +33,7 @@ class Binding:
     expires_at: float
     call_id: str
     cseq: int
+    transport: str = "UDP"  # how the phone registered: requests to it go the same way
 
     def remaining(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -66,6 +67,7 @@ class Bindings:
         call_id: str,
         cseq: int,
         wildcard: bool = False,
+        transport: str = "UDP",
     ) -> list[Binding]:
         """Applies one REGISTER: ``contacts`` is [(uri, expires)], ``wildcard`` is "Contact: *"
         (only valid with expires 0). Returns the number's bindings after it."""
@@ -88,7 +90,7 @@ class Bindings:
             if expires == 0:
                 current.pop(uri, None)
                 continue
-            current[uri] = Binding(uri, source, now + min(expires, MAX_EXPIRES), call_id, cseq)
+            current[uri] = Binding(uri, source, now + min(expires, MAX_EXPIRES), call_id, cseq, transport)
         if len(current) > MAX_CONTACTS:
             for uri, _ in sorted(current.items(), key=lambda item: item[1].expires_at)[: len(current) - MAX_CONTACTS]:
                 del current[uri]

@@ -89,8 +89,9 @@ class Registrar:
         # wrong password and timing does not tell which numbers exist.
         self._decoy_password = secrets.token_hex(16)
 
-    def handle(self, request: Request, source: Address) -> Decision:
-        """Answers one REGISTER that arrived from ``source`` (the packet's address)."""
+    def handle(self, request: Request, source: Address, transport: str = "UDP") -> Decision:
+        """Answers one REGISTER that arrived from ``source`` (the packet's address) over
+        ``transport`` ("UDP" or "TCP": the phone is reached back the same way)."""
         ip = source[0]
         verdict = self._lockout.check(ip)
         if verdict.action == "locked":
@@ -118,7 +119,7 @@ class Registrar:
             return Decision(self._challenge(request, stale=True), delay, None)
         assert number is not None  # "ok" always names the number
         self._lockout.succeeded(ip)
-        return Decision(self._bind(request, number, _source_text(source), call_id, cseq), delay, number)
+        return Decision(self._bind(request, number, _source_text(source), call_id, cseq, transport), delay, number)
 
     def authorize(self, request: Request, source: Address) -> Decision:
         """A request from a phone that starts something (a call): who is it?
@@ -218,7 +219,7 @@ class Registrar:
 
     # Bindings (RFC 3261 section 10.3, steps 6-8).
 
-    def _bind(self, request: Request, number: str, source: str, call_id: str, cseq: int) -> Response:
+    def _bind(self, request: Request, number: str, source: str, call_id: str, cseq: int, transport: str) -> Response:
         try:
             wildcard, contacts = _requested_contacts(request)
         except _BadRequest as error:
@@ -227,7 +228,7 @@ class Registrar:
             return self._reply(request, 400, f"Bad Request ({error.reason})")
         if wildcard or contacts:
             try:
-                self.bindings.update(number, contacts, source, call_id, cseq, wildcard=wildcard)
+                self.bindings.update(number, contacts, source, call_id, cseq, wildcard=wildcard, transport=transport)
             except IntervalTooBrief:
                 response = self._reply(request, 423, "Interval Too Brief")
                 response.headers.add("Min-Expires", str(MIN_EXPIRES))

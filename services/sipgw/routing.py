@@ -1,0 +1,128 @@
+"""Where leg B of a call goes: every place a number, a department or a full URI is rung.
+
+An own number rings each registered contact of it (on the transport it registered over, to the
+address its REGISTER came from). Another server's number, from the registry's plan, goes over the
+trunk to that server's trunk address; a full ``sip:number@ip:port`` goes over the trunk to that
+address. A department rings every registered phone of this server's numbers in it. Each branch
+that leaves on the trunk holds one trunk line until it ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+
+from services.runtime.config_calls import parse_target_uri
+from services.sipgw.call import parse_address
+from services.sipgw.fork import Branch
+from services.sipgw.plan_feed import PlanFeed
+from services.sipgw.registrar import Bindings
+from services.sipgw.sip import Request, parse_uri
+from services.sipgw.sip.dialog import new_tag
+from services.sipgw.sip.headers import Headers
+from services.sipgw.sip.transaction import new_branch
+from services.sipgw.sip.transport import Address, Link
+from services.sipgw.trunk import Trunk
+from services.sipgw.trunk_lines import NoLineFree
+
+_log = logging.getLogger(__name__)
+
+Failure = tuple[int, str]
+NOT_FOUND: Failure = (404, "Not Found")
+UNAVAILABLE: Failure = (480, "Temporarily Unavailable")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """What every branch of leg B carries from the caller's side."""
+
+    caller: str
+    display: str | None
+    max_forwards: int
+    correlation: str
+    body: bytes = b""
+    content_type: str = ""
+
+
+class Router:
+    def __init__(
+        self,
+        bindings: Bindings,
+        own_numbers: set[str],
+        departments: Mapping[str, Sequence[str]],
+        plan: PlanFeed | None = None,
+        trunk: Trunk | None = None,
+    ):
+        self.bindings = bindings
+        self.own_numbers = own_numbers
+        self.departments = departments  # department id -> this server's numbers in it
+        self.plan = plan
+        self.trunk = trunk
+        self.phone_links: dict[str, Link] = {}  # "UDP"/"TCP" -> the phones' endpoint, once open
+
+    def number(self, number: str, out: Outgoing) -> list[Branch] | Failure:
+        if number in self.own_numbers:
+            return self._phones([number], out)
+        route = self.plan.resolve(number) if self.plan is not None else None
+        if route is None or route.local or not route.trunk_address:
+            return NOT_FOUND
+        host, port = parse_address(route.trunk_address)
+        _log.info("call %s goes to server %s over the trunk", out.correlation, route.server_id)
+        return self._trunk(number, host, port, out)
+
+    def department(self, department: str, out: Outgoing) -> list[Branch] | Failure:
+        numbers = self.departments.get(department, ())
+        return self._phones(list(numbers), out) if numbers else NOT_FOUND
+
+    def target(self, target: str, out: Outgoing) -> list[Branch] | Failure:
+        """A number, or a full ``sip:number@ip:port``."""
+        parsed = parse_target_uri(target)
+        if parsed is None:
+            return self.number(target, out)
+        number, host, port = parsed
+        return self._trunk(number, host, port, out)
+
+    def _phones(self, numbers: list[str], out: Outgoing) -> list[Branch] | Failure:
+        branches = []
+        for number in numbers:
+            for binding in self.bindings.lookup(number):
+                link = self.phone_links.get(binding.transport) or self.phone_links.get("UDP")
+                if link is None:
+                    continue
+                request = self.invite(number, binding.contact, link, out)
+                branches.append(Branch(request, parse_address(binding.source), link))
+        return branches or UNAVAILABLE
+
+    def _trunk(self, number: str, host: str, port: int, out: Outgoing) -> list[Branch] | Failure:
+        trunk = self.trunk
+        if trunk is None or trunk.endpoint is None:
+            return NOT_FOUND
+        try:
+            trunk.lines.take(outgoing=True)
+        except NoLineFree as error:
+            return (503, f"Service Unavailable ({error})")
+        shown = f"[{host}]" if ":" in host else host
+        request = self.invite(number, f"sip:{number}@{shown}:{port}", trunk.endpoint, out)
+        trunk.identity(request.headers, out.caller, out.display, out.correlation)
+        address: Address = (host, port)
+        release = lambda: trunk.lines.give_back(outgoing=True)  # noqa: E731
+        return [Branch(request, address, trunk.endpoint, over_trunk=True, release=release)]
+
+    @staticmethod
+    def invite(called: str, contact: str, link: Link, out: Outgoing) -> Request:
+        """Leg B's INVITE: our own dialog toward the callee, the caller's identity and offer in it."""
+        local = f"{link.local[0]}:{link.local[1]}"
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{link.name} {local};branch={new_branch()};rport")
+        headers.add("Max-Forwards", str(out.max_forwards))
+        name = f'"{out.display.replace(chr(34), "")}" ' if out.display else ""
+        headers.add("From", f"{name}<sip:{out.caller}@{local}>;tag={new_tag()}")
+        headers.add("To", f"<sip:{called}@{local}>")
+        headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<sip:{out.caller}@{local}>")
+        if out.content_type and out.body:
+            headers.add("Content-Type", out.content_type)
+        return Request("INVITE", parse_uri(contact), headers, out.body)
