@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
     calls.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
     calls.set_defaults(func=_calls)
+    dial = sub.add_parser("dial", help="ring a phone of a server, then connect it to a number or URI")
+    dial.add_argument("from_number", metavar="FROM", help="a number of the gateway's server: rung first")
+    dial.add_argument("to", metavar="TO", help="a number of the group, or sip:number@ip:port")
+    dial.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway of FROM's server")
+    dial.add_argument("--caller-id", default="", help="the number TO is shown (default FROM)")
+    dial.add_argument("--called-id", default="", help="the number FROM is shown while it rings (default TO)")
+    dial.add_argument("--json", action="store_true", help="print the call as JSON")
+    dial.set_defaults(func=_dial)
     return parser
 
 
@@ -220,6 +228,22 @@ def _calls(args: argparse.Namespace) -> int:
         for message in stub.WatchCalls(gw.WatchCallsRequest()):
             for call in message.calls:
                 show(call)
+    return 0
+
+
+def _dial(args: argparse.Namespace) -> int:
+    from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
+    from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
+
+    request = gw.PlaceCallRequest(
+        from_number=args.from_number, to=args.to, caller_id=args.caller_id, called_id=args.called_id
+    )
+    with grpc.insecure_channel(args.sipgw) as channel:
+        call = gw_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=RPC_TIMEOUT).call
+    if args.json:
+        _print_json(call)
+    else:
+        print(f"call {call.call_id}: ringing {args.from_number}, then {args.to}")
     return 0
 
 

@@ -11,10 +11,12 @@ import grpc.aio
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
-from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.config_calls import TARGET_RE, parse_target_uri
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from services.runtime.grpc_server import GrpcHost
 from services.runtime.subscription import Subscription
 from services.sipgw.auth.trunk_proof import TrunkProof
+from services.sipgw.b2bua import PlaceError
 from services.sipgw.call import Call
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
@@ -91,6 +93,23 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             raise NotFound(f"no call in progress has id {request.call_id}", reason="CALL_NOT_FOUND")
         return pb.HangUpCallResponse()
 
+    async def PlaceCall(
+        self, request: pb.PlaceCallRequest, context: Ctx[pb.PlaceCallRequest, pb.PlaceCallResponse]
+    ) -> pb.PlaceCallResponse:
+        for field in ("from_number", "caller_id", "called_id"):
+            value = getattr(request, field)
+            if (value or field == "from_number") and not TARGET_RE.fullmatch(value):
+                raise InvalidArgument(f"{field}: {value!r} is not a number", reason="INVALID_NUMBER")
+        if not TARGET_RE.fullmatch(request.to) and parse_target_uri(request.to) is None:
+            raise InvalidArgument(
+                f"to: {request.to!r} is neither a number nor sip:number@ip:port", reason="INVALID_TARGET"
+            )
+        try:
+            call = self.core.calls.place(request.from_number, request.to, request.caller_id, request.called_id)
+        except PlaceError as error:
+            raise _place_error(error) from None
+        return pb.PlaceCallResponse(call=call_pb(call))
+
     async def GetTrunkUsage(
         self, request: pb.GetTrunkUsageRequest, context: Ctx[pb.GetTrunkUsageRequest, pb.GetTrunkUsageResponse]
     ) -> pb.GetTrunkUsageResponse:
@@ -102,6 +121,16 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             outgoing=usage.outgoing,
             rejected=usage.rejected,
         )
+
+
+def _place_error(error: PlaceError) -> ServiceError:
+    if error.status == 404:
+        return NotFound(error.reason, reason="NUMBER_NOT_FOUND")
+    if error.status == 480:
+        return FailedPrecondition(error.reason, reason="NOT_REGISTERED")
+    if error.status == 503:
+        return ResourceExhausted(error.reason, reason="NO_TRUNK_LINE")
+    return FailedPrecondition(f"{error.status} {error.reason}", reason="CANNOT_CALL")
 
 
 _STATES = {

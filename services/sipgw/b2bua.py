@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from services.runtime.config_calls import parse_target_uri
 from services.sipgw.call import ANSWERED, DIALING, ENDED, RINGING, Call, called_number
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.routing import Failure, Outgoing, Router
@@ -35,6 +36,9 @@ _log = logging.getLogger(__name__)
 
 PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
 PLACED_SECOND_RING = 25.0  # the second: its answer must reach the first party's ACK within 32 s
+
+
+_WHY = {404: "no server of the group has this number", 480: "no phone is registered for this number"}
 
 
 class PlaceError(Exception):
@@ -90,14 +94,15 @@ class B2BUA:
             raise PlaceError(404, f"{first} is not a number of this server")
         correlation = uuid.uuid4().hex
         out = Outgoing(caller_id or first, None, 70, correlation)
-        first_branches = self.router.number(first, Outgoing(called_id or target, None, 70, correlation))
+        shown = called_id or (parse_target_uri(target) or (target,))[0]
+        first_branches = self.router.number(first, Outgoing(shown, None, 70, correlation))
         if isinstance(first_branches, tuple):
-            raise PlaceError(*first_branches)
+            raise PlaceError(first_branches[0], f"{first}: {_WHY.get(first_branches[0], first_branches[1])}")
         second = self.router.target(target, out)
         if isinstance(second, tuple):
             for branch in first_branches:
                 branch.released()
-            raise PlaceError(*second)
+            raise PlaceError(second[0], f"{target}: {_WHY.get(second[0], second[1])}")
         link, address = first_branches[0].link, first_branches[0].address
         call = Call(correlation, caller_id or first, target, link, address, placed=True)
         call.trunk_out = any(b.over_trunk for b in second)

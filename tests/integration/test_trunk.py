@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc.aio
 import pytest
@@ -37,14 +38,27 @@ class Site:
     trunk: str
 
 
-async def make_site(group: Group, server_id: str, account: tuple[str, str], lines: int = 4) -> Site:
-    trunk = f"127.0.0.1:{free_port()}"
+async def make_site(
+    group: Group,
+    server_id: str,
+    account: tuple[str, str],
+    lines: int = 4,
+    more: tuple[tuple[str, str], ...] = (),
+    numbers: list[str | dict[str, str]] | None = None,
+    departments: list[dict[str, str]] | None = None,
+    scenarios: dict[str, Any] | None = None,
+    trunk: str = "",
+) -> Site:
+    trunk = trunk or f"127.0.0.1:{free_port()}"
     listen = {"registry": f"127.0.0.1:{free_port()}", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0", "trunk": trunk}
-    extra = {
-        "sip": {"accounts": [{"number": account[0], "password": account[1]}]},
+    extra: dict[str, Any] = {
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in (account, *more)]},
         "trunk": {"secret": SECRET, "lines": lines},
     }
-    server = group.server(server_id, [account[0]], listen=listen, extra=extra)
+    if scenarios:
+        extra["scenarios"] = scenarios
+    own: list[str | dict[str, str]] = list(numbers) if numbers is not None else [n for n, _ in (account, *more)]
+    server = group.server(server_id, own, departments=departments, listen=listen, extra=extra)
     await server.start()
     return Site(server, await start_gateway(server.config_path), trunk)
 
@@ -178,3 +192,140 @@ async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(gro
     finally:
         sock.close()
         await stop_gateway(site.gateway)
+
+
+BOB = ("101", "bob-pw-101")  # on alpha
+ERIN = ("201", "erin-pw-201")  # on beta
+
+
+@pytest.fixture
+async def office(group: Group) -> AsyncIterator[dict[str, Site]]:
+    """alpha (100, 101) and beta (200, 201 in department support, dialed as 250; 299 forwards to
+    alpha's 101 by a full URI on alpha's trunk)."""
+    alpha_trunk = f"127.0.0.1:{free_port()}"
+    made: dict[str, Site] = {}
+    try:
+        made["alpha"] = await make_site(group, "alpha", ALICE, more=(BOB,), trunk=alpha_trunk)
+        made["beta"] = await make_site(
+            group,
+            "beta",
+            CAROL,
+            more=(ERIN,),
+            departments=[{"id": "support", "name": "Support"}],
+            numbers=[
+                {"number": "200", "department": "support"},
+                {"number": "201", "department": "support"},
+                {"number": "250", "department": "support", "kind": "department"},
+                "299",
+            ],
+            scenarios={
+                "inter_server": [
+                    {"match": {"called": "250"}, "ring_department": "support"},
+                    {"match": {"called": "299"}, "forward": f"sip:{BOB[0]}@{alpha_trunk}"},
+                    {"match": {"called": "2.."}, "dial": "${called}"},
+                ]
+            },
+        )
+        await wait_for(lambda: has_numbers(made["alpha"].registry, {"250", "299"}), what="beta's numbers on alpha")
+        yield made
+    finally:
+        for site in made.values():
+            await stop_gateway(site.gateway)
+
+
+async def register(gateway: Gateway, account: tuple[str, str]) -> int:
+    port = free_port()
+    done = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1])
+    )
+    assert done.returncode == 0, done.stdout[-1500:]
+    return port
+
+
+async def answering(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *sipp_args(gateway, scenario, port, number),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def exits(*processes: asyncio.subprocess.Process) -> list[int]:
+    try:
+        return [await asyncio.wait_for(p.wait(), 40) for p in processes]
+    finally:
+        for p in processes:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+
+
+async def test_a_department_number_rings_every_phone_of_the_department(office: dict[str, Site]) -> None:
+    alpha, beta = office["alpha"].gateway, office["beta"].gateway
+    carol, erin = await register(beta, CAROL), await register(beta, ERIN)
+    phones = [
+        await answering(beta, "callee.xml", carol, CAROL[0]),
+        await answering(beta, "callee_cancel.xml", erin, ERIN[0]),
+    ]
+    await asyncio.sleep(0.5)
+    calling = await asyncio.to_thread(
+        run, *sipp_args(alpha, "caller.xml", free_port(), "250", "-au", ALICE[0], "-ap", ALICE[1])
+    )
+    assert calling.returncode == 0, calling.stderr[-2000:]
+    assert await exits(*phones) == [0, 0]  # Carol answered; Erin's ringing phone was canceled
+    await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
+
+
+async def test_a_scenario_forwards_a_call_to_a_full_uri(office: dict[str, Site]) -> None:
+    alpha, beta = office["alpha"].gateway, office["beta"].gateway
+    bob = await register(alpha, BOB)
+    phone = await answering(alpha, "callee.xml", bob, BOB[0])
+    await asyncio.sleep(0.5)
+    calling = await asyncio.to_thread(
+        run, *sipp_args(alpha, "caller.xml", free_port(), "299", "-au", ALICE[0], "-ap", ALICE[1])
+    )
+    assert calling.returncode == 0, calling.stderr[-2000:]
+    assert await exits(phone) == [0]
+    # alpha -> beta (299) -> back to alpha's trunk by URI -> Bob: two lines on each server, all freed.
+    await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
+    assert [(await usage(gw)).rejected for gw in (alpha, beta)] == [0, 0]
+
+
+async def test_a_call_placed_to_a_full_uri_crosses_the_trunk(office: dict[str, Site]) -> None:
+    alpha, beta = office["alpha"].gateway, office["beta"].gateway
+    alice, carol = await register(alpha, ALICE), await register(beta, CAROL)
+    phones = [
+        await answering(alpha, "callee.xml", alice, ALICE[0]),
+        await answering(beta, "callee.xml", carol, CAROL[0]),
+    ]
+    watch = CallWatch(beta)
+    try:
+        await asyncio.sleep(0.5)
+        async with grpc.aio.insecure_channel(alpha.api) as channel:
+            stub = pb_grpc.SipGatewayServiceStub(channel)
+            request = pb.PlaceCallRequest(
+                from_number=ALICE[0], to=f"sip:{CAROL[0]}@{office['beta'].trunk}", caller_id="555"
+            )
+            placed = (await stub.PlaceCall(request, timeout=5)).call
+            await wait_for(lambda: _answered(watch), what="the call answered on beta")
+            assert (await usage(alpha)).outgoing == 1
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=placed.call_id), timeout=5)
+        assert await exits(*phones) == [0, 0]
+        seen = watch.events[-1]
+        assert (seen.call_id, seen.caller, seen.callee, seen.kind) == (
+            placed.call_id,
+            "555",
+            CAROL[0],
+            pb.CALL_KIND_TRUNK_IN,
+        )
+        await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
+    finally:
+        await watch.close()
+        await exits(*phones)
+
+
+async def _all_idle(*gateways: Gateway) -> bool:
+    return all([await _idle(gw) for gw in gateways])
+
+
+async def _answered(watch: CallWatch) -> bool:
+    return any(c.state == pb.CALL_STATE_ANSWERED for c in watch.events)

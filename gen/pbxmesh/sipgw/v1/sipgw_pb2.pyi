@@ -364,3 +364,57 @@ class HangUpCallResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HangUpCallResponse: _TypeAlias = HangUpCallResponse  # noqa: Y015
+
+@_typing.final
+class PlaceCallRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    CALLER_ID_FIELD_NUMBER: _builtins.int
+    CALLED_ID_FIELD_NUMBER: _builtins.int
+    from_number: _builtins.str
+    """A number of this server: its phones ring first."""
+    to: _builtins.str
+    """A number of the group, or a full "sip:number@ip:port" reached over the trunk."""
+    caller_id: _builtins.str
+    """The calling number the second party is shown; default from_number."""
+    called_id: _builtins.str
+    """The number the first party is shown while its phone rings; default the number in `to`."""
+    def __init__(
+        self,
+        *,
+        from_number: _builtins.str = ...,
+        to: _builtins.str = ...,
+        caller_id: _builtins.str = ...,
+        called_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["called_id", b"called_id", "caller_id", b"caller_id", "from_number", b"from_number", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceCallRequest: _TypeAlias = PlaceCallRequest  # noqa: Y015
+
+@_typing.final
+class PlaceCallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def call(self) -> Global___Call:
+        """The call as it starts (state DIALING); follow it with WatchCalls or ListCalls."""
+
+    def __init__(
+        self,
+        *,
+        call: Global___Call | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceCallResponse: _TypeAlias = PlaceCallResponse  # noqa: Y015

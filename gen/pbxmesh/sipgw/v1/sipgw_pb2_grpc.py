@@ -60,6 +60,11 @@ class SipGatewayServiceStub:
                 request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.FromString,
                 _registered_method=True)
+        self.PlaceCall = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/PlaceCall',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.FromString,
+                _registered_method=True)
 
 
 class SipGatewayServiceServicer:
@@ -102,6 +107,16 @@ class SipGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaceCall(self, request, context):
+        """PlaceCall rings this server's phone `from_number`; once it answers, calls `to` and connects
+        the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
+        or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
+        no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +144,11 @@ def add_SipGatewayServiceServicer_to_server(servicer, server):
                     servicer.HangUpCall,
                     request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.FromString,
                     response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.SerializeToString,
+            ),
+            'PlaceCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceCall,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +287,33 @@ class SipGatewayService:
             '/pbxmesh.sipgw.v1.SipGatewayService/HangUpCall',
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallRequest.SerializeToString,
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.HangUpCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/PlaceCall',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

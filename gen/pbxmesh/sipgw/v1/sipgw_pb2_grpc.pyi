@@ -45,6 +45,12 @@ class SipGatewayServiceStub:
     """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
     call in progress has this id.
     """
+    PlaceCall: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.PlaceCallRequest, _sipgw_pb2.PlaceCallResponse]
+    """PlaceCall rings this server's phone `from_number`; once it answers, calls `to` and connects
+    the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
+    or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
+    no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
+    """
 
 @_typing.type_check_only
 class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
@@ -62,6 +68,12 @@ class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
     HangUpCall: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.HangUpCallRequest, _sipgw_pb2.HangUpCallResponse]  # type: ignore[assignment]
     """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
     call in progress has this id.
+    """
+    PlaceCall: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.PlaceCallRequest, _sipgw_pb2.PlaceCallResponse]  # type: ignore[assignment]
+    """PlaceCall rings this server's phone `from_number`; once it answers, calls `to` and connects
+    the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
+    or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
+    no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
     """
 
 class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +119,18 @@ class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sipgw_pb2.HangUpCallResponse, _abc.Awaitable[_sipgw_pb2.HangUpCallResponse]]:
         """HangUpCall ends a call: both parties get BYE, or the ringing phone is canceled. NOT_FOUND if no
         call in progress has this id.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceCall(
+        self,
+        request: _sipgw_pb2.PlaceCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.PlaceCallResponse, _abc.Awaitable[_sipgw_pb2.PlaceCallResponse]]:
+        """PlaceCall rings this server's phone `from_number`; once it answers, calls `to` and connects
+        the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
+        or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
+        no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
         """
 
 def add_SipGatewayServiceServicer_to_server(servicer: SipGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

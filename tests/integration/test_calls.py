@@ -1,0 +1,299 @@
+"""Calls through one gateway with SIPp phones: forking, calls placed through the API, TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc.aio
+import pytest
+import yaml
+
+from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
+from services.runtime import error_info
+from services.runtime.embedded_etcd import free_port
+from tests.integration.test_sipgw import (
+    ALICE,
+    BOB,
+    CallWatch,
+    Gateway,
+    run,
+    sipp_args,
+    start_gateway,
+    stop_gateway,
+)
+from tests.support import wait_for
+
+DAVE = ("102", "dave-secret-33")  # registered nowhere
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    accounts = (ALICE, BOB, DAVE)
+    config = {
+        "server": {"id": "alpha", "name": "Alpha office"},
+        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
+        "numbering": {"numbers": [{"number": n} for n, _ in accounts]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts]},
+    }
+    path = tmp_path / "alpha.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw = await start_gateway(path)
+    try:
+        yield gw
+    finally:
+        await stop_gateway(gw)
+
+
+async def register(gateway: Gateway, account: tuple[str, str], *extra: str) -> int:
+    """One SIPp REGISTER for ``account``; returns the port it registered from."""
+    port = free_port()
+    done = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1], *extra)
+    )
+    assert done.returncode == 0, done.stdout[-1500:]
+    return port
+
+
+async def phone(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
+    """A SIPp phone waiting on ``port`` (the port it registered from)."""
+    return await asyncio.create_subprocess_exec(
+        *sipp_args(gateway, scenario, port, number),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def finished(*processes: asyncio.subprocess.Process) -> list[int]:
+    try:
+        return [await asyncio.wait_for(p.wait(), 40) for p in processes]
+    finally:
+        for p in processes:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+
+
+async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled(gateway: Gateway) -> None:
+    answering, ringing = await register(gateway, BOB), await register(gateway, BOB)
+    assert len((await gateway.registrations())[BOB[0]]) == 2
+    phones = [
+        await phone(gateway, "callee.xml", answering, BOB[0]),
+        await phone(gateway, "callee_cancel.xml", ringing, BOB[0]),
+    ]
+    await asyncio.sleep(0.5)
+    calling = await asyncio.to_thread(
+        run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+    )
+    assert calling.returncode == 0, calling.stdout[-2000:]
+    # One phone answered and talked; the other saw the CANCEL, answered 487 and got its ACK.
+    assert await finished(*phones) == [0, 0]
+
+
+async def place(gateway: Gateway, request: pb.PlaceCallRequest) -> pb.PlaceCallResponse:
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        return await pb_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=5)
+
+
+async def hang_up(gateway: Gateway, call_id: str) -> None:
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
+
+
+async def test_a_placed_call_rings_the_first_phone_then_connects_it_to_the_second(gateway: Gateway) -> None:
+    alice_port, bob_port = await register(gateway, ALICE), await register(gateway, BOB)
+    watch = CallWatch(gateway)
+    phones = [
+        await phone(gateway, "callee.xml", alice_port, ALICE[0]),
+        await phone(gateway, "callee.xml", bob_port, BOB[0]),
+    ]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        dial = await asyncio.to_thread(
+            run, sys.executable, "-m", "services.cli", "dial", ALICE[0], BOB[0], "--sipgw", gateway.api, "--json"
+        )
+        assert dial.returncode == 0, dial.stderr
+        call_id = re.search(r'"callId": "([0-9a-f]+)"', dial.stdout)
+        assert call_id is not None, dial.stdout
+        await wait_for(lambda: _true(bool(watch.events) and watch.states()[-1] == "ANSWERED"), what="answered")
+        answered = watch.events[-1]
+        assert (answered.call_id, answered.caller, answered.callee) == (call_id.group(1), ALICE[0], BOB[0])
+        await hang_up(gateway, call_id.group(1))
+        assert await finished(*phones) == [0, 0]  # each phone: INVITE, answer, ACK, then our BYE
+        await wait_for(lambda: _true(watch.states()[-1] == "ENDED"), what="ended")
+        assert watch.events[-1].end_reason == "hung up through the API"
+    finally:
+        await watch.close()
+        await finished(*phones)
+    log = "".join(gateway.log)
+    assert f"{ALICE[0]} answered, calling {BOB[0]}" in log
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_placed_call_whose_second_party_is_busy_hangs_up_the_first(gateway: Gateway) -> None:
+    alice_port, bob_port = await register(gateway, ALICE), await register(gateway, BOB)
+    phones = [
+        await phone(gateway, "callee.xml", alice_port, ALICE[0]),
+        await phone(gateway, "callee_busy.xml", bob_port, BOB[0]),
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        await place(gateway, pb.PlaceCallRequest(from_number=ALICE[0], to=BOB[0]))
+        # Alice answered, Bob was busy: Alice's 2xx is ACKed (refusing her media) and she gets BYE.
+        assert await finished(*phones) == [0, 0]
+    finally:
+        await finished(*phones)
+    assert "ended: 486 Busy Here" in "".join(gateway.log)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "reason"),
+    [
+        ({"from_number": "", "to": "101"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
+        (
+            {"from_number": "100", "to": "sip:101@pbx.example.com:5060"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_TARGET",
+        ),
+        ({"from_number": "100", "to": "101", "caller_id": "alice"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NUMBER"),
+        ({"from_number": "555", "to": "101"}, grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_FOUND"),
+        ({"from_number": "100", "to": "999"}, grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_FOUND"),
+        ({"from_number": "102", "to": "100"}, grpc.StatusCode.FAILED_PRECONDITION, "NOT_REGISTERED"),
+        ({"from_number": "100", "to": "102"}, grpc.StatusCode.FAILED_PRECONDITION, "NOT_REGISTERED"),
+        ({"from_number": "100", "to": "sip:101@127.0.0.1:5070"}, grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_FOUND"),
+    ],
+)
+async def test_place_call_checks_its_arguments(
+    gateway: Gateway, request_fields: dict[str, str], code: grpc.StatusCode, reason: str
+) -> None:
+    await register(gateway, ALICE)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await place(gateway, pb.PlaceCallRequest(**request_fields))
+    assert caught.value.code() == code, caught.value.details()
+    info = error_info(caught.value)
+    assert info is not None and info.reason == reason
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        listed = await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)
+    assert list(listed.calls) == []  # nothing was started
+
+
+async def test_a_phone_calls_over_tcp(gateway: Gateway) -> None:
+    bob_port = await register(gateway, BOB)
+    callee = await phone(gateway, "callee.xml", bob_port, BOB[0])
+    try:
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1], "-t", "t1")
+        )
+        assert calling.returncode == 0, calling.stdout[-2000:]
+        assert await finished(callee) == [0]
+    finally:
+        await finished(callee)
+    assert "ended: hung up by caller" in "".join(gateway.log)
+
+
+def _tcp_phone_answers_one_call(sip: str, registered: asyncio.Event, loop: asyncio.AbstractEventLoop) -> list[str]:
+    """A phone that keeps one TCP connection, as RFC 5626-less TCP phones do: it registers on it
+    (answering the digest challenge) and is then called on the same connection."""
+    import hashlib
+
+    host, port = sip.split(":")
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    local_host, local_port = conn.getsockname()
+    local = f"{local_host}:{local_port}"
+    reader = conn.makefile("rb")
+
+    def read() -> tuple[str, bytes]:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += reader.readline()
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        return head.decode(), reader.read(length)
+
+    def register(extra: str, cseq: int) -> str:
+        conn.sendall(
+            (
+                f"REGISTER sip:{host} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcpreg{cseq}\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{BOB[0]}@{host}>;tag=tcpphone\r\nTo: <sip:{BOB[0]}@{host}>\r\n"
+                f"Call-ID: tcpreg@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{BOB[0]}@{local};transport=tcp>\r\n"
+                f"Expires: 120\r\n{extra}Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        return read()[0]
+
+    challenge = register("", 1)
+    realm = re.search(r'realm="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
+    nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    uri = f"sip:{host}"
+    digest = md5(f"{md5(f'{BOB[0]}:{realm}:{BOB[1]}')}:{nonce}:00000001:abc:auth:{md5(f'REGISTER:{uri}')}")
+    ok = register(
+        f'Authorization: Digest username="{BOB[0]}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+        f'response="{digest}", algorithm=MD5, qop=auth, nc=00000001, cnonce="abc"\r\n',
+        2,
+    )
+    assert ok.startswith("SIP/2.0 200"), ok
+    loop.call_soon_threadsafe(registered.set)
+    seen = []
+    invite, offer = read()
+    seen.append(invite.split("\r\n", 1)[0])
+
+    def header(message: str, name: str) -> str:
+        return re.search(rf"\r\n{name}: ([^\r]*)", message).group(1)  # type: ignore[union-attr]
+
+    sdp = b"v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n"
+    vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", invite))
+    ringing = (
+        f"SIP/2.0 180 Ringing\r\n{vias}From: {header(invite, 'From')}\r\nTo: {header(invite, 'To')};tag=tcpbob\r\n"
+        f"Call-ID: {header(invite, 'Call-ID')}\r\nCSeq: {header(invite, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
+    )
+    conn.sendall(ringing.encode())
+    answer = (
+        f"SIP/2.0 200 OK\r\n{vias}From: {header(invite, 'From')}\r\nTo: {header(invite, 'To')};tag=tcpbob\r\n"
+        f"Call-ID: {header(invite, 'Call-ID')}\r\nCSeq: {header(invite, 'CSeq')}\r\n"
+        f"Contact: <sip:{BOB[0]}@{local};transport=tcp>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n"
+    ).encode() + sdp
+    conn.sendall(answer)
+    ack, _ = read()
+    seen.append(ack.split("\r\n", 1)[0])
+    bye, _ = read()
+    seen.append(bye.split("\r\n", 1)[0])
+    bye_ok = (
+        "SIP/2.0 200 OK\r\n"
+        + "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", bye))
+        + f"From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
+        f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
+    )
+    conn.sendall(bye_ok.encode())
+    seen.append("offer carried" if b"m=audio" in offer else "no offer")
+    conn.close()
+    return seen
+
+
+async def test_a_phone_registered_over_tcp_is_called_on_its_connection(gateway: Gateway) -> None:
+    registered = asyncio.Event()
+    answering = asyncio.create_task(
+        asyncio.to_thread(_tcp_phone_answers_one_call, gateway.sip, registered, asyncio.get_running_loop())
+    )
+    await asyncio.wait_for(registered.wait(), 10)
+    (contact,) = (await gateway.registrations())[BOB[0]]
+    assert contact.uri.endswith(";transport=tcp")
+    calling = await asyncio.to_thread(
+        run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+    )
+    assert calling.returncode == 0, calling.stderr[-2000:]
+    seen = await asyncio.wait_for(answering, 30)
+    assert [line.split(" ")[0] for line in seen[:3]] == ["INVITE", "ACK", "BYE"]
+    assert seen[0].startswith(f"INVITE sip:{BOB[0]}@") and seen[3] == "offer carried"
