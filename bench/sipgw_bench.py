@@ -1,10 +1,18 @@
-"""SIP gateway figures: local calls through one gateway at rising rates, with SIPp on both ends.
+"""SIP gateway figures: calls at rising rates with SIPp on both ends, three ways.
 
-Prints, per rate: calls attempted, succeeded, failed, and the call-setup time (from the call's
-first INVITE, through the 407 challenge and the authenticated INVITE, to the 200 OK: SIPp's
-response time 1, in whole milliseconds) p50/p99, measured by SIPp itself. Not part of `make test`.
+1. The ceiling: SIPp's caller straight to SIPp's answering phone, no gateway (what SIPp itself
+   manages on this machine).
+2. Local calls through one gateway: the caller authenticates (407) on every call, the gateway
+   answers leg A and rings leg B.
+3. Trunk calls across two gateways (each with its registry, on one embedded etcd): phone on alpha
+   -> alpha's gateway -> trunk -> beta's gateway -> phone on beta.
 
-    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500] [--calls 1000]
+Per rate: calls attempted, succeeded, failed, and the call-setup time (from the call's first
+INVITE to its 200 OK, through the 407 challenge where there is one: SIPp's response time 1, in
+whole milliseconds) p50/p99, measured by SIPp. Then the highest rate with no failed call.
+Not part of `make test`.
+
+    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3]
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,15 +31,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.runtime.embedded_etcd import free_port  # noqa: E402
+from services.runtime.embedded_etcd import EmbeddedEtcd, free_port  # noqa: E402
 
 SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
-CONFIG = """
-server: {{id: bench}}
-listen: {{registry: "127.0.0.1:{registry}", sip: "127.0.0.1:{sip}", sipgw: "127.0.0.1:{api}"}}
-numbering: {{numbers: [{{number: "100"}}, {{number: "101"}}]}}
-sip: {{accounts: [{{number: "100", password: "bench-pw-100"}}, {{number: "101", password: "bench-pw-101"}}]}}
-"""
+SECRET = "bench-trunk-secret-0123456789"
+CALLER = ("100", "bench-pw-100")
+CALLEE = ("101", "bench-pw-101")
+READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\)")
+
+
+def server_config(server_id: str, etcd: str, numbers: list[tuple[str, str]], trunk: str = "") -> str:
+    listen = {
+        "registry": f"127.0.0.1:{free_port()}",
+        "sip": f"127.0.0.1:{free_port()}",
+        "sipgw": f"127.0.0.1:{free_port()}",
+    }
+    if trunk:
+        listen["trunk"] = trunk
+    lines = [
+        f"server: {{id: {server_id}}}",
+        f'connector: {{endpoints: ["{etcd}"], group: bench, lease_ttl: 5}}',
+        "listen: {" + ", ".join(f'{k}: "{v}"' for k, v in listen.items()) + "}",
+        "numbering: {numbers: [" + ", ".join(f'{{number: "{n}"}}' for n, _ in numbers) + "]}",
+        "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
+        f'trunk: {{secret: "{SECRET}", lines: 10000}}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # A UAS for many calls: rings, answers each INVITE at once and takes its BYE.
 UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="bench uas">
@@ -122,55 +150,159 @@ def _rtts(workdir: Path) -> list[float]:
     return values
 
 
+class Rig:
+    """The processes one section runs; all stopped by ``close``."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.etcd: EmbeddedEtcd | None = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
+
+    def serve(self, service: str, config: str, name: str) -> None:
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(config)
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", service, "-c", str(path)],
+                cwd=ROOT,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def answering_phone(self, target: str, number: tuple[str, str] | None) -> None:
+        """A SIPp phone answering every call; registered on ``target`` first when ``number`` is given."""
+        uas_port = free_port()
+        uas_file = self.tmp / "uas.xml"
+        uas_file.write_text(UAS)
+        if number is not None:
+            registered = sipp(
+                target, "-sf", str(SIPP_DIR / "register.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
+                "-s", number[0], "-au", number[0], "-ap", number[1], "-timeout", "10s", seconds=20,
+            )  # fmt: skip
+            if registered.returncode != 0:
+                raise SystemExit("the answering phone could not register: " + registered.stdout[-500:])
+        self.uas_port = uas_port
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    "sipp",
+                    "-sf",
+                    str(uas_file),
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    str(uas_port),
+                    "-s",
+                    "101",
+                    "-nostdin",
+                    "-buff_size",
+                    "4194304",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=tempfile.gettempdir(),
+            )
+        )
+        time.sleep(0.5)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.etcd is not None:
+            self.etcd.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def table(title: str, target: str, scenario: Path, rates: list[int], calls: int, extra: list[str]) -> None:
+    print(f"\n== {title}")
+    print(f"{'rate/s':>7} {'calls':>6} {'ok':>6} {'failed':>7} {'setup p50 ms':>13} {'setup p99 ms':>13}")
+    clean = 0
+    for rate in rates:
+        row = run_load(target, scenario, rate, calls, extra)
+        failed = row.get("FailedCall(C)", "-")
+        ok = row.get("SuccessfulCall(C)", "-")
+        print(f"{rate:>7} {row.get('TotalCallCreated', '-'):>6} {ok:>6} {failed:>7} {row['p50']:>13} {row['p99']:>13}")
+        if failed == "0" and ok == str(calls):
+            clean = max(clean, rate)
+    print(f"highest rate with no failed call: {clean or 'none'} calls/s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--sections", default="1,2,3")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
-    print(f"== machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    ports = {"registry": free_port(), "sip": free_port(), "api": free_port()}
-    config = Path(tempfile.mkdtemp()) / "bench.yaml"
-    config.write_text(CONFIG.format(**ports))
-    uas_file = Path(tempfile.mkdtemp()) / "uas.xml"
-    uas_file.write_text(UAS)
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "sipgw", "-c", str(config)],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    uas_port = free_port()
-    uas: subprocess.Popen[bytes] | None = None
-    try:
-        time.sleep(2)
-        target = f"127.0.0.1:{ports['sip']}"
-        registered = sipp(
-            target, "-sf", str(SIPP_DIR / "register.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
-            "-s", "101", "-au", "101", "-ap", "bench-pw-101", "-timeout", "10s", seconds=20,
-        )  # fmt: skip
-        if registered.returncode != 0:
-            print("the UAS could not register:", registered.stdout[-500:])
-            return 1
-        uas = subprocess.Popen(
-            ["sipp", "-sf", str(uas_file), "-i", "127.0.0.1", "-p", str(uas_port), "-s", "101", "-nostdin",
-             "-buff_size", "4194304"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
-        )  # fmt: skip
-        time.sleep(0.5)
-        print("\n== local calls through one gateway (caller authenticates with 407 each call)")
-        print(f"{'rate/s':>7} {'calls':>6} {'ok':>6} {'failed':>7} {'setup p50 ms':>13} {'setup p99 ms':>13}")
-        for rate in rates:
-            row = run_load(target, SIPP_DIR / "caller.xml", rate, args.calls, ["-au", "100", "-ap", "bench-pw-100"])
-            print(
-                f"{rate:>7} {row.get('TotalCallCreated', '-'):>6} {row.get('SuccessfulCall(C)', '-'):>6} "
-                f"{row.get('FailedCall(C)', '-'):>7} {row['p50']:>13} {row['p99']:>13}"
+    sections = set(args.sections.split(","))
+    print(f"== machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.calls} calls per rate")
+    caller_auth = ["-au", CALLER[0], "-ap", CALLER[1]]
+    if "1" in sections:
+        rig = Rig()
+        try:
+            rig.answering_phone("127.0.0.1:9", None)
+            target = f"127.0.0.1:{rig.uas_port}"
+            table(
+                "1. ceiling: SIPp caller -> SIPp phone, no gateway",
+                target,
+                ROOT / "bench" / "sipp" / "caller_plain.xml",
+                rates,
+                args.calls,
+                [],
             )
-    finally:
-        if uas is not None:
-            uas.terminate()
-            uas.wait(10)
-        gateway.terminate()
-        gateway.wait(10)
+        finally:
+            rig.close()
+    if "2" in sections:
+        rig = Rig()
+        try:
+            config = server_config("bench", "127.0.0.1:9", [CALLER, CALLEE])
+            rig.serve("sipgw", config, "bench")
+            time.sleep(2)
+            target = _sip_of(config)
+            rig.answering_phone(target, CALLEE)
+            table(
+                "2. local calls through one gateway (407 on every call)",
+                target,
+                SIPP_DIR / "caller.xml",
+                rates,
+                args.calls,
+                caller_auth,
+            )
+        finally:
+            rig.close()
+    if "3" in sections:
+        rig = Rig()
+        try:
+            rig.etcd = EmbeddedEtcd()
+            rig.etcd.start()
+            alpha = server_config("alpha", rig.etcd.endpoint, [CALLER], trunk=f"127.0.0.1:{free_port()}")
+            beta = server_config("beta", rig.etcd.endpoint, [CALLEE], trunk=f"127.0.0.1:{free_port()}")
+            for name, config in (("alpha", alpha), ("beta", beta)):
+                rig.serve("registry", config, f"{name}-registry")
+                rig.serve("sipgw", config, f"{name}-sipgw")
+            time.sleep(4)  # both registries joined, each gateway has the other's numbers
+            rig.answering_phone(_sip_of(beta), CALLEE)
+            table(
+                "3. trunk calls: alpha's gateway -> trunk -> beta's gateway",
+                _sip_of(alpha),
+                SIPP_DIR / "caller.xml",
+                rates,
+                args.calls,
+                caller_auth,
+            )
+        finally:
+            rig.close()
     return 0
+
+
+def _sip_of(config: str) -> str:
+    found = re.search(r'sip: "([^"]+)"', config)
+    assert found is not None
+    return found.group(1)
 
 
 if __name__ == "__main__":

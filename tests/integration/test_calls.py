@@ -22,9 +22,12 @@ from tests.integration.test_sipgw import (
     BOB,
     CallWatch,
     Gateway,
+    phones_done,
+    register_phone,
     run,
     sipp_args,
     start_gateway,
+    start_phone,
     stop_gateway,
 )
 from tests.support import wait_for
@@ -50,40 +53,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         await stop_gateway(gw)
 
 
-async def register(gateway: Gateway, account: tuple[str, str], *extra: str) -> int:
-    """One SIPp REGISTER for ``account``; returns the port it registered from."""
-    port = free_port()
-    done = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1], *extra)
-    )
-    assert done.returncode == 0, done.stdout[-1500:]
-    return port
-
-
-async def phone(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
-    """A SIPp phone waiting on ``port`` (the port it registered from)."""
-    return await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, scenario, port, number),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-async def finished(*processes: asyncio.subprocess.Process) -> list[int]:
-    try:
-        return [await asyncio.wait_for(p.wait(), 40) for p in processes]
-    finally:
-        for p in processes:
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
-
-
 async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled(gateway: Gateway) -> None:
-    answering, ringing = await register(gateway, BOB), await register(gateway, BOB)
+    answering, ringing = await register_phone(gateway, BOB), await register_phone(gateway, BOB)
     assert len((await gateway.registrations())[BOB[0]]) == 2
     phones = [
-        await phone(gateway, "callee.xml", answering, BOB[0]),
-        await phone(gateway, "callee_cancel.xml", ringing, BOB[0]),
+        await start_phone(gateway, "callee.xml", answering, BOB[0]),
+        await start_phone(gateway, "callee_cancel.xml", ringing, BOB[0]),
     ]
     await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
@@ -91,7 +66,7 @@ async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled
     )
     assert calling.returncode == 0, calling.stdout[-2000:]
     # One phone answered and talked; the other saw the CANCEL, answered 487 and got its ACK.
-    assert await finished(*phones) == [0, 0]
+    assert await phones_done(*phones) == [0, 0]
 
 
 async def place(gateway: Gateway, request: pb.PlaceCallRequest) -> pb.PlaceCallResponse:
@@ -105,11 +80,11 @@ async def hang_up(gateway: Gateway, call_id: str) -> None:
 
 
 async def test_a_placed_call_rings_the_first_phone_then_connects_it_to_the_second(gateway: Gateway) -> None:
-    alice_port, bob_port = await register(gateway, ALICE), await register(gateway, BOB)
+    alice_port, bob_port = await register_phone(gateway, ALICE), await register_phone(gateway, BOB)
     watch = CallWatch(gateway)
     phones = [
-        await phone(gateway, "callee.xml", alice_port, ALICE[0]),
-        await phone(gateway, "callee.xml", bob_port, BOB[0]),
+        await start_phone(gateway, "callee.xml", alice_port, ALICE[0]),
+        await start_phone(gateway, "callee.xml", bob_port, BOB[0]),
     ]
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
@@ -124,12 +99,12 @@ async def test_a_placed_call_rings_the_first_phone_then_connects_it_to_the_secon
         answered = watch.events[-1]
         assert (answered.call_id, answered.caller, answered.callee) == (call_id.group(1), ALICE[0], BOB[0])
         await hang_up(gateway, call_id.group(1))
-        assert await finished(*phones) == [0, 0]  # each phone: INVITE, answer, ACK, then our BYE
+        assert await phones_done(*phones) == [0, 0]  # each phone: INVITE, answer, ACK, then our BYE
         await wait_for(lambda: _true(watch.states()[-1] == "ENDED"), what="ended")
         assert watch.events[-1].end_reason == "hung up through the API"
     finally:
         await watch.close()
-        await finished(*phones)
+        await phones_done(*phones)
     log = "".join(gateway.log)
     assert f"{ALICE[0]} answered, calling {BOB[0]}" in log
 
@@ -139,18 +114,18 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_placed_call_whose_second_party_is_busy_hangs_up_the_first(gateway: Gateway) -> None:
-    alice_port, bob_port = await register(gateway, ALICE), await register(gateway, BOB)
+    alice_port, bob_port = await register_phone(gateway, ALICE), await register_phone(gateway, BOB)
     phones = [
-        await phone(gateway, "callee.xml", alice_port, ALICE[0]),
-        await phone(gateway, "callee_busy.xml", bob_port, BOB[0]),
+        await start_phone(gateway, "callee.xml", alice_port, ALICE[0]),
+        await start_phone(gateway, "callee_busy.xml", bob_port, BOB[0]),
     ]
     try:
         await asyncio.sleep(0.5)
         await place(gateway, pb.PlaceCallRequest(from_number=ALICE[0], to=BOB[0]))
         # Alice answered, Bob was busy: Alice's 2xx is ACKed (refusing her media) and she gets BYE.
-        assert await finished(*phones) == [0, 0]
+        assert await phones_done(*phones) == [0, 0]
     finally:
-        await finished(*phones)
+        await phones_done(*phones)
     assert "ended: 486 Busy Here" in "".join(gateway.log)
 
 
@@ -174,7 +149,7 @@ async def test_a_placed_call_whose_second_party_is_busy_hangs_up_the_first(gatew
 async def test_place_call_checks_its_arguments(
     gateway: Gateway, request_fields: dict[str, str], code: grpc.StatusCode, reason: str
 ) -> None:
-    await register(gateway, ALICE)
+    await register_phone(gateway, ALICE)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await place(gateway, pb.PlaceCallRequest(**request_fields))
     assert caught.value.code() == code, caught.value.details()
@@ -186,17 +161,17 @@ async def test_place_call_checks_its_arguments(
 
 
 async def test_a_phone_calls_over_tcp(gateway: Gateway) -> None:
-    bob_port = await register(gateway, BOB)
-    callee = await phone(gateway, "callee.xml", bob_port, BOB[0])
+    bob_port = await register_phone(gateway, BOB)
+    callee = await start_phone(gateway, "callee.xml", bob_port, BOB[0])
     try:
         await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1], "-t", "t1")
         )
         assert calling.returncode == 0, calling.stdout[-2000:]
-        assert await finished(callee) == [0]
+        assert await phones_done(callee) == [0]
     finally:
-        await finished(callee)
+        await phones_done(callee)
     assert "ended: hung up by caller" in "".join(gateway.log)
 
 

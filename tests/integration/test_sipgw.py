@@ -151,6 +151,46 @@ def test_the_gateway_refuses_to_start_without_its_addresses(tmp_path: Path) -> N
     assert result.returncode == 2 and "listen.sip: required to run the SIP gateway" in result.stderr
 
 
+async def register_phone(gateway: Gateway, account: tuple[str, str], *extra: str) -> int:
+    """One SIPp REGISTER for ``account``; returns the port it registered from."""
+    port = free_port()
+    done = await asyncio.to_thread(
+        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1], *extra)
+    )
+    assert done.returncode == 0, done.stdout[-1500:]
+    return port
+
+
+async def start_phone(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
+    """A SIPp phone waiting on ``port`` (the port it registered from) with ``scenario``."""
+    return await asyncio.create_subprocess_exec(
+        *sipp_args(gateway, scenario, port, number),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def stop_phones(*processes: asyncio.subprocess.Process) -> None:
+    """Ends SIPp phones still running. SIGTERM, as `timeout` passes it on to SIPp; SIGKILL would
+    end only `timeout` and leave SIPp running."""
+    for process in processes:
+        if process.returncode is None:
+            process.terminate()
+    for process in processes:
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def phones_done(*processes: asyncio.subprocess.Process, seconds: float = 40) -> list[int]:
+    """Each SIPp phone's exit code once it has finished its scenario (stopped if it has not by then)."""
+    try:
+        return [await asyncio.wait_for(p.wait(), seconds) for p in processes]
+    finally:
+        await stop_phones(*processes)
+
+
 def sipp_args(gateway: Gateway, scenario: str, port: int, service: str, *extra: str) -> list[str]:
     return [
         "timeout", "40", tool("sipp"), gateway.sip, "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
@@ -193,9 +233,7 @@ async def sipp_call(
         assert calling.returncode == 0, calling.stdout[-2000:] + calling.stderr[-2000:]
         assert await asyncio.wait_for(answering.wait(), 30) == 0
     finally:
-        if answering.returncode is None:
-            answering.kill()
-            await answering.wait()
+        await stop_phones(answering)
 
 
 @pytest.mark.parametrize("flow", list(CALLS))
@@ -363,8 +401,7 @@ async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gatew
         assert await asyncio.wait_for(callee.wait(), 30) == 0  # the phone saw the CANCEL and was ACKed
     finally:
         phone.close()
-        if callee.returncode is None:
-            callee.kill()
+        await stop_phones(callee)
 
 
 class CallWatch:
@@ -454,6 +491,4 @@ async def test_hang_up_through_the_api_sends_bye_to_both_phones(gateway: Gateway
         assert watch.events[-1].end_reason == "hung up through the API"
     finally:
         await watch.close()
-        for phone in phones:
-            if phone.returncode is None:
-                phone.kill()
+        await stop_phones(*phones)

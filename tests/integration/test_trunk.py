@@ -18,11 +18,15 @@ from tests.integration.test_sipgw import (
     CallWatch,
     Gateway,
     _invite,
+    phones_done,
+    register_phone,
     run,
     sipp_args,
     sipp_call,
     start_gateway,
+    start_phone,
     stop_gateway,
+    stop_phones,
 )
 from tests.support import Group, Server, has_numbers, wait_for
 
@@ -187,8 +191,7 @@ async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(gro
         assert busy.startswith(b"SIP/2.0 503 Service Unavailable (all 1 trunk lines are busy)"), busy[:80]
         counts = await usage(site.gateway)
         assert (counts.in_use, counts.incoming, counts.rejected) == (1, 1, 1)
-        callee.kill()
-        await callee.wait()
+        await stop_phones(callee)
     finally:
         sock.close()
         await stop_gateway(site.gateway)
@@ -233,58 +236,32 @@ async def office(group: Group) -> AsyncIterator[dict[str, Site]]:
             await stop_gateway(site.gateway)
 
 
-async def register(gateway: Gateway, account: tuple[str, str]) -> int:
-    port = free_port()
-    done = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1])
-    )
-    assert done.returncode == 0, done.stdout[-1500:]
-    return port
-
-
-async def answering(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, scenario, port, number),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-async def exits(*processes: asyncio.subprocess.Process) -> list[int]:
-    try:
-        return [await asyncio.wait_for(p.wait(), 40) for p in processes]
-    finally:
-        for p in processes:
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
-
-
 async def test_a_department_number_rings_every_phone_of_the_department(office: dict[str, Site]) -> None:
     alpha, beta = office["alpha"].gateway, office["beta"].gateway
-    carol, erin = await register(beta, CAROL), await register(beta, ERIN)
+    carol, erin = await register_phone(beta, CAROL), await register_phone(beta, ERIN)
     phones = [
-        await answering(beta, "callee.xml", carol, CAROL[0]),
-        await answering(beta, "callee_cancel.xml", erin, ERIN[0]),
+        await start_phone(beta, "callee.xml", carol, CAROL[0]),
+        await start_phone(beta, "callee_cancel.xml", erin, ERIN[0]),
     ]
     await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(alpha, "caller.xml", free_port(), "250", "-au", ALICE[0], "-ap", ALICE[1])
     )
     assert calling.returncode == 0, calling.stderr[-2000:]
-    assert await exits(*phones) == [0, 0]  # Carol answered; Erin's ringing phone was canceled
+    assert await phones_done(*phones) == [0, 0]  # Carol answered; Erin's ringing phone was canceled
     await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
 
 
 async def test_a_scenario_forwards_a_call_to_a_full_uri(office: dict[str, Site]) -> None:
     alpha, beta = office["alpha"].gateway, office["beta"].gateway
-    bob = await register(alpha, BOB)
-    phone = await answering(alpha, "callee.xml", bob, BOB[0])
+    bob = await register_phone(alpha, BOB)
+    phone = await start_phone(alpha, "callee.xml", bob, BOB[0])
     await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(alpha, "caller.xml", free_port(), "299", "-au", ALICE[0], "-ap", ALICE[1])
     )
     assert calling.returncode == 0, calling.stderr[-2000:]
-    assert await exits(phone) == [0]
+    assert await phones_done(phone) == [0]
     # alpha -> beta (299) -> back to alpha's trunk by URI -> Bob: two lines on each server, all freed.
     await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
     assert [(await usage(gw)).rejected for gw in (alpha, beta)] == [0, 0]
@@ -292,10 +269,10 @@ async def test_a_scenario_forwards_a_call_to_a_full_uri(office: dict[str, Site])
 
 async def test_a_call_placed_to_a_full_uri_crosses_the_trunk(office: dict[str, Site]) -> None:
     alpha, beta = office["alpha"].gateway, office["beta"].gateway
-    alice, carol = await register(alpha, ALICE), await register(beta, CAROL)
+    alice, carol = await register_phone(alpha, ALICE), await register_phone(beta, CAROL)
     phones = [
-        await answering(alpha, "callee.xml", alice, ALICE[0]),
-        await answering(beta, "callee.xml", carol, CAROL[0]),
+        await start_phone(alpha, "callee.xml", alice, ALICE[0]),
+        await start_phone(beta, "callee.xml", carol, CAROL[0]),
     ]
     watch = CallWatch(beta)
     try:
@@ -309,7 +286,7 @@ async def test_a_call_placed_to_a_full_uri_crosses_the_trunk(office: dict[str, S
             await wait_for(lambda: _answered(watch), what="the call answered on beta")
             assert (await usage(alpha)).outgoing == 1
             await stub.HangUpCall(pb.HangUpCallRequest(call_id=placed.call_id), timeout=5)
-        assert await exits(*phones) == [0, 0]
+        assert await phones_done(*phones) == [0, 0]
         seen = watch.events[-1]
         assert (seen.call_id, seen.caller, seen.callee, seen.kind) == (
             placed.call_id,
@@ -320,7 +297,7 @@ async def test_a_call_placed_to_a_full_uri_crosses_the_trunk(office: dict[str, S
         await wait_for(lambda: _all_idle(alpha, beta), what="trunk lines free")
     finally:
         await watch.close()
-        await exits(*phones)
+        await phones_done(*phones)
 
 
 async def _all_idle(*gateways: Gateway) -> bool:
