@@ -259,9 +259,12 @@ def main() -> int:
     if "2" in sections:
         rig = Rig()
         try:
-            config = server_config("bench", "127.0.0.1:9", [CALLER, CALLEE])
-            rig.serve("sipgw", config, "bench")
-            time.sleep(2)
+            rig.etcd = EmbeddedEtcd()
+            rig.etcd.start()
+            config = server_config("bench", rig.etcd.endpoint, [CALLER, CALLEE])
+            rig.serve("registry", config, "bench-registry")
+            rig.serve("sipgw", config, "bench-sipgw")
+            time.sleep(3)
             target = _sip_of(config)
             rig.answering_phone(target, CALLEE)
             table(

@@ -143,6 +143,20 @@ def split_list(value: str) -> list[str]:
     return [item for item in items if item]
 
 
+_INDEX = "\0index"  # the cache entry holding the name index (no field name holds NUL)
+_KEYS: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    """The lower-case canonical form of a field name, as the fields are indexed by."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = _CANONICAL.get(name.lower(), name).lower()
+        if len(_KEYS) < 1024:  # names asked for are the code's own, but never grow without bound
+            _KEYS[name] = key
+    return key
+
+
 class Headers:
     """Ordered header fields with case-insensitive, compact-form-aware names.
 
@@ -205,18 +219,30 @@ class Headers:
         self._fields = [field for field in self._fields if field[0] != key]
         self._cache.clear()
 
+    def _index(self) -> dict[str, list[str]]:
+        """Field values by lower-case name, built once per change: a message is read many more
+        times than it is changed."""
+        try:
+            return cast(dict[str, list[str]], self._cache[_INDEX])
+        except KeyError:
+            index: dict[str, list[str]] = {}
+            for key, _, value in self._fields:
+                found = index.get(key)
+                if found is None:
+                    index[key] = [value]
+                else:
+                    found.append(value)
+            self._cache[_INDEX] = index
+            return index
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The raw value of the first field of this name."""
-        key = _CANONICAL.get(name.lower(), name).lower()
-        for field_key, _, value in self._fields:
-            if field_key == key:
-                return value
-        return default
+        values = self._index().get(_key(name))
+        return values[0] if values else default
 
     def get_lines(self, name: str) -> list[str]:
         """The raw values of every field line of this name, unsplit."""
-        key = _CANONICAL.get(name.lower(), name).lower()
-        return [value for field_key, _, value in self._fields if field_key == key]
+        return list(self._index().get(_key(name), ()))
 
     def get_all(self, name: str) -> list[str]:
         """Every value of this name; list fields (``LIST_FIELDS``) are split at their commas."""
@@ -243,7 +269,7 @@ class Headers:
 
     def count(self, name: str) -> int:
         """How many field lines carry this name."""
-        return len(self.get_lines(name))
+        return len(self._index().get(_key(name), ()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
