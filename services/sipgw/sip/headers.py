@@ -143,7 +143,6 @@ def split_list(value: str) -> list[str]:
     return [item for item in items if item]
 
 
-_INDEX = "\0index"  # the cache entry holding the name index (no field name holds NUL)
 _KEYS: dict[str, str] = {}
 
 
@@ -163,12 +162,15 @@ class Headers:
     Iterating yields ``(name, value)`` pairs in message order, one per field line as received.
     """
 
-    __slots__ = ("_cache", "_fields")
+    __slots__ = ("_by_name", "_cache", "_fields")
 
     def __init__(self, fields: list[tuple[str, str]] | None = None):
         # (lower-case canonical name, canonical name, raw value)
         self._fields: list[tuple[str, str, str]] = []
-        self._cache: dict[str, Any] = {}
+        # Parsed values, by the lower-case name of the field they come from: a change to one field
+        # drops only what was parsed from it (a transport stamping the Via keeps the parsed From).
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._by_name: dict[str, list[str]] | None = None
         for name, value in fields or ():
             self.add(name, value)
 
@@ -178,15 +180,21 @@ class Headers:
         headers = cls.__new__(cls)
         headers._fields = fields
         headers._cache = {}
+        headers._by_name = None
         return headers
+
+    def _changed(self, key: str) -> None:
+        self._by_name = None
+        self._cache.pop(key, None)
 
     def add(self, name: str, value: str) -> None:
         """Appends a field after the existing ones."""
         if "\r" in value or "\n" in value:
             raise ValueError("a header value cannot hold CR or LF")
         canonical = canonical_name(name.strip())
-        self._fields.append((canonical.lower(), canonical, value.strip()))
-        self._cache.clear()
+        key = canonical.lower()
+        self._fields.append((key, canonical, value.strip()))
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replaces every field of this name with one value, at the place of the first."""
@@ -197,7 +205,7 @@ class Headers:
                     raise ValueError("a header value cannot hold CR or LF")
                 self._fields[index] = (field_key, field_name, value.strip())
                 self._fields[index + 1 :] = [f for f in self._fields[index + 1 :] if f[0] != key]
-                self._cache.clear()
+                self._changed(key)
                 return
         self.add(name, value)
 
@@ -209,7 +217,7 @@ class Headers:
         for index, (field_key, field_name, _) in enumerate(self._fields):
             if field_key == key:
                 self._fields[index] = (field_key, field_name, value.strip())
-                self._cache.clear()
+                self._changed(key)
                 return
         self.add(name, value)
 
@@ -217,23 +225,21 @@ class Headers:
         """Removes every field of this name."""
         key = canonical_name(name.strip()).lower()
         self._fields = [field for field in self._fields if field[0] != key]
-        self._cache.clear()
+        self._changed(key)
 
     def _index(self) -> dict[str, list[str]]:
         """Field values by lower-case name, built once per change: a message is read many more
         times than it is changed."""
-        try:
-            return cast(dict[str, list[str]], self._cache[_INDEX])
-        except KeyError:
-            index: dict[str, list[str]] = {}
+        index = self._by_name
+        if index is None:
+            index = self._by_name = {}
             for key, _, value in self._fields:
                 found = index.get(key)
                 if found is None:
                     index[key] = [value]
                 else:
                     found.append(value)
-            self._cache[_INDEX] = index
-            return index
+        return index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The raw value of the first field of this name."""
@@ -255,13 +261,15 @@ class Headers:
             values.extend(split_list(line))
         return values
 
-    def cached(self, key: str, build: Callable[[Headers], T]) -> T:
-        """``build(self)``, computed once until the fields change."""
-        try:
-            return cast(T, self._cache[key])
-        except KeyError:
-            value = self._cache[key] = build(self)
-            return value
+    def cached(self, field: str, key: str, build: Callable[[Headers], T]) -> T:
+        """``build(self)``, computed once until the field ``field`` (lower-case name) changes."""
+        entries = self._cache.get(field)
+        if entries is None:
+            entries = self._cache[field] = {}
+        elif key in entries:
+            return cast(T, entries[key])
+        value = entries[key] = build(self)
+        return value
 
     def keys(self) -> frozenset[str]:
         """The lower-case full names of the fields present."""

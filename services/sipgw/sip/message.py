@@ -50,7 +50,7 @@ def _top_via(headers: Headers) -> Via:
         raise ParseError("missing Via")
     if "," not in first:
         return parse_via(first)
-    return headers.cached("vias", _vias)[0]
+    return headers.cached("via", "vias", _vias)[0]
 
 
 def _contacts(headers: Headers) -> list[NameAddr]:
@@ -72,22 +72,22 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         """Every Via value, top first."""
-        return self.headers.cached("vias", _vias)
+        return self.headers.cached("via", "vias", _vias)
 
     @property
     def top_via(self) -> Via:
         """The first Via value."""
-        return self.headers.cached("top_via", _top_via)
+        return self.headers.cached("via", "top_via", _top_via)
 
     @property
     def from_addr(self) -> NameAddr:
         """The From value."""
-        return self.headers.cached("from", lambda h: parse_name_addr(_one(h, "From")))
+        return self.headers.cached("from", "from", lambda h: parse_name_addr(_one(h, "From")))
 
     @property
     def to_addr(self) -> NameAddr:
         """The To value."""
-        return self.headers.cached("to", lambda h: parse_name_addr(_one(h, "To")))
+        return self.headers.cached("to", "to", lambda h: parse_name_addr(_one(h, "To")))
 
     @property
     def call_id(self) -> str:
@@ -97,7 +97,7 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """The CSeq value."""
-        return self.headers.cached("cseq", lambda h: parse_cseq(_one(h, "CSeq")))
+        return self.headers.cached("cseq", "cseq", lambda h: parse_cseq(_one(h, "CSeq")))
 
     @property
     def max_forwards(self) -> int | None:
@@ -108,7 +108,7 @@ class Message:
     @property
     def contacts(self) -> list[NameAddr]:
         """Every Contact value; a REGISTER's ``*`` is left out (see ``contact_is_wildcard``)."""
-        return self.headers.cached("contacts", _contacts)
+        return self.headers.cached("contact", "contacts", _contacts)
 
     @property
     def contact_is_wildcard(self) -> bool:
