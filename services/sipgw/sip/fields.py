@@ -9,6 +9,7 @@ RFC 5118 (IPv6 references in hosts and ``received``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -114,8 +115,12 @@ class AbsoluteURI(NamedTuple):
 URI = SipURI | AbsoluteURI
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_uri(text: str) -> URI:
-    """A Request-URI or the URI of a name-addr; any whitespace in it is an error (RFC 4475 3.1.2.8, 3.1.2.14)."""
+    """A Request-URI or the URI of a name-addr; any whitespace in it is an error (RFC 4475 3.1.2.8, 3.1.2.14).
+
+    Remembered: the same phones' and servers' URIs come back in message after message. A parsed
+    URI is shared, so its parameters are read-only (``Params`` is a Mapping; copy to change)."""
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.fullmatch(scheme):
         raise ParseError("bad URI scheme")
