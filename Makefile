@@ -60,8 +60,9 @@ check: proto-check buf-check lint typecheck
 
 test: check pytest
 
-bench: $(STAMP)
+bench: $(STAMP) sip-peers
 	$(BIN)/python bench/registry_bench.py
+	$(BIN)/python bench/sipgw_bench.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
