@@ -236,6 +236,7 @@ def main() -> int:
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--sections", default="1,2,3")
+    parser.add_argument("--ceiling-rates", default="500,1500,3000", help="section 1's rates (SIPp alone goes far)")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     sections = set(args.sections.split(","))
@@ -250,7 +251,7 @@ def main() -> int:
                 "1. ceiling: SIPp caller -> SIPp phone, no gateway",
                 target,
                 ROOT / "bench" / "sipp" / "caller_plain.xml",
-                rates,
+                [int(r) for r in args.ceiling_rates.split(",")],
                 args.calls,
                 [],
             )

@@ -33,6 +33,7 @@ class Branch:
     release: Callable[[], None] | None = None
     tx: ClientTransaction | None = None
     final: int = 0  # the final status it got, 0 while it rings
+    cancel_waits: bool = False  # canceled before any provisional answer: CANCEL goes on the first
 
     def released(self) -> None:
         release, self.release = self.release, None
@@ -86,6 +87,10 @@ class Fork:
     def _response(self, branch: Branch, response: Response) -> None:
         status = response.status
         if status < 200:
+            if branch.cancel_waits:
+                branch.cancel_waits = False
+                self._send_cancel(branch)
+                return
             if not self.canceled and self.winner is None and status > 100:
                 self.on_provisional(branch, response)
             return
@@ -150,6 +155,14 @@ class Fork:
     def _cancel(self, branch: Branch) -> None:
         branch.final = branch.final or 487
         branch.released()
+        if branch.tx is not None and branch.tx.state == "Calling":
+            # RFC 3261 9.1: no CANCEL before a provisional answer (it could overtake the INVITE);
+            # a branch that never answers at all ends with its transaction's timer.
+            branch.cancel_waits = True
+            return
+        self._send_cancel(branch)
+
+    def _send_cancel(self, branch: Branch) -> None:
         self.transactions.send_request(
             cancel_for(branch.request), branch.link, branch.address, lambda r: None, lambda: None
         )

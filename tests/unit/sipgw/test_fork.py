@@ -71,7 +71,10 @@ async def test_the_first_answer_wins_and_the_other_branches_are_canceled() -> No
     tl.receive(answer(fork.branches[1], 180), ("127.0.0.1", 5001), link)
     tl.receive(answer(fork.branches[2], 200), ("127.0.0.1", 5002), link)
     assert owner.ringing == [180] and owner.answers == [fork.branches[2]] and fork.winner is fork.branches[2]
-    assert len(cancels(link)) == 2 and sorted(released) == [0, 1]  # the winner keeps its line
+    assert cancels(link) == {b"fork-1"} and sorted(released) == [0, 1]  # the winner keeps its line
+    # Branch 0 had not answered at all: its CANCEL waits for its first provisional answer.
+    tl.receive(answer(fork.branches[0], 100), ("127.0.0.1", 5000), link)
+    assert cancels(link) == {b"fork-0", b"fork-1"} and owner.ringing == [180]
     tl.receive(answer(fork.branches[2], 200), ("127.0.0.1", 5002), link)
     assert owner.answers == [fork.branches[2]] * 2  # a retransmitted 2xx reaches the owner to re-ACK
 
@@ -98,19 +101,23 @@ async def test_the_caller_hears_the_lowest_class_failure_once_every_branch_faile
 async def test_a_6xx_ends_the_fork_at_once() -> None:
     tl, link, fork, owner, _ = forked(3)
     tl.receive(answer(fork.branches[0], 486), ("127.0.0.1", 5000), link)
+    tl.receive(answer(fork.branches[2], 180), ("127.0.0.1", 5002), link)
     tl.receive(answer(fork.branches[1], 603), ("127.0.0.1", 5001), link)
-    assert owner.failures == [(603, "X")] and len(cancels(link)) == 1
+    assert owner.failures == [(603, "X")] and cancels(link) == {b"fork-2"}
 
 
 async def test_no_answer_within_the_ring_time_cancels_everything() -> None:
     tl, link, fork, owner, released = forked(2, ring_timeout=0.02)
     tl.receive(answer(fork.branches[0], 180), ("127.0.0.1", 5000), link)
+    tl.receive(answer(fork.branches[1], 100), ("127.0.0.1", 5001), link)
     await asyncio.sleep(0.05)
     assert owner.failures == [(480, "No Answer")] and len(cancels(link)) == 2 and sorted(released) == [0, 1]
 
 
 async def test_a_canceled_fork_reports_nothing() -> None:
     tl, link, fork, owner, _ = forked(2)
+    for n in (0, 1):
+        tl.receive(answer(fork.branches[n], 180), ("127.0.0.1", 5000 + n), link)
     fork.cancel()
     tl.receive(answer(fork.branches[0], 487), ("127.0.0.1", 5000), link)
     tl.receive(answer(fork.branches[1], 487), ("127.0.0.1", 5001), link)
