@@ -155,19 +155,21 @@ class Rig:
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.gateways: list[int] = []  # pids whose CPU time each call costs
         self.etcd: EmbeddedEtcd | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
 
     def serve(self, service: str, config: str, name: str) -> None:
         path = self.tmp / f"{name}.yaml"
         path.write_text(config)
-        self.processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", service, "-c", str(path)],
-                cwd=ROOT,
-                stderr=subprocess.DEVNULL,
-            )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", service, "-c", str(path)],
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
         )
+        self.processes.append(process)
+        if service == "sipgw":
+            self.gateways.append(process.pid)
 
     def answering_phone(self, target: str, number: tuple[str, str] | None) -> None:
         """A SIPp phone answering every call; registered on ``target`` first when ``number`` is given."""
@@ -217,15 +219,41 @@ class Rig:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def table(title: str, target: str, scenario: Path, rates: list[int], calls: int, extra: list[str]) -> None:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pids: list[int]) -> float:
+    return (
+        sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    )
+
+
+def table(
+    title: str, target: str, scenario: Path, rates: list[int], calls: int, extra: list[str], gateways: list[int]
+) -> None:
     print(f"\n== {title}")
-    print(f"{'rate/s':>7} {'calls':>6} {'ok':>6} {'failed':>7} {'setup p50 ms':>13} {'setup p99 ms':>13}")
+    print(
+        f"{'rate/s':>7} {'calls':>6} {'ok':>6} {'failed':>7} {'setup p50 ms':>13} {'setup p99 ms':>13}"
+        f" {'gw CPU ms/call':>15} {'gw RSS MiB':>11}"
+    )
     clean = 0
     for rate in rates:
+        before = cpu_seconds(gateways)
         row = run_load(target, scenario, rate, calls, extra)
+        cost = f"{(cpu_seconds(gateways) - before) * 1000 / calls:.2f}" if gateways else "-"
+        rss = f"{rss_mib(gateways):.0f}" if gateways else "-"
         failed = row.get("FailedCall(C)", "-")
         ok = row.get("SuccessfulCall(C)", "-")
-        print(f"{rate:>7} {row.get('TotalCallCreated', '-'):>6} {ok:>6} {failed:>7} {row['p50']:>13} {row['p99']:>13}")
+        print(
+            f"{rate:>7} {row.get('TotalCallCreated', '-'):>6} {ok:>6} {failed:>7} {row['p50']:>13} {row['p99']:>13}"
+            f" {cost:>15} {rss:>11}"
+        )
         if failed == "0" and ok == str(calls):
             clean = max(clean, rate)
     print(f"highest rate with no failed call: {clean or 'none'} calls/s")
@@ -254,6 +282,7 @@ def main() -> int:
                 [int(r) for r in args.ceiling_rates.split(",")],
                 args.calls,
                 [],
+                [],
             )
         finally:
             rig.close()
@@ -275,6 +304,7 @@ def main() -> int:
                 rates,
                 args.calls,
                 caller_auth,
+                rig.gateways,
             )
         finally:
             rig.close()
@@ -297,6 +327,7 @@ def main() -> int:
                 rates,
                 args.calls,
                 caller_auth,
+                rig.gateways,
             )
         finally:
             rig.close()
