@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a service of this server")
-    serve.add_argument("service", choices=["registry", "sipgw"])
+    serve.add_argument("service", choices=["registry", "sipgw", "callstate"])
     serve.add_argument("-c", "--config", required=True, help="server config file (YAML)")
     serve.set_defaults(func=_serve)
 
@@ -88,6 +88,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         try:
             return uvloop.run(serve_sipgw(config))
+        except ConfigError as exc:
+            print(f"pbxmesh: config error: {exc}", file=sys.stderr)
+            return 2
+    if args.service == "callstate":
+        from services.callstate.serve import serve_callstate
+
+        try:
+            return uvloop.run(serve_callstate(config))
         except ConfigError as exc:
             print(f"pbxmesh: config error: {exc}", file=sys.stderr)
             return 2

@@ -40,6 +40,8 @@ class RegistryApp:
             registry_address=self.host.address,
             # The gateway of this server takes trunk calls there (same config file, same server).
             trunk_address=cfg.listen.trunk,
+            # Other servers' callstates share a call's parties with this server's there.
+            callstate_address=cfg.listen.callstate,
         )
         view = PlanView(local)
         with view.batch():

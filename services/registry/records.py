@@ -1,6 +1,6 @@
 """What a server writes to etcd, and where: the group's key layout and record encoding.
 
-    /pbxmesh/<group>/members/<server id>                  {"name", "registry", "trunk"}
+    /pbxmesh/<group>/members/<server id>                  {"name", "registry", "trunk", "callstate"}
     /pbxmesh/<group>/numbers/<server id>/<number>         {"name", "department", "kind"}
     /pbxmesh/<group>/departments/<server id>/<dept id>    {"name"}
 
@@ -26,6 +26,7 @@ class MemberInfo:
     join_revision: int = 0
     registry_address: str = ""
     trunk_address: str = ""
+    callstate_address: str = ""
 
 
 class NumberRecord(NamedTuple):  # NamedTuples here: a full read of a large group builds 100,000
@@ -72,7 +73,14 @@ class KeyLayout:
 
 
 def encode_member(info: MemberInfo) -> bytes:
-    return _dump({"name": info.name, "registry": info.registry_address, "trunk": info.trunk_address})
+    return _dump(
+        {
+            "name": info.name,
+            "registry": info.registry_address,
+            "trunk": info.trunk_address,
+            "callstate": info.callstate_address,
+        }
+    )
 
 
 def decode_member(server_id: str, value: bytes, create_revision: int) -> MemberInfo | None:
@@ -85,6 +93,7 @@ def decode_member(server_id: str, value: bytes, create_revision: int) -> MemberI
         join_revision=create_revision,
         registry_address=_text(data, "registry"),
         trunk_address=_text(data, "trunk"),
+        callstate_address=_text(data, "callstate"),
     )
 
 

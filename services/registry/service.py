@@ -66,6 +66,7 @@ def member_pb(member: MemberInfo, local_id: str) -> pb.Member:
         local=member.server_id == local_id,
         registry_address=member.registry_address,
         trunk_address=member.trunk_address,
+        callstate_address=member.callstate_address,
     )
 
 

@@ -71,6 +71,7 @@ class ListenSection:
     sip: str = ""
     trunk: str = ""
     sipgw: str = ""
+    callstate: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"connector.tls.{name}: no such file {value!r}")
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
-    for name in ("registry", "sip", "trunk", "sipgw"):
+    for name in ("registry", "sip", "trunk", "sipgw", "callstate"):
         address = getattr(config.listen, name)
         if address or name == "registry":
             check_host_port(address, f"listen.{name}")

@@ -22,6 +22,7 @@ from services.sipgw.call import Call
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
+from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip.transport import TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
@@ -190,6 +191,12 @@ class SipGatewayApp:
             Scenarios(config.scenarios),
             departments_of(config),
         )
+        numbering = {n.number: (n.name, n.department) for n in config.numbering.numbers}
+        self.reporter = (
+            Reporter(config.listen.callstate, self.core.calls, config.server.id, numbering)
+            if config.listen.callstate
+            else None
+        )
         self.failed = asyncio.Event()
         self.udp: UdpEndpoint | None = None
         self.tcp: TcpListener | None = None
@@ -203,6 +210,8 @@ class SipGatewayApp:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
         self.plan.start()
+        if self.reporter is not None:
+            self.reporter.start()
         # TCP on the same port as UDP (RFC 3261 18.1); with port 0 it follows the UDP one.
         self.tcp = await TcpListener.open(host, self.udp.local[1], receive)
         self.core.router.phone_links["TCP"] = self.tcp
@@ -226,6 +235,8 @@ class SipGatewayApp:
     async def stop(self, graceful: bool) -> None:
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
         await self.plan.stop()
+        if self.reporter is not None:
+            await self.reporter.stop()
         if self.trunk is not None and self.trunk.endpoint is not None:
             self.trunk.endpoint.close()
         if self.udp is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import Address, Link, response_to
-from services.sipgw.trunk import CORRELATION, Trunk
+from services.sipgw.trunk import CORRELATION, IDENTITY, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class B2BUA:
             return
         called = called_number(request)
         out = self._outgoing(request, caller, request.from_addr.display_name, uuid.uuid4().hex)
-        self._connect(tx, request, caller, called, self.router.number(called, out), out.correlation)
+        self._connect(tx, request, caller, called, self.router.number(called, out), out)
 
     def trunk_invite(self, tx: ServerTransaction, request: Request) -> None:
         """A new INVITE from another server of the group (its trunk proof was checked)."""
@@ -81,9 +82,12 @@ class B2BUA:
             return
         caller, display = Trunk.caller_of(request)
         called = called_number(request)
-        out = self._outgoing(request, caller, display, request.headers.get(CORRELATION) or uuid.uuid4().hex)
+        path = tuple(p for p in (request.headers.get(PATH) or "").split(",") if p)
+        out = self._outgoing(request, caller, display, request.headers.get(CORRELATION) or uuid.uuid4().hex, path)
         action = self.scenarios.route(called, caller, from_trunk=True)
-        if not self._connect(tx, request, caller, called, self._run(action, out), out.correlation, trunk_in=True):
+        peer = request.headers.get(ORIGIN) or ""
+        branches = self._run(action, out)
+        if not self._connect(tx, request, caller, called, branches, out, trunk_in=True, peer=peer):
             self.trunk.lines.give_back(outgoing=False)
 
     def place(self, first: str, target: str, caller_id: str = "", called_id: str = "") -> Call:
@@ -126,7 +130,9 @@ class B2BUA:
             return self.router.department(action.target, out)
         return self.router.target(action.target, out)  # dial a number, forward to a number or URI
 
-    def _outgoing(self, request: Request, caller: str, display: str | None, correlation: str) -> Outgoing:
+    def _outgoing(
+        self, request: Request, caller: str, display: str | None, correlation: str, path: tuple[str, ...] = ()
+    ) -> Outgoing:
         mf = request.max_forwards
         return Outgoing(
             caller,
@@ -135,6 +141,7 @@ class B2BUA:
             correlation,
             request.body,
             request.headers.get("Content-Type") or "",
+            path,
         )
 
     def _hops_left(self, tx: ServerTransaction, request: Request) -> bool:
@@ -151,16 +158,18 @@ class B2BUA:
         caller: str,
         called: str,
         branches: list[Branch] | Failure,
-        call_id: str,
+        out: Outgoing,
         trunk_in: bool = False,
+        peer: str = "",
     ) -> bool:
         """Starts leg B on ``branches``, or answers A with the failure; False if it failed."""
         if isinstance(branches, tuple):
             tx.respond(self._answer_a(request, *branches))
             return False
         tx.respond(response_to(request.headers, 100, "Trying"))
-        call = Call(call_id, caller, called, tx.link, tx.address, new_tag(), a_tx=tx, trunk_in=trunk_in)
+        call = Call(out.correlation, caller, called, tx.link, tx.address, new_tag(), a_tx=tx, trunk_in=trunk_in)
         call.trunk_out = any(b.over_trunk for b in branches)
+        call.caller_name, call.peer_server_id, call.path = out.display or "", peer, out.path
         call.b_fork = self._fork(call, branches)
         self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
         self._started(call)
@@ -180,7 +189,7 @@ class B2BUA:
     def _started(self, call: Call) -> None:
         self.calls[call.id] = call
         _log.info("call %s: %s -> %s", call.id, call.caller, call.callee)
-        self._changed(call)
+        self._changed(call, "created")
 
     def _answer_a(self, request: Request, status: int, reason: str, tag: str | None = None) -> Response:
         response = response_to(request.headers, status, reason)
@@ -194,7 +203,7 @@ class B2BUA:
     def _first_ringing(self, call: Call) -> None:
         if call.state == DIALING:
             call.state = RINGING
-            self._changed(call)
+            self._changed(call, "ringing")
 
     def _first_answered(self, call: Call, branch: Branch, response: Response) -> None:
         if call.a_dialog is not None:
@@ -242,12 +251,15 @@ class B2BUA:
             _copy_body(response, ringing)
             call.a_tx.respond(ringing)
         if first_ring:
-            self._changed(call)
+            self._changed(call, "ringing")
 
     def _b_answered(self, call: Call, branch: Branch, response: Response) -> None:
         if call.b_dialog is None:
             call.b = branch
+            call.peer_server_id = call.peer_server_id or branch.peer_server_id
             call.b_dialog = Dialog.as_uac(branch.request, response)
+            call.sdp_to["b"] = branch.request.body
+            call.allows_update["b"] = _allows_update(response)
             self._by_dialog[call.b_dialog.key] = (call, "b")
         # Every 2xx from B is ACKed again: B resends it until an ACK arrives.
         b_ack = call.b_dialog.ack(_via(branch.link), branch.request.cseq.number)
@@ -261,7 +273,7 @@ class B2BUA:
         else:
             self._answer_caller(call, response)
         _log.info("call %s answered", call.id)
-        self._changed(call)
+        self._changed(call, "answered")
 
     def _answer_caller(self, call: Call, response: Response) -> None:
         assert call.a_tx is not None
@@ -271,6 +283,8 @@ class B2BUA:
         answer.headers.add("Contact", contact)
         _copy_body(response, answer)
         call.a_dialog = Dialog.as_uas(a_request, call.a_tag, contact)
+        call.sdp_to["a"] = response.body
+        call.allows_update["a"] = _allows_update(a_request)
         self._by_dialog[call.a_dialog.key] = (call, "a")
         call.a_tx.respond(answer)
         self._resend_until_ack(call, "a", answer.to_bytes())
@@ -351,6 +365,7 @@ class B2BUA:
         its own dialog, and its answer comes back (RFC 3261 14, RFC 3311)."""
         if request.method == "INVITE":
             tx.respond(response_to(request.headers, 100, "Trying"))
+        self._note_hold(call, side, request.body)
         other = "b" if side == "a" else "a"
         dialog = call.b_dialog if other == "b" else call.a_dialog
         assert dialog is not None
@@ -359,9 +374,14 @@ class B2BUA:
         own = call.a_dialog if side == "a" else call.b_dialog
         assert own is not None
 
+        if request.body:
+            call.sdp_to[other] = request.body
+
         def on_answer(response: Response) -> None:
             if response.status < 200:
                 return
+            if 200 <= response.status < 300 and response.body:
+                call.sdp_to[side] = response.body
             if request.method == "INVITE" and response.status < 300:
                 dialog.refresh_target(response)
                 self.transactions.send_direct(dialog.ack(_via(link), offer.cseq.number), link, address)
@@ -379,6 +399,47 @@ class B2BUA:
             tx.respond(response_to(request.headers, 408, "Request Timeout"))
 
         self.transactions.send_request(offer, link, address, on_answer, on_timeout)
+
+    def _note_hold(self, call: Call, side: str, offer: bytes) -> None:
+        """An offer that stops sending (sendonly, inactive, RFC 3264 8.4) holds the call; one that
+        sends again resumes it. Offers without SDP change nothing."""
+        if not offer:
+            return
+        holding = _holds(offer)
+        if holding and not call.held_by:
+            call.held_by = side
+            self._changed(call, "held")
+        elif not holding and call.held_by == side:
+            call.held_by = ""
+            self._changed(call, "resumed")
+
+    def tell_party(self, call_id: str, number: str, display: str) -> bool:
+        """Tells this server's phone in the call who it now talks to: an UPDATE with
+        P-Asserted-Identity, or a re-INVITE with its SDP unchanged where the phone does not take
+        UPDATE (the manner of RFC 4916). False if the call is not in progress."""
+        call = self.calls.get(call_id)
+        if call is None or call.state != ANSWERED:
+            return False
+        side = "b" if call.trunk_in else "a"
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        if dialog is None:
+            return False
+        link, address = self._peer(call, side)
+        name = display.replace('"', "")
+        identity = f'"{name}" <sip:{number}@{link.local[0]}>' if name else f"<sip:{number}@{link.local[0]}>"
+        if call.allows_update.get(side, False):
+            request = dialog.request("UPDATE", _via(link))
+        else:
+            request = dialog.request("INVITE", _via(link), call.sdp_to.get(side, b""), "application/sdp")
+
+        def on_answer(response: Response) -> None:
+            if request.method == "INVITE" and 200 <= response.status < 300:
+                self.transactions.send_direct(dialog.ack(_via(link), request.cseq.number), link, address)
+
+        request.headers.add(IDENTITY, identity)
+        self.transactions.send_request(request, link, address, on_answer, lambda: None)
+        _log.info("call %s: phone told its party is now %s", call.id, number)
+        return True
 
     def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
         """Ends a call from outside: BYE to each party in the call, CANCEL to each still ringing."""
@@ -433,7 +494,7 @@ class B2BUA:
         call.unacked.clear()
         call.end_reason = reason
         _log.info("call %s ended: %s", call.id, reason)
-        self._changed(call)
+        self._changed(call, "ended")
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
 
@@ -446,7 +507,8 @@ class B2BUA:
             request = call.a_tx.request
             self._by_invite.pop((request.call_id, request.from_addr.tag or ""), None)
 
-    def _changed(self, call: Call) -> None:
+    def _changed(self, call: Call, event: str) -> None:
+        call.event = event
         for listener in list(self.listeners):
             listener(call)
 
@@ -463,6 +525,29 @@ def _copy_body(source: Response, target: Response) -> None:
     if content_type and source.body:
         target.headers.add("Content-Type", content_type)
         target.body = source.body
+
+
+def _allows_update(message: Request | Response) -> bool:
+    allow = message.headers.get_all("Allow")
+    return any(method.strip().upper() == "UPDATE" for method in allow)
+
+
+def _holds(sdp: bytes) -> bool:
+    """Whether an SDP offer puts the other side on hold: every stream sendonly or inactive (a
+    session-level direction counts for streams without their own), or RFC 2543's c=0.0.0.0."""
+    text = sdp.decode("utf-8", "replace")
+    if "c=IN IP4 0.0.0.0" in text:
+        return True
+    session, *streams = re.split(r"\r?\nm=", text)
+
+    def direction(block: str, default: str) -> str:
+        for line in block.splitlines():
+            if line.strip() in ("a=sendonly", "a=inactive", "a=sendrecv", "a=recvonly"):
+                return line.strip()[2:]
+        return default
+
+    default = direction(session, "sendrecv")
+    return all(direction(block, default) in ("sendonly", "inactive") for block in streams or [session])
 
 
 def _refusal(offer: bytes) -> bytes:

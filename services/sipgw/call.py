@@ -44,6 +44,17 @@ class Call:
     trunk_in: bool = False  # holds one trunk line until the call ends
     trunk_out: bool = False  # leg B goes over the trunk (its branch holds the line)
     placed: bool = False
+    # What callstate is told: the last change, the names shown, the other server, hold.
+    event: str = "created"  # created, ringing, answered, held, resumed, ended
+    caller_name: str = ""
+    callee_name: str = ""
+    peer_server_id: str = ""
+    path: tuple[str, ...] = ()
+    held_by: str = ""  # "a" or "b": the side whose offer put the call on hold
+    # The last SDP each side got from us, and whether it takes UPDATE (its Allow): what telling a
+    # phone of a new party needs (UPDATE, else a re-INVITE with the SDP unchanged).
+    sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None
     end_reason: str = ""

@@ -29,6 +29,7 @@ class Branch:
     address: Address
     link: Link
     over_trunk: bool = False
+    peer_server_id: str = ""  # the server a trunk branch goes to, when the plan says
     # Called once when the branch ends without winning (a trunk line goes back here).
     release: Callable[[], None] | None = None
     tx: ClientTransaction | None = None

@@ -44,6 +44,7 @@ class Outgoing:
     correlation: str
     body: bytes = b""
     content_type: str = ""
+    path: tuple[str, ...] = ()  # servers the call has passed before this one
 
 
 class Router:
@@ -70,7 +71,10 @@ class Router:
             return NOT_FOUND
         host, port = parse_address(route.trunk_address)
         _log.info("call %s goes to server %s over the trunk", out.correlation, route.server_id)
-        return self._trunk(number, host, port, out)
+        branches = self._trunk(number, host, port, out)
+        if isinstance(branches, list):
+            branches[0].peer_server_id = route.server_id
+        return branches
 
     def department(self, department: str, out: Outgoing) -> list[Branch] | Failure:
         numbers = self.departments.get(department, ())
@@ -105,7 +109,7 @@ class Router:
             return (503, f"Service Unavailable ({error})")
         shown = f"[{host}]" if ":" in host else host
         request = self.invite(number, f"sip:{number}@{shown}:{port}", trunk.endpoint, out)
-        trunk.identity(request.headers, out.caller, out.display, out.correlation)
+        trunk.identity(request.headers, out.caller, out.display, out.correlation, out.path)
         address: Address = (host, port)
         release = lambda: trunk.lines.give_back(outgoing=True)  # noqa: E731
         return [Branch(request, address, trunk.endpoint, over_trunk=True, release=release)]

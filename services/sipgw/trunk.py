@@ -20,6 +20,7 @@ _log = logging.getLogger(__name__)
 
 ORIGIN = "X-Pbxmesh-Origin"
 CORRELATION = "X-Pbxmesh-Call"
+PATH = "X-Pbxmesh-Path"  # the servers the call has passed, comma-separated, oldest first
 IDENTITY = "P-Asserted-Identity"
 
 
@@ -47,13 +48,16 @@ class Trunk:
             return False
         return True
 
-    def identity(self, headers: Headers, caller: str, display: str | None, correlation: str) -> None:
-        """Who is calling, for the server at the other end."""
+    def identity(
+        self, headers: Headers, caller: str, display: str | None, correlation: str, path: tuple[str, ...] = ()
+    ) -> None:
+        """Who is calling, for the server at the other end, and the servers the call has passed."""
         name = display.replace('"', "") if display else ""
         shown = f'"{name}" ' if name else ""
         headers.set(IDENTITY, f"{shown}<sip:{caller}@{self.server_id}.pbxmesh.invalid>")
         headers.set(ORIGIN, self.server_id)
         headers.set(CORRELATION, correlation)
+        headers.set(PATH, ",".join([*path, self.server_id]))
 
     @staticmethod
     def caller_of(request: Request) -> tuple[str, str | None]:
@@ -64,7 +68,8 @@ class Trunk:
         return user, addr.display_name
 
 
-def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes]:
+def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes, str]:
     cseq = request.cseq
+    asserted = "\n".join(request.headers.get(name) or "" for name in (IDENTITY, ORIGIN, CORRELATION, PATH))
     return (request.method, str(request.uri), request.call_id, f"{cseq.number} {cseq.method}",
-            request.from_addr.tag or "", request.body)  # fmt: skip
+            request.from_addr.tag or "", request.body, asserted)  # fmt: skip

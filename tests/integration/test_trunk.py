@@ -148,8 +148,12 @@ def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
     """An INVITE as another server of the group sends it: signed with the group's secret."""
     from services.sipgw.auth.trunk_proof import TrunkProof
 
-    proof = TrunkProof(SECRET).sign("INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}")
-    identity = "P-Asserted-Identity: <sip:100@alpha.pbxmesh.invalid>\r\n"
+    asserted_identity = "<sip:100@alpha.pbxmesh.invalid>"
+    proof = TrunkProof(SECRET).sign(
+        "INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}", b"",
+        f"{asserted_identity}\n\n\n",
+    )  # fmt: skip
+    identity = f"P-Asserted-Identity: {asserted_identity}\r\n"
     return _invite(number, branch, host=trunk, extra=f"{identity}X-Pbxmesh-Trunk: {proof}\r\n")
 
 

@@ -5,10 +5,11 @@ Every request on the inter-server trunk carries one header value
     v1;ts=<unix seconds>;sig=<base64url HMAC-SHA256>
 
 where the HMAC covers the version, the timestamp and the request's key fields (method,
-Request-URI, Call-ID, CSeq, From tag, and the body's SHA-256), so a proof cannot be moved to
-another request. A proof older or newer than ``window`` seconds is refused, which bounds replays;
-a replay within the window is a retransmission of the same request, which the transaction layer
-absorbs anyway.
+Request-URI, Call-ID, CSeq, From tag, the body's SHA-256, and the headers the receiver trusts
+because of it: the asserted identity, origin server, correlation id and path), so a proof cannot
+be moved to another request nor its assertions changed. A proof older or newer than ``window``
+seconds is refused, which bounds replays; a replay within the window is a retransmission of the
+same request, which the transaction layer absorbs anyway.
 """
 
 from __future__ import annotations
@@ -36,12 +37,23 @@ class TrunkProof:
         self._window = window
         self._clock = clock
 
-    def sign(self, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes = b"") -> str:
+    def sign(
+        self, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes = b"", asserted: str = ""
+    ) -> str:
         stamp = str(int(self._clock()))
-        return f"{VERSION};ts={stamp};sig={self._mac(stamp, method, uri, call_id, cseq, from_tag, body)}"
+        mac = self._mac(stamp, method, uri, call_id, cseq, from_tag, body, asserted)
+        return f"{VERSION};ts={stamp};sig={mac}"
 
     def verify(
-        self, value: str | None, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes = b""
+        self,
+        value: str | None,
+        method: str,
+        uri: str,
+        call_id: str,
+        cseq: str,
+        from_tag: str,
+        body: bytes = b"",
+        asserted: str = "",
     ) -> None:
         """Raises TrunkProofError unless ``value`` proves this very request."""
         if not value:
@@ -52,13 +64,15 @@ class TrunkProof:
             raise TrunkProofError("malformed trunk proof")
         if abs(self._clock() - int(fields["ts"])) > self._window:
             raise TrunkProofError("trunk proof outside the time window")
-        expected = self._mac(fields["ts"], method, uri, call_id, cseq, from_tag, body)
+        expected = self._mac(fields["ts"], method, uri, call_id, cseq, from_tag, body, asserted)
         if not hmac.compare_digest(expected, fields["sig"]):
             raise TrunkProofError("wrong trunk proof")
 
-    def _mac(self, stamp: str, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes) -> str:
-        message = "\n".join(
-            [VERSION, stamp, method, uri, call_id, " ".join(cseq.split()), from_tag, hashlib.sha256(body).hexdigest()]
-        )
+    def _mac(
+        self, stamp: str, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes, asserted: str
+    ) -> str:
+        # ``asserted``: the headers the receiving server trusts because the proof covers them.
+        fields = [VERSION, stamp, method, uri, call_id, " ".join(cseq.split()), from_tag]
+        message = "\n".join([*fields, hashlib.sha256(body).hexdigest(), asserted])
         digest = hmac.new(self._key, message.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")

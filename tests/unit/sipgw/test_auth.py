@@ -109,6 +109,8 @@ def test_trunk_proof_binds_the_request_and_the_time() -> None:
         ("INVITE", "sip:201@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n"),
         ("INVITE", "sip:200@127.0.0.1:5070", "call-2", "1 INVITE", "tag-a", b"v=0\r\n"),
         ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=1\r\n"),
+        # The asserted headers are covered too: another caller cannot be slipped into a signed request.
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n", "<sip:999@x>\nalpha\n\n"),
     ):
         with pytest.raises(TrunkProofError, match="wrong"):
             proof.verify(value, *changed)

@@ -77,6 +77,7 @@ class Member(_message.Message):
     LOCAL_FIELD_NUMBER: _builtins.int
     REGISTRY_ADDRESS_FIELD_NUMBER: _builtins.int
     TRUNK_ADDRESS_FIELD_NUMBER: _builtins.int
+    CALLSTATE_ADDRESS_FIELD_NUMBER: _builtins.int
     server_id: _builtins.str
     """Unique id of the server in the group, [a-z0-9-]{1,63}."""
     name: _builtins.str
@@ -89,6 +90,8 @@ class Member(_message.Message):
     """host:port of the member's registry API."""
     trunk_address: _builtins.str
     """host:port of the member's inter-server SIP trunk; empty until its gateway runs."""
+    callstate_address: _builtins.str
+    """host:port of the member's callstate API; empty if it runs none."""
     def __init__(
         self,
         *,
@@ -98,10 +101,11 @@ class Member(_message.Message):
         local: _builtins.bool = ...,
         registry_address: _builtins.str = ...,
         trunk_address: _builtins.str = ...,
+        callstate_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_revision", b"join_revision", "local", b"local", "name", b"name", "registry_address", b"registry_address", "server_id", b"server_id", "trunk_address", b"trunk_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callstate_address", b"callstate_address", "join_revision", b"join_revision", "local", b"local", "name", b"name", "registry_address", b"registry_address", "server_id", b"server_id", "trunk_address", b"trunk_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,297 @@
+"""One server's calls as its callstate knows them: what its gateway reports, merged with what the
+callstate of the other server of a cross-server call shares.
+
+Pure: no I/O, no clock of its own (every change carries its time), so that the rules below are unit
+tested directly.
+
+Segments. A call is cut into segments, one per pair of connected parties: the first begins at the
+answer, and each transfer (on either side) ends one and begins the next. Both servers of a
+cross-server call must cut at the same moments with the same ids: ids are ``<call id>/<n>``, and a
+boundary is the earlier of the two servers' observations of it (the server where a change happens
+sees it first and shares its time; the other adopts it). So both timelines end up identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+DIALING, RINGING, ANSWERED, HELD, ENDED = "dialing", "ringing", "answered", "held", "ended"
+
+
+@dataclasses.dataclass(frozen=True)
+class Party:
+    number: str = ""
+    display_name: str = ""
+    department: str = ""
+    server_id: str = ""
+    server_name: str = ""
+
+    def merged(self, other: Party) -> Party:
+        """``other`` where it says more (the same number, with more details)."""
+        if other.number and other.number != self.number:
+            return other
+        return Party(
+            self.number or other.number,
+            other.display_name or self.display_name,
+            other.department or self.department,
+            other.server_id or self.server_id,
+            other.server_name or self.server_name,
+        )
+
+
+@dataclasses.dataclass
+class Segment:
+    n: int
+    started_at: float
+    local: Party
+    remote: Party
+    server_ids: tuple[str, ...]
+    ended_at: float | None = None
+
+
+@dataclasses.dataclass
+class CallRecord:
+    call_id: str
+    local: Party
+    remote: Party
+    phase: str = DIALING
+    outgoing: bool = True
+    peer_server_id: str = ""  # empty for a call between this server's own phones
+    held_by: str = ""  # "local" or "remote" while held
+    held_changed_at: float = 0.0  # when the last hold or resume happened: older news is ignored
+    started_at: float = 0.0
+    answered_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str = ""
+    path: tuple[str, ...] = ()
+    segments: list[Segment] = dataclasses.field(default_factory=list)
+    # Segment starts the other server told of before this one's gateway got there.
+    early_starts: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cross_server(self) -> bool:
+        return bool(self.peer_server_id)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self.segments)
+
+    def servers(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.local.server_id, self.peer_server_id) if s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One change of one call, as the gateway reports it."""
+
+    call_id: str
+    kind: str  # created, ringing, answered, held, resumed, transferred, ended
+    at: float
+    local: Party = Party()
+    remote: Party = Party()
+    peer_server_id: str = ""
+    outgoing: bool = True
+    by: str = ""
+    reason: str = ""
+    path: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """What one server's callstate tells the other's about a shared call."""
+
+    call_id: str
+    server_id: str
+    party: Party
+    phase: str
+    at: float
+    segment: int
+    held_by: str = ""  # from the sender's point of view
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a change means beyond the record itself."""
+
+    share: Share | None = None  # to send to the other server
+    new_party: Party | None = None  # to tell this server's phone (its remote party changed)
+
+
+class CallBook:
+    def __init__(self, server_id: str, server_name: str):
+        self.server_id = server_id
+        self.server_name = server_name
+        self.calls: dict[str, CallRecord] = {}
+        # Told of every record that changed (the API's WatchCalls listens here).
+        self.listeners: set[Callable[[CallRecord], None]] = set()
+
+    # -- what the gateway reports ---------------------------------------------------------------
+
+    def apply(self, event: Event) -> Outcome:
+        call = self.calls.get(event.call_id)
+        local = self._own(event.local)
+        if call is None:
+            call = CallRecord(
+                event.call_id,
+                local,
+                event.remote,
+                outgoing=event.outgoing,
+                peer_server_id=event.peer_server_id,
+                started_at=event.at,
+                path=event.path,
+            )
+            self.calls[call.call_id] = call
+        elif call.phase == ENDED:
+            return Outcome()
+        else:
+            call.local = call.local.merged(local) if event.kind != "transferred" else local
+            call.remote = call.remote.merged(event.remote) if event.kind != "transferred" else event.remote
+            call.peer_server_id = call.peer_server_id or event.peer_server_id
+            call.path = event.path or call.path
+        share = self._step(call, event)
+        self._changed(call)
+        return Outcome(share=share)
+
+    def _step(self, call: CallRecord, event: Event) -> Share | None:
+        kind = event.kind
+        if kind == "ringing" and call.phase == DIALING:
+            call.phase = RINGING
+        elif kind == "answered" and call.phase in (DIALING, RINGING):
+            call.phase = ANSWERED
+            call.answered_at = event.at
+            if not call.segments:
+                self._begin_segment(call, event.at)
+            return self._share(call, event.at)
+        elif kind in ("held", "resumed") and call.phase in (ANSWERED, HELD):
+            call.phase = HELD if kind == "held" else ANSWERED
+            call.held_by = event.by if kind == "held" else ""
+            call.held_changed_at = event.at
+            return self._share(call, event.at)
+        elif kind == "transferred" and call.phase in (ANSWERED, HELD):
+            self._begin_segment(call, event.at)
+            return self._share(call, event.at)
+        elif kind == "ended":
+            self._end(call, event.at, event.reason)
+            return self._share(call, event.at, event.reason)
+        return None
+
+    # -- what the other server shares -----------------------------------------------------------
+
+    def shared(self, share: Share) -> Outcome:
+        """Applies what the other server said; ``new_party`` is set when this server's phone must
+        be told of a new party (the other side transferred)."""
+        call = self.calls.get(share.call_id)
+        if call is None:
+            # The other server was quicker than this server's gateway: keep what it said.
+            call = CallRecord(share.call_id, Party(server_id=self.server_id), share.party, started_at=share.at)
+            call.peer_server_id = share.server_id
+            self.calls[call.call_id] = call
+        new_party = None
+        changed_number = bool(call.remote.number) and share.party.number not in ("", call.remote.number)
+        call.remote = call.remote.merged(share.party)
+        call.peer_server_id = call.peer_server_id or share.server_id
+        if share.phase == ENDED:
+            if call.phase != ENDED:
+                self._end(call, share.at, share.reason or "the other server ended the call")
+            else:
+                self._align_end(call, share.at)
+        elif call.phase != ENDED:
+            if share.segment > call.segment_count and call.phase in (ANSWERED, HELD):
+                self._begin_segment(call, share.at)  # the other side transferred
+                if changed_number:
+                    new_party = call.remote
+            elif share.segment > call.segment_count:
+                call.early_starts[share.segment] = share.at
+            elif share.segment >= 1:
+                self._align_start(call, share.segment, share.at)
+            if share.at >= call.held_changed_at:
+                if share.phase == HELD and call.phase in (ANSWERED, HELD):
+                    # The sender's "local" is this server's "remote".
+                    call.phase, call.held_by = HELD, "local" if share.held_by == "remote" else "remote"
+                    call.held_changed_at = share.at
+                elif share.phase == ANSWERED and call.phase == HELD:
+                    call.phase, call.held_by = ANSWERED, ""
+                    call.held_changed_at = share.at
+            for segment in call.segments:
+                segment.remote = call.remote if segment.ended_at is None else segment.remote
+        self._changed(call)
+        return Outcome(new_party=new_party)
+
+    def learned(self, call_id: str, party: Party) -> None:
+        """The other server's answer to a share: its party, merged into what this server knows."""
+        call = self.calls.get(call_id)
+        if call is None or not party.number:
+            return
+        call.remote = call.remote.merged(party)
+        for segment in call.segments:
+            if segment.ended_at is None:
+                segment.remote = call.remote
+        self._changed(call)
+
+    def local_share(self, call_id: str) -> Share | None:
+        """What this server would tell the other one now (the answer to its ShareParty)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        at = call.segments[-1].started_at if call.segments else call.started_at
+        return self._share(call, at)
+
+    # -- segments ---------------------------------------------------------------------------------
+
+    def _begin_segment(self, call: CallRecord, at: float) -> None:
+        at = min(at, call.early_starts.pop(len(call.segments) + 1, at))
+        if not call.segments and call.answered_at is not None:
+            call.answered_at = at
+        if call.segments and call.segments[-1].ended_at is None:
+            call.segments[-1].ended_at = at
+        call.segments.append(Segment(len(call.segments) + 1, at, call.local, call.remote, call.servers()))
+
+    def _align_start(self, call: CallRecord, n: int, at: float) -> None:
+        """Segment ``n`` began at the earlier of the two servers' times; so did the end of ``n-1``."""
+        if n > call.segment_count:
+            return
+        segment = call.segments[n - 1]
+        if at < segment.started_at:
+            segment.started_at = at
+            if n == 1:
+                call.answered_at = at
+            if n >= 2:
+                call.segments[n - 2].ended_at = at
+
+    def _end(self, call: CallRecord, at: float, reason: str) -> None:
+        call.phase = ENDED
+        call.held_by = ""
+        call.ended_at = at
+        call.end_reason = reason
+        if call.segments and call.segments[-1].ended_at is None:
+            call.segments[-1].ended_at = at
+
+    def _align_end(self, call: CallRecord, at: float) -> None:
+        if call.ended_at is not None and at < call.ended_at:
+            call.ended_at = at
+            if call.segments and call.segments[-1].ended_at is not None:
+                call.segments[-1].ended_at = max(at, call.segments[-1].started_at)
+
+    def _share(self, call: CallRecord, at: float, reason: str = "") -> Share | None:
+        if not call.cross_server:
+            return None
+        held_by = {"local": "local", "remote": "remote"}.get(call.held_by, "")
+        return Share(call.call_id, self.server_id, call.local, call.phase, at, call.segment_count, held_by, reason)
+
+    def _own(self, party: Party) -> Party:
+        return dataclasses.replace(party, server_id=self.server_id, server_name=self.server_name)
+
+    def _changed(self, call: CallRecord) -> None:
+        for listener in list(self.listeners):
+            listener(call)
+
+    def forget(self, call_id: str) -> None:
+        self.calls.pop(call_id, None)
+
+    def active(self) -> list[CallRecord]:
+        return [call for call in self.calls.values() if call.phase != ENDED]
+
+    def with_peer(self, server_id: str) -> list[CallRecord]:
+        return [call for call in self.active() if call.peer_server_id == server_id]

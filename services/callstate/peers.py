@@ -1,0 +1,130 @@
+"""The other servers' callstates: where they are (the registry's member records) and a sender per
+peer that delivers shares in order.
+
+Members come from the local registry's WatchMembers. A member that leaves while this server is
+connected to the group (its lease expired, or it left) is reported to ``on_left``: its calls end
+here. A server that is itself cut off ends nothing: its peers may well be alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
+from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from pbxmesh.registry.v1 import registry_pb2 as pb
+from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+
+_log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.2
+RETRY_MAX = 5.0
+SHARE_TIMEOUT = 2.0
+SHARE_ATTEMPTS = 3
+
+
+class Peers:
+    def __init__(self, registry_address: str):
+        self.registry_address = registry_address
+        # Set by the owner: a member left (while connected); a peer answered a share.
+        self.on_left: Callable[[str], None] = lambda server_id: None
+        self.on_answer: Callable[[cs.SharePartyRequest, cs.SharePartyResponse], None] = lambda r, a: None
+        self.members: dict[str, pb.Member] = {}
+        self.synced = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queues: dict[str, asyncio.Queue[cs.SharePartyRequest]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._follow(), name="members-feed"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for channel in self._channels.values():
+            await channel.close()
+
+    def is_member(self, server_id: str) -> bool:
+        return server_id in self.members
+
+    def send(self, server_id: str, request: cs.SharePartyRequest) -> None:
+        """Queues a share for ``server_id``; shares to one peer leave in the order they were queued."""
+        queue = self._queues.get(server_id)
+        if queue is None:
+            queue = self._queues[server_id] = asyncio.Queue()
+            self._tasks.append(asyncio.create_task(self._deliver(server_id, queue), name=f"share-{server_id}"))
+        queue.put_nowait(request)
+
+    async def _deliver(self, server_id: str, queue: asyncio.Queue[cs.SharePartyRequest]) -> None:
+        while True:
+            request = await queue.get()
+            for attempt in range(SHARE_ATTEMPTS):
+                member = self.members.get(server_id)
+                if member is None or not member.callstate_address:
+                    _log.info("call %s: server %s has no callstate to tell", request.call_id, server_id)
+                    break
+                try:
+                    stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
+                    answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    _log.info(
+                        "call %s: sharing with %s failed (%s), attempt %d",
+                        request.call_id, server_id, exc.code().name, attempt + 1,
+                    )  # fmt: skip
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    continue
+                self.on_answer(request, answer)
+                break
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return channel
+
+    async def _follow(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.registry_address) as channel:
+                    stream = pb_grpc.RegistryServiceStub(channel).WatchMembers(pb.WatchMembersRequest())
+                    snapshot: dict[str, pb.Member] | None = {}
+                    async for message in stream:
+                        delay = RETRY_MIN
+                        snapshot = self._apply(message, snapshot)
+            except grpc.aio.AioRpcError as exc:
+                _log.info("members feed interrupted (%s); retrying", exc.code().name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _apply(
+        self, message: pb.WatchMembersResponse, snapshot: dict[str, pb.Member] | None
+    ) -> dict[str, pb.Member] | None:
+        if snapshot is not None:
+            for member in message.upserted:
+                snapshot[member.server_id] = member
+            for server_id in message.left:
+                snapshot.pop(server_id, None)
+            if not message.synced:
+                return snapshot
+            gone = [s for s in self.members if s not in snapshot]
+            self.members = snapshot
+            self.synced.set()
+        else:
+            for member in message.upserted:
+                self.members[member.server_id] = member
+            gone = [s for s in message.left if self.members.pop(s, None) is not None]
+        if message.connected:
+            for server_id in gone:
+                _log.info("server %s left the group", server_id)
+                self.on_left(server_id)
+        return None

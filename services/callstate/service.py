@@ -1,0 +1,163 @@
+"""The callstate's gRPC API: the gateway's report stream, peers' shares, and the call views."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import grpc.aio
+
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
+from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from services.callstate.convert import call_pb, event_of, party_of, party_pb, share_of, share_pb
+from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome, Party
+from services.callstate.peers import Peers
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.subscription import Subscription
+
+_log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext
+KEEP_ENDED = 60.0  # seconds an ended call stays visible to GetCall
+MAX_ID = 128
+
+
+class CallStateService(cs_grpc.CallStateServiceServicer):
+    def __init__(self, book: CallBook, peers: Peers):
+        self.book = book
+        self.peers = peers
+        self.gateway: Subscription[cs.ReportCallsResponse] | None = None  # the newest report stream
+        self.gateway_connected = asyncio.Event()
+        book.listeners.add(self._forget_later)
+
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        cs_grpc.add_CallStateServiceServicer_to_server(self, server)
+        return [cs.DESCRIPTOR.services_by_name["CallStateService"].full_name]
+
+    # -- the gateway --------------------------------------------------------------------------
+
+    async def ReportCalls(
+        self,
+        request_iterator: AsyncIterator[cs.ReportCallsRequest],
+        context: Ctx[cs.ReportCallsRequest, cs.ReportCallsResponse],
+    ) -> AsyncIterator[cs.ReportCallsResponse]:
+        commands: Subscription[cs.ReportCallsResponse] = Subscription()
+        self.gateway = commands
+        self.gateway_connected.set()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                if request.replay:
+                    _log.info("the gateway reports %d live calls", len({e.call_id for e in request.events}))
+                for event in request.events:
+                    self.report(event_of(event))
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while not reader.done():
+                getter = asyncio.ensure_future(commands.get())
+                done, _ = await asyncio.wait({reader, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            reader.result()
+        finally:
+            reader.cancel()
+            if self.gateway is commands:
+                self.gateway = None
+                self.gateway_connected.clear()
+
+    def report(self, event: Event) -> None:
+        if not event.call_id or len(event.call_id) > MAX_ID or not event.kind:
+            _log.warning("gateway event without a call id or kind ignored")
+            return
+        self._follow_up(event.call_id, self.book.apply(event))
+
+    def _follow_up(self, call_id: str, outcome: Outcome) -> None:
+        call = self.book.calls.get(call_id)
+        if outcome.share is not None and call is not None and call.peer_server_id:
+            self.peers.send(call.peer_server_id, share_pb(outcome.share))
+        if outcome.new_party is not None:
+            self.command(cs.ReportCallsResponse(call_id=call_id, new_party=party_pb(outcome.new_party)))
+
+    def command(self, command: cs.ReportCallsResponse) -> None:
+        if self.gateway is None:
+            _log.warning("call %s: no gateway connected to tell", command.call_id)
+            return
+        self.gateway.put(command)
+
+    # -- the other servers ----------------------------------------------------------------------
+
+    async def ShareParty(
+        self, request: cs.SharePartyRequest, context: Ctx[cs.SharePartyRequest, cs.SharePartyResponse]
+    ) -> cs.SharePartyResponse:
+        if not request.call_id or len(request.call_id) > MAX_ID:
+            raise InvalidArgument(f"call_id is required (at most {MAX_ID} characters)", reason="INVALID_CALL_ID")
+        if not request.server_id or request.server_id == self.book.server_id:
+            raise InvalidArgument("server_id must name another server of the group", reason="INVALID_SERVER")
+        if not self.peers.is_member(request.server_id):
+            raise FailedPrecondition(f"server {request.server_id} is not a live member", reason="NOT_A_MEMBER")
+        self._follow_up(request.call_id, self.book.shared(share_of(request)))
+        call = self.book.calls.get(request.call_id)
+        return cs.SharePartyResponse(party=party_pb(call.local if call is not None else Party()))
+
+    def on_answer(self, request: cs.SharePartyRequest, answer: cs.SharePartyResponse) -> None:
+        self.book.learned(request.call_id, party_of(answer.party))
+
+    def on_left(self, server_id: str) -> None:
+        """Another server left the group: its calls here end (the gateway hangs up its side)."""
+        reason = f"server {server_id} left the group"
+        for call in self.book.with_peer(server_id):
+            self.command(cs.ReportCallsResponse(call_id=call.call_id, hang_up=reason))
+            self.book.apply(Event(call.call_id, "ended", time.time(), reason=reason))
+
+    # -- views --------------------------------------------------------------------------------
+
+    async def GetCall(
+        self, request: cs.GetCallRequest, context: Ctx[cs.GetCallRequest, cs.GetCallResponse]
+    ) -> cs.GetCallResponse:
+        call = self.book.calls.get(request.call_id)
+        if call is None:
+            raise NotFound(f"no call has id {request.call_id[:MAX_ID]}", reason="CALL_NOT_FOUND")
+        return cs.GetCallResponse(call=call_pb(call))
+
+    async def ListCalls(
+        self, request: cs.ListCallsRequest, context: Ctx[cs.ListCallsRequest, cs.ListCallsResponse]
+    ) -> cs.ListCallsResponse:
+        return cs.ListCallsResponse(calls=[call_pb(c) for c in self.book.active()])
+
+    async def WatchCalls(
+        self, request: cs.WatchCallsRequest, context: Ctx[cs.WatchCallsRequest, cs.WatchCallsResponse]
+    ) -> AsyncIterator[cs.WatchCallsResponse]:
+        if len(request.call_id) > MAX_ID:
+            raise InvalidArgument(f"call_id: at most {MAX_ID} characters", reason="INVALID_CALL_ID")
+        wanted = request.call_id
+        changes: Subscription[cs.Call] = Subscription()
+
+        def listen(call: CallRecord) -> None:
+            if not wanted or call.call_id == wanted:
+                changes.put(call_pb(call))  # converted now: the record changes on
+
+        self.book.listeners.add(listen)
+        try:
+            if wanted:
+                found = self.book.calls.get(wanted)
+                snapshot = [call_pb(found)] if found is not None else []
+            else:
+                snapshot = [call_pb(c) for c in self.book.active()]
+            yield cs.WatchCallsResponse(calls=snapshot, synced=True)
+            while True:
+                yield cs.WatchCallsResponse(calls=[await changes.get()], synced=True)
+        finally:
+            self.book.listeners.discard(listen)
+
+    def _forget_later(self, call: CallRecord) -> None:
+        if call.phase == ENDED:
+            asyncio.get_running_loop().call_later(KEEP_ENDED, self._forget, call)
+
+    def _forget(self, call: CallRecord) -> None:
+        if self.book.calls.get(call.call_id) is call:
+            self.book.forget(call.call_id)

@@ -1,0 +1,137 @@
+"""The gateway's calls, reported to this server's callstate over one long-lived stream.
+
+Each (re)connection starts with every live call (``replay``), so a callstate that restarted knows
+them again at once; then every change follows as it happens. What the callstate sends back are
+commands for a call: tell the phone its new party, or hang up (its other server left the group).
+While the callstate is away, changes are not queued: the next replay carries the calls' states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+import grpc.aio
+
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
+from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from services.sipgw.b2bua import B2BUA
+from services.sipgw.call import ANSWERED, ENDED, RINGING, Call
+
+_log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.2
+RETRY_MAX = 5.0
+KINDS = {
+    "created": cs.EVENT_KIND_CREATED,
+    "ringing": cs.EVENT_KIND_RINGING,
+    "answered": cs.EVENT_KIND_ANSWERED,
+    "held": cs.EVENT_KIND_HELD,
+    "resumed": cs.EVENT_KIND_RESUMED,
+    "transferred": cs.EVENT_KIND_TRANSFERRED,
+    "ended": cs.EVENT_KIND_ENDED,
+}
+
+
+class Reporter:
+    def __init__(self, address: str, calls: B2BUA, server_id: str, numbering: Mapping[str, tuple[str, str]]):
+        self.address = address
+        self.calls = calls
+        self.server_id = server_id
+        self.numbering = numbering  # own number -> (name, department)
+        self.connected = asyncio.Event()
+        self._queue: asyncio.Queue[cs.CallEvent] | None = None  # None while no stream is open
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.calls.listeners.add(self._changed)
+        self._task = asyncio.create_task(self._run(), name="callstate-report")
+
+    async def stop(self) -> None:
+        self.calls.listeners.discard(self._changed)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _changed(self, call: Call) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(self.event(call, call.event, time.time()))
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            queue: asyncio.Queue[cs.CallEvent] = asyncio.Queue()
+            self._queue = queue  # from now on changes queue up behind the replay
+            try:
+                async with grpc.aio.insecure_channel(self.address) as channel:
+                    stream = cs_grpc.CallStateServiceStub(channel).ReportCalls(self._requests(queue))
+                    self.connected.set()
+                    async for command in stream:
+                        delay = RETRY_MIN
+                        self._command(command)
+            except grpc.aio.AioRpcError as exc:
+                log = _log.info if self.connected.is_set() or delay == RETRY_MIN else _log.debug
+                log("callstate stream interrupted (%s); retrying", exc.code().name)
+            self._queue = None
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _requests(self, queue: asyncio.Queue[cs.CallEvent]) -> AsyncIterator[cs.ReportCallsRequest]:
+        yield cs.ReportCallsRequest(events=[e for call in self.calls.active() for e in self.replay(call)], replay=True)
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            yield cs.ReportCallsRequest(events=batch)
+
+    def replay(self, call: Call) -> list[cs.CallEvent]:
+        """The events that bring a callstate that knows nothing to this call's state."""
+        events = [self.event(call, "created", call.started_at)]
+        if call.state in (RINGING, ANSWERED):
+            events.append(self.event(call, "ringing", call.started_at))
+        if call.state == ANSWERED and call.answered_at is not None:
+            events.append(self.event(call, "answered", call.answered_at))
+            if call.held_by:
+                events.append(self.event(call, "held", call.answered_at))
+        return events
+
+    def event(self, call: Call, kind: str, at: float) -> cs.CallEvent:
+        caller = self._party(call.caller, call.caller_name, remote=call.trunk_in, peer=call.peer_server_id)
+        callee = self._party(call.callee, call.callee_name, remote=call.trunk_out, peer=call.peer_server_id)
+        local, remote = (callee, caller) if call.trunk_in else (caller, callee)
+        # Side "a" is the caller: this server's party unless the call came in over the trunk.
+        by = "" if not call.held_by else ("local" if (call.held_by == "a") != call.trunk_in else "remote")
+        message = cs.CallEvent(
+            call_id=call.id,
+            kind=KINDS[kind],
+            local_party=local,
+            remote_party=remote,
+            peer_server_id=call.peer_server_id if (call.trunk_in or call.trunk_out) else "",
+            outgoing=not call.trunk_in,
+            by=by,
+            reason=call.end_reason if call.state == ENDED else "",
+            path=[*call.path, self.server_id],
+        )
+        message.at.FromNanoseconds(int(at * 1e9))
+        return message
+
+    def _party(self, number: str, name: str, remote: bool, peer: str) -> cs.Party:
+        if remote:
+            return cs.Party(number=number, display_name=name, server_id=peer)
+        own_name, department = self.numbering.get(number, ("", ""))
+        return cs.Party(number=number, display_name=name or own_name, department=department, server_id=self.server_id)
+
+    def _command(self, command: cs.ReportCallsResponse) -> None:
+        which = command.WhichOneof("command")
+        if which == "hang_up":
+            if self.calls.hang_up(command.call_id, command.hang_up):
+                _log.info("call %s hung up: %s", command.call_id, command.hang_up)
+        elif which == "new_party":
+            party = command.new_party
+            self.calls.tell_party(command.call_id, party.number, party.display_name)

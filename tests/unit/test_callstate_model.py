@@ -1,0 +1,103 @@
+"""The callstate's merge rules, over events and shares with chosen times."""
+
+from __future__ import annotations
+
+from services.callstate.model import ANSWERED, ENDED, HELD, CallBook, Event, Party, Share
+
+ALICE = Party("100", "Alice", "sales")
+CAROL = Party("200", "Carol", "support", "beta", "Beta office")
+DAVE = Party("201", "Dave", "support", "beta", "Beta office")
+
+
+def alpha_call(book: CallBook) -> None:
+    """Alice on alpha calls Carol on beta; alpha's gateway sees the answer at t=10.2."""
+    book.apply(Event("c1", "created", 10.0, ALICE, Party("200", server_id="beta"), "beta"))
+    book.apply(Event("c1", "ringing", 10.1, ALICE, Party("200", server_id="beta"), "beta"))
+
+
+def test_the_answer_is_shared_and_both_servers_start_segment_one_at_the_earlier_time() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    outcome = book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    share = outcome.share
+    assert share is not None and (share.server_id, share.phase, share.segment) == ("alpha", ANSWERED, 1)
+    assert share.party == Party("100", "Alice", "sales", "alpha", "Alpha office")
+    # beta saw the answer first (its phone answered) and says so: alpha adopts beta's time.
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.15, 1))
+    call = book.calls["c1"]
+    assert call.remote == CAROL and call.segments[0].started_at == 10.15 and call.answered_at == 10.15
+    assert call.segments[0].remote == CAROL and call.segments[0].server_ids == ("alpha", "beta")
+    # A later, larger time from the other side changes nothing.
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.3, 1))
+    assert call.segments[0].started_at == 10.15
+
+
+def test_a_transfer_on_the_other_server_cuts_a_segment_and_tells_the_phone() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.2, 1))
+    outcome = book.shared(Share("c1", "beta", DAVE, ANSWERED, 20.0, 2))
+    call = book.calls["c1"]
+    assert outcome.new_party == DAVE and call.remote == DAVE
+    assert [(s.n, s.started_at, s.ended_at, s.remote.number) for s in call.segments] == [
+        (1, 10.2, 20.0, "200"),
+        (2, 20.0, None, "201"),
+    ]
+
+
+def test_a_transfer_here_is_shared_with_the_next_segment_number() -> None:
+    book = CallBook("beta", "Beta office")
+    book.apply(Event("c1", "created", 10.0, CAROL, Party("100", server_id="alpha"), "alpha", outgoing=False))
+    book.apply(Event("c1", "answered", 10.1, CAROL, Party("100", server_id="alpha"), "alpha", outgoing=False))
+    outcome = book.apply(Event("c1", "transferred", 20.0, DAVE, Party("100", server_id="alpha"), "alpha", False))
+    assert outcome.share is not None and (outcome.share.segment, outcome.share.party.number) == (2, "201")
+    assert [s.local.number for s in book.calls["c1"].segments] == ["200", "201"]
+
+
+def test_hold_by_the_other_side_and_stale_news() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.apply(Event("c1", "held", 11.0, ALICE, Party("200", server_id="beta"), "beta", by="remote"))
+    call = book.calls["c1"]
+    assert (call.phase, call.held_by) == (HELD, "remote")
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.2, 1))  # older than the hold: no resume
+    assert call.phase == HELD
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 12.0, 1, held_by=""))  # beta resumed
+    assert (call.phase, call.held_by) == (ANSWERED, "")
+    book.shared(Share("c1", "beta", CAROL, HELD, 13.0, 1, held_by="local"))  # beta's phone holds
+    assert (call.phase, call.held_by) == (HELD, "remote")
+
+
+def test_the_end_is_cut_at_the_earlier_time_on_both_servers() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    outcome = book.apply(Event("c1", "ended", 30.5, ALICE, Party(), "beta", reason="hung up by callee"))
+    assert outcome.share is not None and outcome.share.phase == ENDED
+    book.shared(Share("c1", "beta", CAROL, ENDED, 30.4, 1, reason="hung up by callee"))
+    call = book.calls["c1"]
+    assert call.ended_at == 30.4 and call.segments[-1].ended_at == 30.4 and call.end_reason == "hung up by callee"
+    assert book.apply(Event("c1", "answered", 31.0)).share is None  # nothing revives an ended call
+
+
+def test_a_call_between_own_phones_shares_nothing() -> None:
+    book = CallBook("alpha", "Alpha office")
+    book.apply(Event("c2", "created", 1.0, ALICE, Party("101", server_id="alpha")))
+    assert book.apply(Event("c2", "answered", 1.1, ALICE, Party("101", server_id="alpha"))).share is None
+    assert book.calls["c2"].segments[0].server_ids == ("alpha",)
+
+
+def test_a_share_before_the_gateway_spoke_is_kept() -> None:
+    book = CallBook("beta", "Beta office")
+    book.shared(Share("c3", "alpha", ALICE, ANSWERED, 5.0, 1))
+    book.apply(Event("c3", "created", 4.9, CAROL, Party("100", server_id="alpha"), "alpha", outgoing=False))
+    book.apply(Event("c3", "answered", 5.1, CAROL, Party("100", server_id="alpha"), "alpha", outgoing=False))
+    call = book.calls["c3"]
+    assert call.segments[0].started_at == 5.0 and call.answered_at == 5.0  # alpha's earlier time
+    assert (
+        call.remote.display_name == "Alice"
+        and call.remote.department == "sales"
+        and call.local == Party("200", "Carol", "support", "beta", "Beta office")
+    )
