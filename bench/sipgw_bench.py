@@ -125,7 +125,7 @@ def run_load(target: str, scenario: Path, rate: int, calls: int, extra: list[str
     stats = workdir / "stats.csv"
     port = free_port()
     sipp(
-        target, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-s", "101",
+        target, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-s", "101", "-key", "caller", CALLER[0],
         "-r", str(rate), "-m", str(calls), "-l", str(rate * 2), "-timeout", "60s",
         "-trace_stat", "-stf", str(stats), "-fd", "1", "-trace_rtt", "-rtt_freq", "1", *extra,
         seconds=calls / rate + 60,

@@ -47,9 +47,13 @@ class Gateway:
         return {r.number: list(r.contacts) for r in response.registrations}
 
 
-async def start_gateway(path: Path) -> Gateway:
+async def spawn_service(
+    service: str, path: Path, ready: re.Pattern[str]
+) -> tuple[asyncio.subprocess.Process, re.Match[str], list[str], asyncio.Task[None]]:
+    """``pbxmesh serve SERVICE -c PATH``, once its log says it is ready: (process, the ready
+    line's match, its log so far and on, the task that keeps reading the log)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "serve", "sipgw", "-c", str(path),
+        sys.executable, "-m", "services.cli", "serve", service, "-c", str(path),
         stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(), cwd=REPO,
     )  # fmt: skip
     assert process.stderr is not None
@@ -58,18 +62,22 @@ async def start_gateway(path: Path) -> Gateway:
     async with asyncio.timeout(15):
         while match is None:
             line = (await process.stderr.readline()).decode()
-            assert line, "sipgw exited:\n" + "".join(log)
+            assert line, f"{service} exited:\n" + "".join(log)
             log.append(line)
-            match = READY.search(line)
-    gw = Gateway(process, int(match.group(2)), match.group(3))
-    gw.log = log
+            match = ready.search(line)
 
     async def drain() -> None:
         assert process.stderr is not None
         async for raw in process.stderr:
             log.append(raw.decode(errors="replace"))
 
-    gw.reader = asyncio.create_task(drain())
+    return process, match, log, asyncio.create_task(drain())
+
+
+async def start_gateway(path: Path) -> Gateway:
+    process, match, log, reader = await spawn_service("sipgw", path, READY)
+    gw = Gateway(process, int(match.group(2)), match.group(3))
+    gw.log, gw.reader = log, reader
     return gw
 
 
@@ -192,9 +200,12 @@ async def phones_done(*processes: asyncio.subprocess.Process, seconds: float = 4
 
 
 def sipp_args(gateway: Gateway, scenario: str, port: int, service: str, *extra: str) -> list[str]:
+    """SIPp running ``scenario`` once; a caller's number ([caller] in the scenarios) is the user it
+    authenticates as (``-au``)."""
+    caller = extra[extra.index("-au") + 1] if "-au" in extra else "100"
     return [
         "timeout", "40", tool("sipp"), gateway.sip, "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
-        "-p", str(port), "-m", "1", "-s", service, "-nostdin", "-timeout", "30s", *extra,
+        "-p", str(port), "-m", "1", "-s", service, "-nostdin", "-timeout", "30s", "-key", "caller", caller, *extra,
     ]  # fmt: skip
 
 

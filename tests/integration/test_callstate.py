@@ -1,0 +1,270 @@
+"""Two servers with all three services (registry, sipgw, callstate) on one etcd, SIPp phones:
+each server's callstate knows who is behind the other server, through hold, restarts and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc.aio
+import pytest
+
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
+from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
+from services.runtime.embedded_etcd import free_port
+from tests.integration.test_sipgw import (
+    Gateway,
+    phones_done,
+    register_phone,
+    run,
+    sipp_args,
+    spawn_service,
+    start_gateway,
+    start_phone,
+    stop_gateway,
+    stop_phones,
+)
+from tests.support import Group, Server, has_numbers, wait_for
+
+SECRET = "the-group-trunk-secret-2026"
+ALICE = ("100", "alice-pw-100")  # on alpha, department sales
+CAROL = ("200", "carol-pw-200")  # on beta, department support
+CALLSTATE_READY = re.compile(r"callstate of \S+ listening on (\S+)")
+
+
+@dataclass
+class CallState:
+    path: Path
+    process: asyncio.subprocess.Process | None = None
+    address: str = ""
+    log: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.process, match, self.log, self.reader = await spawn_service("callstate", self.path, CALLSTATE_READY)
+        self.address = match.group(1)
+
+    async def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill() if kill else self.process.terminate()
+            await self.process.wait()
+        if self.reader is not None:
+            self.reader.cancel()
+
+
+@dataclass
+class Site:
+    registry: Server
+    gateway: Gateway
+    callstate: CallState
+    trunk: str
+
+
+async def make_site(group: Group, server_id: str, account: tuple[str, str], department: str) -> Site:
+    trunk = f"127.0.0.1:{free_port()}"
+    listen = {
+        "registry": f"127.0.0.1:{free_port()}",
+        "sip": "127.0.0.1:0",
+        "sipgw": "127.0.0.1:0",
+        "trunk": trunk,
+        "callstate": f"127.0.0.1:{free_port()}",
+    }
+    extra = {
+        "sip": {"accounts": [{"number": account[0], "password": account[1]}]},
+        "trunk": {"secret": SECRET, "lines": 4},
+    }
+    server = group.server(
+        server_id,
+        [{"number": account[0], "name": f"{server_id} phone", "department": department}],
+        departments=[{"id": department, "name": department.title()}],
+        listen=listen,
+        extra=extra,
+        lease_ttl=2,
+    )
+    await server.start()
+    callstate = CallState(server.config_path)
+    await callstate.start()
+    return Site(server, await start_gateway(server.config_path), callstate, trunk)
+
+
+@pytest.fixture
+async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
+    made: dict[str, Site] = {}
+    try:
+        made["alpha"] = await make_site(group, "alpha", ALICE, "sales")
+        made["beta"] = await make_site(group, "beta", CAROL, "support")
+        await wait_for(lambda: has_numbers(made["alpha"].registry, {"200"}), what="beta's 200 on alpha")
+        await wait_for(lambda: has_numbers(made["beta"].registry, {"100"}), what="alpha's 100 on beta")
+        yield made
+    finally:
+        for site in made.values():
+            await stop_gateway(site.gateway)
+            await site.callstate.stop()
+
+
+class Watch:
+    """A callstate's WatchCalls stream, collected in the background."""
+
+    def __init__(self, callstate: CallState):
+        self.calls: list[cs.Call] = []
+        self.synced = asyncio.Event()
+        self._task = asyncio.create_task(self._run(callstate.address))
+
+    async def _run(self, address: str) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            async for message in cs_grpc.CallStateServiceStub(channel).WatchCalls(cs.WatchCallsRequest()):
+                self.calls.extend(message.calls)
+                self.synced.set()
+
+    def phases(self) -> list[str]:
+        names = [cs.CallPhase.Name(c.phase).removeprefix("CALL_PHASE_") for c in self.calls]
+        return [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
+
+    async def seen(self, check: Callable[[cs.Call], bool], what: str) -> cs.Call:
+        async def found() -> bool:
+            return any(check(c) for c in self.calls)
+
+        await wait_for(found, timeout=15, what=what)
+        return next(c for c in self.calls if check(c))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def get_call(callstate: CallState, call_id: str) -> cs.Call:
+    async with grpc.aio.insecure_channel(callstate.address) as channel:
+        return (await cs_grpc.CallStateServiceStub(channel).GetCall(cs.GetCallRequest(call_id=call_id), timeout=5)).call
+
+
+async def test_each_server_knows_who_is_behind_the_other_and_the_segments_line_up(sites: dict[str, Site]) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watches = {name: Watch(site.callstate) for name, site in sites.items()}
+    carol = await register_phone(beta.gateway, CAROL)
+    phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in watches.values())), 5)
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
+        )
+        assert calling.returncode == 0, calling.stderr[-2000:]
+        assert await phones_done(phone) == [0]
+        on_alpha = await watches["alpha"].seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+        on_beta = await watches["beta"].seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on beta")
+    finally:
+        await stop_phones(phone)
+        for watch in watches.values():
+            await watch.close()
+    assert on_alpha.call_id == on_beta.call_id and on_alpha.cross_server and on_alpha.outgoing
+    # Each side knows the other's phone exactly: number, name, department, server.
+    assert (on_alpha.remote_party.number, on_alpha.remote_party.display_name) == ("200", "beta phone")
+    assert (on_alpha.remote_party.department, on_alpha.remote_party.server_id) == ("support", "beta")
+    assert on_alpha.remote_party.server_name == "Beta office"
+    assert (on_beta.remote_party.number, on_beta.remote_party.department) == ("100", "sales")
+    assert (on_beta.remote_party.server_id, on_beta.remote_party.server_name) == ("alpha", "Alpha office")
+    assert (on_beta.local_party.number, on_beta.peer_server_id, on_beta.outgoing) == ("200", "alpha", False)
+    assert list(on_alpha.path) == ["alpha"] and list(on_beta.path) == ["alpha", "beta"]
+    assert watches["alpha"].phases() == ["DIALING", "RINGING", "ANSWERED", "ENDED"]
+    # One segment, the same id and the same times on both servers (each server's ending record
+    # may predate the other's share: the records the API returns now are the merged ones).
+    final_alpha, final_beta = (
+        await get_call(alpha.callstate, on_alpha.call_id),
+        await get_call(beta.callstate, on_beta.call_id),
+    )
+    assert [s.segment_id for s in final_alpha.segments] == [f"{on_alpha.call_id}/1"]
+    assert [s.segment_id for s in final_beta.segments] == [f"{on_alpha.call_id}/1"]
+    for field_name in ("started_at", "ended_at"):
+        assert getattr(final_alpha.segments[0], field_name) == getattr(final_beta.segments[0], field_name), field_name
+    assert list(final_alpha.segments[0].server_ids) == ["alpha", "beta"]
+
+
+async def test_a_hold_on_the_other_server_shows_on_this_servers_stream(sites: dict[str, Site]) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice = await register_phone(alpha.gateway, ALICE)
+    phone = await start_phone(alpha.gateway, "callee_hold.xml", alice, ALICE[0])
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        # Carol on beta calls Alice on alpha, holds, resumes, hangs up.
+        calling = await asyncio.to_thread(
+            run, *sipp_args(beta.gateway, "caller_hold.xml", free_port(), ALICE[0], "-au", CAROL[0], "-ap", CAROL[1])
+        )
+        assert calling.returncode == 0, calling.stderr[-2000:]
+        assert await phones_done(phone) == [0]
+        await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended")
+    finally:
+        await stop_phones(phone)
+        await watch.close()
+    assert watch.phases() == ["DIALING", "RINGING", "ANSWERED", "HELD", "ANSWERED", "ENDED"]
+    held = next(c for c in watch.calls if c.phase == cs.CALL_PHASE_HELD)
+    assert held.held_by == "remote" and held.remote_party.number == CAROL[0]
+
+
+async def place(gateway: Gateway, first: str, to: str) -> pb.Call:
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        request = pb.PlaceCallRequest(from_number=first, to=to)
+        return (await pb_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=5)).call
+
+
+async def _answered_call(site: Site, call_id: str) -> bool:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        return (await get_call(site.callstate, call_id)).phase == cs.CALL_PHASE_ANSWERED
+    return False
+
+
+async def test_a_restarted_callstate_gets_the_live_calls_back(sites: dict[str, Site]) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    alice, carol = await register_phone(alpha.gateway, ALICE), await register_phone(beta.gateway, CAROL)
+    phones = [
+        await start_phone(alpha.gateway, "callee.xml", alice, ALICE[0]),
+        await start_phone(beta.gateway, "callee.xml", carol, CAROL[0]),
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        await wait_for(lambda: _answered_call(alpha, call.call_id), what="answered on alpha's callstate")
+        await alpha.callstate.stop(kill=True)
+        await alpha.callstate.start()  # same address: the gateway's stream reconnects and replays
+        await wait_for(lambda: _answered_call(alpha, call.call_id), what="the call back after the restart")
+        again = await get_call(alpha.callstate, call.call_id)
+        assert again.remote_party.number == CAROL[0] and again.cross_server
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(*phones) == [0, 0]
+    finally:
+        await stop_phones(*phones)
+
+
+async def test_a_call_whose_other_server_dies_is_ended_cleanly(sites: dict[str, Site]) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    alice, carol = await register_phone(alpha.gateway, ALICE), await register_phone(beta.gateway, CAROL)
+    phones = [
+        await start_phone(alpha.gateway, "callee.xml", alice, ALICE[0]),
+        await start_phone(beta.gateway, "callee.xml", carol, CAROL[0]),
+    ]
+    watch = Watch(alpha.callstate)
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        await wait_for(lambda: _answered_call(alpha, call.call_id), what="answered on alpha's callstate")
+        assert beta.registry.process is not None
+        beta.registry.process.kill()  # beta's lease expires within its 2 s TTL
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+        assert ended.end_reason == "server beta left the group"
+        # Alice got her BYE (so did Carol, through beta's gateway, which still runs).
+        assert await phones_done(*phones) == [0, 0]
+    finally:
+        await stop_phones(*phones)
+        await watch.close()
