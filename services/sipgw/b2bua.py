@@ -29,7 +29,8 @@ from services.sipgw.scenarios import Action, Scenarios
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
-from services.sipgw.sip.transport import Address, Link, response_to
+from services.sipgw.sip.transport import Address, Link, response_to, sent_by
+from services.sipgw.transfer import BlindTransfer
 from services.sipgw.trunk import CORRELATION, IDENTITY, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -59,6 +60,8 @@ class B2BUA:
         self.calls: dict[str, Call] = {}
         self._by_dialog: dict[tuple[str, str, str], tuple[Call, str]] = {}
         self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
+        # Dialogs of parties that left by transfer: their late BYE still gets its 200.
+        self._retired: dict[tuple[str, str, str], Call] = {}
 
     # -- new calls ------------------------------------------------------------------------------
 
@@ -231,7 +234,7 @@ class B2BUA:
         """ACKs the first party's 2xx, carrying the answer to its offer."""
         assert call.a_dialog is not None and call.a_invite is not None
         call.a_answer = (body, content_type)
-        ack = call.a_dialog.ack(_via(call.a_link), call.a_invite.cseq.number, body, content_type if body else "")
+        ack = call.a_dialog.ack(sent_by(call.a_link), call.a_invite.cseq.number, body, content_type if body else "")
         self.transactions.send_direct(ack, call.a_link, call.a_address)
 
     def _refuse_first(self, call: Call) -> None:
@@ -262,7 +265,7 @@ class B2BUA:
             call.allows_update["b"] = _allows_update(response)
             self._by_dialog[call.b_dialog.key] = (call, "b")
         # Every 2xx from B is ACKed again: B resends it until an ACK arrives.
-        b_ack = call.b_dialog.ack(_via(branch.link), branch.request.cseq.number)
+        b_ack = call.b_dialog.ack(sent_by(branch.link), branch.request.cseq.number)
         self.transactions.send_direct(b_ack, branch.link, branch.address)
         if call.state in (ANSWERED, ENDED):
             return
@@ -337,7 +340,10 @@ class B2BUA:
         key = (request.call_id, request.to_addr.tag or "", request.from_addr.tag or "")
         found = self._by_dialog.get(key)
         if found is None:
-            return False
+            if key in self._retired and request.method == "BYE":
+                tx.respond(response_to(request.headers, 200, "OK"))
+                return True
+            return key in self._retired
         call, side = found
         dialog = call.a_dialog if side == "a" else call.b_dialog
         assert dialog is not None
@@ -357,6 +363,9 @@ class B2BUA:
         if request.method in ("INVITE", "UPDATE") and call.state == ANSWERED:
             self._relay_offer(call, side, tx, request)
             return True
+        if request.method == "REFER":
+            BlindTransfer.start(self, call, side, tx, request)
+            return True
         tx.respond(response_to(request.headers, 501, "Not Implemented"))
         return True
 
@@ -370,7 +379,7 @@ class B2BUA:
         dialog = call.b_dialog if other == "b" else call.a_dialog
         assert dialog is not None
         link, address = self._peer(call, other)
-        offer = dialog.request(request.method, _via(link), request.body, request.headers.get("Content-Type") or "")
+        offer = dialog.request(request.method, sent_by(link), request.body, request.headers.get("Content-Type") or "")
         own = call.a_dialog if side == "a" else call.b_dialog
         assert own is not None
 
@@ -384,7 +393,7 @@ class B2BUA:
                 call.sdp_to[side] = response.body
             if request.method == "INVITE" and response.status < 300:
                 dialog.refresh_target(response)
-                self.transactions.send_direct(dialog.ack(_via(link), offer.cseq.number), link, address)
+                self.transactions.send_direct(dialog.ack(sent_by(link), offer.cseq.number), link, address)
             if tx.state not in ("Proceeding", "Trying"):
                 return  # an answer we already relayed (a retransmitted 2xx)
             answer = response_to(request.headers, response.status, response.reason)
@@ -428,18 +437,44 @@ class B2BUA:
         name = display.replace('"', "")
         identity = f'"{name}" <sip:{number}@{link.local[0]}>' if name else f"<sip:{number}@{link.local[0]}>"
         if call.allows_update.get(side, False):
-            request = dialog.request("UPDATE", _via(link))
+            request = dialog.request("UPDATE", sent_by(link))
         else:
-            request = dialog.request("INVITE", _via(link), call.sdp_to.get(side, b""), "application/sdp")
+            request = dialog.request("INVITE", sent_by(link), call.sdp_to.get(side, b""), "application/sdp")
 
         def on_answer(response: Response) -> None:
             if request.method == "INVITE" and 200 <= response.status < 300:
-                self.transactions.send_direct(dialog.ack(_via(link), request.cseq.number), link, address)
+                self.transactions.send_direct(dialog.ack(sent_by(link), request.cseq.number), link, address)
 
         request.headers.add(IDENTITY, identity)
         self.transactions.send_request(request, link, address, on_answer, lambda: None)
         _log.info("call %s: phone told its party is now %s", call.id, number)
         return True
+
+    def replace_side(
+        self, call: Call, side: str, dialog: Dialog, branch: Branch, number: str, answer: Response, sdp: bytes
+    ) -> None:
+        """A transfer's target takes ``side``'s place in the call (the old party was hung up)."""
+        old = call.a_dialog if side == "a" else call.b_dialog
+        if old is not None:
+            self._by_dialog.pop(old.key, None)
+            self._retired[old.key] = call
+        handle = call.unacked.pop(side, None)
+        if handle is not None:
+            handle.cancel()
+        call.extra.append(branch)  # a trunk line it holds goes back when the call ends
+        if side == "a":
+            call.a_dialog, call.a_link, call.a_address = dialog, branch.link, branch.address
+            call.caller, call.caller_name = number, ""
+        else:
+            call.b_dialog, call.b = dialog, branch
+            call.callee, call.callee_name = number, ""
+        call.peer_server_id = call.peer_server_id or branch.peer_server_id
+        call.trunk_out = call.trunk_out or branch.over_trunk
+        call.sdp_to[side] = sdp
+        call.allows_update[side] = _allows_update(answer)
+        call.held_by = ""
+        self._by_dialog[dialog.key] = (call, side)
+        self._changed(call, "transferred")
 
     def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
         """Ends a call from outside: BYE to each party in the call, CANCEL to each still ringing."""
@@ -474,7 +509,7 @@ class B2BUA:
         if dialog is None:
             return
         link, address = self._peer(call, side)
-        bye = dialog.request("BYE", _via(link))
+        bye = dialog.request("BYE", sent_by(link))
         self.transactions.send_request(bye, link, address, lambda r: None, lambda: None)
 
     def _end(self, call: Call, reason: str) -> None:
@@ -487,6 +522,11 @@ class B2BUA:
                     fork.cancel()  # still ringing somewhere: CANCEL it (and free its lines)
                 for branch in fork.branches:
                     branch.released()
+        if call.transfer is not None:
+            call.transfer.cancel()
+            call.transfer = None
+        for branch in call.extra:
+            branch.released()
         if self.trunk is not None and call.trunk_in:
             self.trunk.lines.give_back(outgoing=False)
         for handle in call.unacked.values():
@@ -503,6 +543,8 @@ class B2BUA:
         for dialog in (call.a_dialog, call.b_dialog):
             if dialog is not None:
                 self._by_dialog.pop(dialog.key, None)
+        for key in [k for k, c in self._retired.items() if c is call]:
+            del self._retired[key]
         if call.a_tx is not None:
             request = call.a_tx.request
             self._by_invite.pop((request.call_id, request.from_addr.tag or ""), None)
@@ -514,10 +556,6 @@ class B2BUA:
 
     def active(self) -> list[Call]:
         return [call for call in self.calls.values() if call.state != ENDED]
-
-
-def _via(link: Link) -> str:
-    return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
 
 
 def _copy_body(source: Response, target: Response) -> None:

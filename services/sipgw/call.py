@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.sip import Request, SipURI
 from services.sipgw.sip.dialog import Dialog
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import Address, Link
+
+if TYPE_CHECKING:
+    from services.sipgw.transfer import BlindTransfer
 
 DIALING, RINGING, ANSWERED, ENDED = "dialing", "ringing", "answered", "ended"
 
@@ -55,6 +59,8 @@ class Call:
     # phone of a new party needs (UPDATE, else a re-INVITE with the SDP unchanged).
     sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
     allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
+    transfer: BlindTransfer | None = None  # a REFER being carried out
+    extra: list[Branch] = dataclasses.field(default_factory=list)  # legs that joined later (their lines)
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None
     end_reason: str = ""

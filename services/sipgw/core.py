@@ -24,7 +24,7 @@ from services.sipgw.trunk import Trunk
 
 _log = logging.getLogger(__name__)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS"
+ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS, UPDATE, REFER, NOTIFY"
 
 
 class SipCore:

@@ -18,7 +18,7 @@ from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog
 from services.sipgw.sip.headers import Headers
 from services.sipgw.sip.transaction import ClientTransaction, TransactionLayer
-from services.sipgw.sip.transport import Address, Link
+from services.sipgw.sip.transport import Address, Link, sent_by
 
 
 @dataclasses.dataclass
@@ -170,7 +170,7 @@ class Fork:
 
     def _hang_up_late(self, branch: Branch, response: Response) -> None:
         """A branch answered after losing: ACK its 2xx (each retransmission) and BYE it once."""
-        via = f"SIP/2.0/{branch.link.name} {branch.link.local[0]}:{branch.link.local[1]}"
+        via = sent_by(branch.link)
         dialog = Dialog.as_uac(branch.request, response)
         ack = dialog.ack(via, branch.request.cseq.number)
         self.transactions.send_direct(ack, branch.link, branch.address)

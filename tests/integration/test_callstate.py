@@ -35,6 +35,7 @@ from tests.support import Group, Server, has_numbers, wait_for
 SECRET = "the-group-trunk-secret-2026"
 ALICE = ("100", "alice-pw-100")  # on alpha, department sales
 CAROL = ("200", "carol-pw-200")  # on beta, department support
+DAVE = ("201", "dave-pw-201")  # on beta, department support
 CALLSTATE_READY = re.compile(r"callstate of \S+ listening on (\S+)")
 
 
@@ -66,7 +67,9 @@ class Site:
     trunk: str
 
 
-async def make_site(group: Group, server_id: str, account: tuple[str, str], department: str) -> Site:
+async def make_site(
+    group: Group, server_id: str, account: tuple[str, str], department: str, more: tuple[tuple[str, str], ...] = ()
+) -> Site:
     trunk = f"127.0.0.1:{free_port()}"
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
@@ -76,12 +79,12 @@ async def make_site(group: Group, server_id: str, account: tuple[str, str], depa
         "callstate": f"127.0.0.1:{free_port()}",
     }
     extra = {
-        "sip": {"accounts": [{"number": account[0], "password": account[1]}]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in (account, *more)]},
         "trunk": {"secret": SECRET, "lines": 4},
     }
     server = group.server(
         server_id,
-        [{"number": account[0], "name": f"{server_id} phone", "department": department}],
+        [{"number": n, "name": f"{server_id} phone {n}", "department": department} for n, _ in (account, *more)],
         departments=[{"id": department, "name": department.title()}],
         listen=listen,
         extra=extra,
@@ -98,7 +101,7 @@ async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
     made: dict[str, Site] = {}
     try:
         made["alpha"] = await make_site(group, "alpha", ALICE, "sales")
-        made["beta"] = await make_site(group, "beta", CAROL, "support")
+        made["beta"] = await make_site(group, "beta", CAROL, "support", more=(DAVE,))
         await wait_for(lambda: has_numbers(made["alpha"].registry, {"200"}), what="beta's 200 on alpha")
         await wait_for(lambda: has_numbers(made["beta"].registry, {"100"}), what="alpha's 100 on beta")
         yield made
@@ -165,7 +168,7 @@ async def test_each_server_knows_who_is_behind_the_other_and_the_segments_line_u
             await watch.close()
     assert on_alpha.call_id == on_beta.call_id and on_alpha.cross_server and on_alpha.outgoing
     # Each side knows the other's phone exactly: number, name, department, server.
-    assert (on_alpha.remote_party.number, on_alpha.remote_party.display_name) == ("200", "beta phone")
+    assert (on_alpha.remote_party.number, on_alpha.remote_party.display_name) == ("200", "beta phone 200")
     assert (on_alpha.remote_party.department, on_alpha.remote_party.server_id) == ("support", "beta")
     assert on_alpha.remote_party.server_name == "Beta office"
     assert (on_beta.remote_party.number, on_beta.remote_party.department) == ("100", "sales")
@@ -268,3 +271,48 @@ async def test_a_call_whose_other_server_dies_is_ended_cleanly(sites: dict[str, 
     finally:
         await stop_phones(*phones)
         await watch.close()
+
+
+async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stream(sites: dict[str, Site]) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watches = {name: Watch(site.callstate) for name, site in sites.items()}
+    carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
+    phones = [
+        await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
+        await start_phone(beta.gateway, "callee.xml", dave, DAVE[0]),
+    ]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in watches.values())), 5)
+        await asyncio.sleep(0.5)
+        # Alice on alpha calls Carol on beta; Carol transfers her to Dave; Alice is told, then hangs up.
+        calling = await asyncio.to_thread(
+            run,
+            *sipp_args(
+                alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0],
+                "-au", ALICE[0], "-ap", ALICE[1],
+            ),
+        )  # fmt: skip
+        assert calling.returncode == 0, calling.stdout[-3000:] + "".join(
+            alpha.gateway.log[-30:] + beta.gateway.log[-30:]
+        )
+        assert await phones_done(*phones) == [0, 0]
+        ended = [await w.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, f"ended on {n}") for n, w in watches.items()]
+    finally:
+        await stop_phones(*phones)
+        for watch in watches.values():
+            await watch.close()
+    call_id = ended[0].call_id
+    # alpha's stream showed the new party as it changed, before the end.
+    remotes = [c.remote_party.number for c in watches["alpha"].calls if c.phase == cs.CALL_PHASE_ANSWERED]
+    assert remotes[0] == CAROL[0] and remotes[-1] == DAVE[0]
+    final = {name: await get_call(site.callstate, call_id) for name, site in sites.items()}
+    assert final["alpha"].remote_party.number == DAVE[0] and final["alpha"].remote_party.department == "support"
+    assert final["beta"].local_party.number == DAVE[0]
+    # Two segments, cut at the same moment on both servers, with the same ids.
+    for name in ("alpha", "beta"):
+        assert [s.segment_id for s in final[name].segments] == [f"{call_id}/1", f"{call_id}/2"], name
+    a, b = final["alpha"].segments, final["beta"].segments
+    assert [(s.started_at, s.ended_at) for s in a] == [(s.started_at, s.ended_at) for s in b]
+    assert a[0].ended_at == a[1].started_at
+    assert (a[0].remote_party.number, a[1].remote_party.number) == (CAROL[0], DAVE[0])
+    assert "phone told its party is now 201" in "".join(alpha.gateway.log)

@@ -169,10 +169,12 @@ async def register_phone(gateway: Gateway, account: tuple[str, str], *extra: str
     return port
 
 
-async def start_phone(gateway: Gateway, scenario: str, port: int, number: str) -> asyncio.subprocess.Process:
+async def start_phone(
+    gateway: Gateway, scenario: str, port: int, number: str, *extra: str
+) -> asyncio.subprocess.Process:
     """A SIPp phone waiting on ``port`` (the port it registered from) with ``scenario``."""
     return await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, scenario, port, number),
+        *sipp_args(gateway, scenario, port, number, *extra),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

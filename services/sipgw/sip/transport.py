@@ -58,6 +58,11 @@ def stamp_via(request: Request, source: Address) -> None:
     request.headers.set_first("Via", ", ".join(first))
 
 
+def sent_by(link: Link) -> str:
+    """The start of our Via for a request leaving on ``link`` ("SIP/2.0/UDP host:port")."""
+    return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
+
+
 def reply_to_broken(error: ParseError) -> bytes | None:
     """The answer to a request that failed to parse or check, if it can have one."""
     if not error.can_reply or error.headers is None:
