@@ -148,7 +148,10 @@ class CallBook:
         else:
             call.local = call.local.merged(local) if event.kind != "transferred" else local
             call.remote = call.remote.merged(event.remote) if event.kind != "transferred" else event.remote
-            call.peer_server_id = call.peer_server_id or event.peer_server_id
+            # A transfer may bring the call home (its other party now on this server, no peer).
+            call.peer_server_id = (
+                event.peer_server_id if event.kind == "transferred" else call.peer_server_id or event.peer_server_id
+            )
             call.path = event.path or call.path
         share = self._step(call, event)
         self._changed(call)
@@ -183,6 +186,8 @@ class CallBook:
         """Applies what the other server said; ``new_party`` is set when this server's phone must
         be told of a new party (the other side transferred)."""
         call = self.calls.get(share.call_id)
+        if call is not None and call.peer_server_id != share.server_id:
+            return Outcome()  # not (or no longer: a loop came home) the other server of this call
         if call is None:
             # The other server was quicker than this server's gateway: keep what it said.
             call = CallRecord(share.call_id, Party(server_id=self.server_id), share.party, started_at=share.at)

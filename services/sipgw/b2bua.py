@@ -24,6 +24,7 @@ from collections.abc import Callable
 from services.runtime.config_calls import parse_target_uri
 from services.sipgw.call import ANSWERED, DIALING, ENDED, RINGING, Call, called_number
 from services.sipgw.fork import Branch, Fork
+from services.sipgw.loops import collapse
 from services.sipgw.routing import Failure, Outgoing, Router
 from services.sipgw.scenarios import Action, Scenarios
 from services.sipgw.sip import Request, Response
@@ -89,8 +90,9 @@ class B2BUA:
         out = self._outgoing(request, caller, display, request.headers.get(CORRELATION) or uuid.uuid4().hex, path)
         action = self.scenarios.route(called, caller, from_trunk=True)
         peer = request.headers.get(ORIGIN) or ""
+        looping = self.trunk.server_id in path and out.correlation in self.calls
         branches = self._run(action, out)
-        if not self._connect(tx, request, caller, called, branches, out, trunk_in=True, peer=peer):
+        if not self._connect(tx, request, caller, called, branches, out, trunk_in=True, peer=peer, loop=looping):
             self.trunk.lines.give_back(outgoing=False)
 
     def place(self, first: str, target: str, caller_id: str = "", called_id: str = "") -> Call:
@@ -164,13 +166,19 @@ class B2BUA:
         out: Outgoing,
         trunk_in: bool = False,
         peer: str = "",
+        loop: bool = False,
     ) -> bool:
         """Starts leg B on ``branches``, or answers A with the failure; False if it failed."""
         if isinstance(branches, tuple):
             tx.respond(self._answer_a(request, *branches))
             return False
         tx.respond(response_to(request.headers, 100, "Trying"))
-        call = Call(out.correlation, caller, called, tx.link, tx.address, new_tag(), a_tx=tx, trunk_in=trunk_in)
+        # A call that comes back (a loop) is a second call here until it is collapsed into the first.
+        call_id = f"{out.correlation}-loop" if loop else out.correlation
+        call = Call(call_id, caller, called, tx.link, tx.address, new_tag(), a_tx=tx, trunk_in=trunk_in)
+        if loop:
+            call.loop_of = out.correlation
+            _log.info("call %s: it came back over the trunk (path %s)", out.correlation, ",".join(out.path))
         call.trunk_out = any(b.over_trunk for b in branches)
         call.caller_name, call.peer_server_id, call.path = out.display or "", peer, out.path
         call.b_fork = self._fork(call, branches)
@@ -351,6 +359,11 @@ class B2BUA:
             handle = call.unacked.pop(side, None)
             if handle is not None:
                 handle.cancel()
+            if call.loop_of and side == "a":  # the looping leg is set up: the other server is done
+                outer = self.calls.get(call.loop_of)
+                call.loop_of = ""
+                if outer is not None:
+                    collapse(self, outer, call)
             return True
         if not dialog.receive(request):
             tx.respond(response_to(request.headers, 500, "Server Internal Error"))
@@ -451,9 +464,18 @@ class B2BUA:
         return True
 
     def replace_side(
-        self, call: Call, side: str, dialog: Dialog, branch: Branch, number: str, answer: Response, sdp: bytes
+        self,
+        call: Call,
+        side: str,
+        dialog: Dialog,
+        branch: Branch,
+        number: str,
+        answer: Response | None,
+        sdp: bytes,
+        allows_update: bool | None = None,
     ) -> None:
-        """A transfer's target takes ``side``'s place in the call (the old party was hung up)."""
+        """A new party takes ``side``'s place in the call (the old one was hung up): a transfer's
+        target, or the phone a looping call came back to."""
         old = call.a_dialog if side == "a" else call.b_dialog
         if old is not None:
             self._by_dialog.pop(old.key, None)
@@ -466,12 +488,16 @@ class B2BUA:
             call.a_dialog, call.a_link, call.a_address = dialog, branch.link, branch.address
             call.caller, call.caller_name = number, ""
         else:
+            if call.b is not None:
+                call.b.released()  # a trunk leg that left frees its line now
             call.b_dialog, call.b = dialog, branch
             call.callee, call.callee_name = number, ""
         call.peer_server_id = call.peer_server_id or branch.peer_server_id
         call.trunk_out = call.trunk_out or branch.over_trunk
         call.sdp_to[side] = sdp
-        call.allows_update[side] = _allows_update(answer)
+        call.allows_update[side] = (
+            allows_update if allows_update is not None else bool(answer and _allows_update(answer))
+        )
         call.held_by = ""
         self._by_dialog[dialog.key] = (call, side)
         self._changed(call, "transferred")

@@ -60,6 +60,7 @@ class Call:
     sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
     allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
     transfer: BlindTransfer | None = None  # a REFER being carried out
+    loop_of: str = ""  # this call came back over the trunk as part of that call: collapse once set up
     extra: list[Branch] = dataclasses.field(default_factory=list)  # legs that joined later (their lines)
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None

@@ -316,3 +316,60 @@ async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stre
     assert a[0].ended_at == a[1].started_at
     assert (a[0].remote_party.number, a[1].remote_party.number) == (CAROL[0], DAVE[0])
     assert "phone told its party is now 201" in "".join(alpha.gateway.log)
+
+
+BOB = ("101", "bob-pw-101")  # on alpha, department sales (in the loop test)
+
+
+async def usage(gateway: Gateway) -> pb.GetTrunkUsageResponse:
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        return await pb_grpc.SipGatewayServiceStub(channel).GetTrunkUsage(pb.GetTrunkUsageRequest(), timeout=5)
+
+
+async def list_calls(gateway: Gateway) -> list[pb.Call]:
+    async with grpc.aio.insecure_channel(gateway.api) as channel:
+        return list((await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)).calls)
+
+
+async def test_a_call_transferred_back_to_its_server_is_collapsed_there(group: Group) -> None:
+    alpha = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
+    beta = await make_site(group, "beta", CAROL, "support")
+    phones: list[asyncio.subprocess.Process] = []
+    try:
+        await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
+        await wait_for(lambda: has_numbers(beta.registry, {"100", "101"}), what="alpha's numbers on beta")
+        alice, bob = await register_phone(alpha.gateway, ALICE), await register_phone(alpha.gateway, BOB)
+        carol = await register_phone(beta.gateway, CAROL)
+        phones = [
+            await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+            await start_phone(alpha.gateway, "talker.xml", bob, BOB[0]),
+            await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", BOB[0]),
+        ]
+        await asyncio.sleep(0.5)
+        # Alice (alpha) talks to Carol (beta); Carol transfers her to Bob, on alpha again:
+        # alpha -> trunk -> beta -> trunk -> alpha, which alpha collapses into a call of its own.
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        assert await phones_done(phones[2]) == [0]  # Carol's part ended (NOTIFY 200, BYE)
+
+        async def collapsed() -> bool:
+            calls = await list_calls(alpha.gateway)
+            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
+            return lines == [0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+                (ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)
+            ]
+
+        await wait_for(collapsed, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use")
+        assert await list_calls(beta.gateway) == []
+        record = await get_call(alpha.callstate, call.call_id)
+        assert (record.remote_party.number, record.cross_server) == (BOB[0], False)
+        assert "the call came back over the trunk" in "".join(alpha.gateway.log)
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(*phones[:2]) == [0, 0]  # both still in the call until the hang-up
+    finally:
+        await stop_phones(*phones)
+        for site in (alpha, beta):
+            await stop_gateway(site.gateway)
+            await site.callstate.stop()

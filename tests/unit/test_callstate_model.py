@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.callstate.model import ANSWERED, ENDED, HELD, CallBook, Event, Party, Share
+from services.callstate.model import ANSWERED, ENDED, HELD, CallBook, Event, Outcome, Party, Share
 
 ALICE = Party("100", "Alice", "sales")
 CAROL = Party("200", "Carol", "support", "beta", "Beta office")
@@ -101,3 +101,15 @@ def test_a_share_before_the_gateway_spoke_is_kept() -> None:
         and call.remote.department == "sales"
         and call.local == Party("200", "Carol", "support", "beta", "Beta office")
     )
+
+
+def test_a_call_brought_home_ignores_its_former_peer() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    bob = Party("101", "Bob", "sales", "alpha")
+    book.apply(Event("c1", "transferred", 20.0, ALICE, bob, ""))  # the loop collapsed here
+    assert book.shared(Share("c1", "beta", CAROL, ENDED, 20.1, 2)) == Outcome()
+    assert book.shared(Share("c1", "gamma", DAVE, ANSWERED, 1, 1)) == Outcome()
+    call = book.calls["c1"]
+    assert (call.phase, call.remote.number, call.cross_server) == (ANSWERED, "101", False)
