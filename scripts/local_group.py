@@ -22,6 +22,7 @@ ETCD_PORT = 2379
 READY = {
     "registry": re.compile(r"listening on (\S+), group"),
     "sipgw": re.compile(r"SIP on (\S+) \(UDP, TCP\)"),
+    "callstate": re.compile(r"callstate of \S+ listening on (\S+)"),
 }
 
 
@@ -36,7 +37,9 @@ def main(paths: list[str]) -> int:
         etcd.start()
         print(f"etcd            {etcd.endpoint}  (embedded, data in {etcd.data_dir})")
         for path, config in zip(paths, configs, strict=True):
-            services = ["registry", "sipgw"] if config.listen.sip else ["registry"]
+            # callstate before sipgw: the gateway's report stream finds it at once.
+            services = ["registry"] + (["callstate"] if config.listen.callstate else [])
+            services += ["sipgw"] if config.listen.sip else []
             for service in services:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "services.cli", "serve", service, "-c", path],
@@ -46,7 +49,7 @@ def main(paths: list[str]) -> int:
                 )
                 processes.append(process)
                 address = _wait_ready(process, READY[service])
-                what = "registry" if service == "registry" else "SIP     "
+                what = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   "}[service]
                 print(f"{config.server.id:<15} {what} {address}  ({config.server.name})")
                 threading.Thread(target=_relay, args=(f"{config.server.id} {service}", process), daemon=True).start()
             if config.sip.accounts:
@@ -56,6 +59,7 @@ def main(paths: list[str]) -> int:
         print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
         print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")
+        print("      .venv/bin/pbxmesh parties --watch --callstate 127.0.0.1:50071")
         print("      a softphone registered as 100 on alpha can call 200 on beta (over the trunk)")
         print("Ctrl-C stops the group.")
         while not stop.wait(0.5):

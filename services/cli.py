@@ -21,6 +21,7 @@ _log = logging.getLogger("pbxmesh")
 
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 DEFAULT_SIPGW = "127.0.0.1:50061"
+DEFAULT_CALLSTATE = "127.0.0.1:50071"
 RPC_TIMEOUT = 5.0
 
 
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     dial.add_argument("--called-id", default="", help="the number FROM is shown while it rings (default TO)")
     dial.add_argument("--json", action="store_true", help="print the call as JSON")
     dial.set_defaults(func=_dial)
+    parties = sub.add_parser("parties", help="who is on each end of a server's calls (its callstate)")
+    parties.add_argument("--callstate", default=DEFAULT_CALLSTATE, metavar="HOST:PORT", help="callstate to ask")
+    parties.add_argument("--call", default="", metavar="ID", help="one call only")
+    parties.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
+    parties.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
+    parties.set_defaults(func=_parties)
     return parser
 
 
@@ -255,6 +262,44 @@ def _dial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parties(args: argparse.Namespace) -> int:
+    from pbxmesh.callstate.v1 import callstate_pb2 as cs
+    from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+
+    def party(p: cs.Party) -> str:
+        where = f"{p.department}@{p.server_name or p.server_id}" if p.department else p.server_name or p.server_id
+        name = f" {p.display_name}" if p.display_name else ""
+        return f"{p.number}{name} ({where})" if where else f"{p.number}{name}"
+
+    def show(call: cs.Call) -> None:
+        if args.json:
+            print(json.dumps(MessageToDict(call, always_print_fields_with_no_presence=True)))
+            return
+        phase = cs.CallPhase.Name(call.phase).removeprefix("CALL_PHASE_").lower()
+        held = f" by {call.held_by}" if call.held_by else ""
+        reason = f"  ({call.end_reason})" if call.end_reason else ""
+        segments = f"  segments {len(call.segments)}" if call.segments else ""
+        ends = f"{party(call.local_party)} <-> {party(call.remote_party)}"
+        print(f"{call.call_id[:12]}  {ends}  {phase}{held}{segments}{reason}")
+
+    with grpc.insecure_channel(args.callstate) as channel:
+        stub = cs_grpc.CallStateServiceStub(channel)
+        if not args.watch:
+            if args.call:
+                calls = [stub.GetCall(cs.GetCallRequest(call_id=args.call), timeout=RPC_TIMEOUT).call]
+            else:
+                calls = list(stub.ListCalls(cs.ListCallsRequest(), timeout=RPC_TIMEOUT).calls)
+            for call in calls:
+                show(call)
+            if not calls and not args.json:
+                print("no calls in progress")
+            return 0
+        for message in stub.WatchCalls(cs.WatchCallsRequest(call_id=args.call)):
+            for call in message.calls:
+                show(call)
+    return 0
+
+
 def _kind(kind: int) -> str:
     return pb.NumberKind.Name(pb.NumberKind.ValueType(kind)).removeprefix("NUMBER_KIND_").lower()
 
@@ -262,7 +307,10 @@ def _kind(kind: int) -> str:
 def _report_rpc_error(exc: Any) -> int:
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.UNAVAILABLE:
-        print("pbxmesh: the service did not answer (is it running? see --registry / --sipgw)", file=sys.stderr)
+        print(
+            "pbxmesh: the service did not answer (is it running? see --registry / --sipgw / --callstate)",
+            file=sys.stderr,
+        )
         return 2
     info = error_info(exc)
     reason = f" [{info.reason}]" if info is not None else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,14 @@ async def test_a_restarted_callstate_gets_the_live_calls_back(sites: dict[str, S
         await wait_for(lambda: _answered_call(alpha, call.call_id), what="the call back after the restart")
         again = await get_call(alpha.callstate, call.call_id)
         assert again.remote_party.number == CAROL[0] and again.cross_server
+        cli = await asyncio.to_thread(
+            run, sys.executable, "-m", "services.cli", "parties", "--callstate", alpha.callstate.address
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert (
+            "100 alpha phone 100 (sales@Alpha office) <-> 200 beta phone 200 (support@Beta office)  answered"
+            in cli.stdout
+        )
         async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
             await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
                 pb.HangUpCallRequest(call_id=call.call_id), timeout=5
