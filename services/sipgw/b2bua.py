@@ -31,7 +31,7 @@ from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import Address, Link, response_to, sent_by
-from services.sipgw.transfer import BlindTransfer
+from services.sipgw.transfer import Transfer
 from services.sipgw.trunk import CORRELATION, IDENTITY, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -377,7 +377,7 @@ class B2BUA:
             self._relay_offer(call, side, tx, request)
             return True
         if request.method == "REFER":
-            BlindTransfer.start(self, call, side, tx, request)
+            Transfer.start(self, call, side, tx, request)
             return True
         tx.respond(response_to(request.headers, 501, "Not Implemented"))
         return True
@@ -501,6 +501,29 @@ class B2BUA:
         call.held_by = ""
         self._by_dialog[dialog.key] = (call, side)
         self._changed(call, "transferred")
+
+    def replaced(self, dialog_id: tuple[str, str, str]) -> tuple[Call, str] | None:
+        """The call and side a Replaces value (RFC 3891) names: the dialog as the transferring
+        phone sees it (its to-tag is ours, its from-tag the phone's; either order is accepted)."""
+        call_id, to_tag, from_tag = dialog_id
+        return self._by_dialog.get((call_id, to_tag, from_tag)) or self._by_dialog.get((call_id, from_tag, to_tag))
+
+    def hand_over(self, call: Call, side: str) -> None:
+        """The party on ``side`` leaves ``call`` for another call (attended transfer): its dialog
+        stays up and its leg (and any trunk line it holds) goes with it."""
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        if dialog is not None:
+            self._by_dialog.pop(dialog.key, None)
+        handle = call.unacked.pop(side, None)
+        if handle is not None:
+            handle.cancel()
+        if side == "a":
+            call.a_dialog = None
+            return
+        call.b_dialog = None
+        if call.b_fork is not None and call.b in call.b_fork.branches:
+            call.b_fork.branches.remove(call.b)
+        call.b = None
 
     def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
         """Ends a call from outside: BYE to each party in the call, CANCEL to each still ringing."""

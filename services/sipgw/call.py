@@ -14,7 +14,7 @@ from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import Address, Link
 
 if TYPE_CHECKING:
-    from services.sipgw.transfer import BlindTransfer
+    from services.sipgw.transfer import Transfer
 
 DIALING, RINGING, ANSWERED, ENDED = "dialing", "ringing", "answered", "ended"
 
@@ -59,7 +59,7 @@ class Call:
     # phone of a new party needs (UPDATE, else a re-INVITE with the SDP unchanged).
     sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
     allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
-    transfer: BlindTransfer | None = None  # a REFER being carried out
+    transfer: Transfer | None = None  # a REFER being carried out
     loop_of: str = ""  # this call came back over the trunk as part of that call: collapse once set up
     extra: list[Branch] = dataclasses.field(default_factory=list)  # legs that joined later (their lines)
     started_at: float = dataclasses.field(default_factory=time.time)

@@ -1,17 +1,25 @@
-"""Blind transfer: a phone in a call sends REFER (RFC 3515) and the gateway connects the phone's
-other party to the target in its place.
+"""Transfers: a phone in a call sends REFER (RFC 3515) and the gateway connects the phone's other
+party to the target in its place.
+
+Blind: Refer-To names a number, which is rung. Attended: the phone first called the target itself
+(a consultation call through this gateway) and Refer-To carries Replaces (RFC 3891) naming that
+call's dialog as the phone sees it; the gateway then joins the consultation call's other party
+to this call and ends the consultation call.
 
 The gateway answers the REFER with 202 and keeps the transferor informed with NOTIFYs carrying
 sipfrag status lines (100 Trying, then the target's final answer). The target is rung like any
 call (own phones, another server over the trunk) with an INVITE without SDP; its answer's offer
 goes to the other party in a re-INVITE, and the other party's answer comes back to the target in
 its ACK (RFC 3725 flow I, on one side). Then the target takes the transferor's place in the call
-and the transferor gets BYE. If the target fails, the transferor stays in the call and is told why.
+and the transferor gets BYE. If the target fails, the transferor stays in the call and is told
+why. In an attended transfer the target has answered already: it is asked for a fresh offer with a
+re-INVITE without SDP instead.
 """
 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from services.sipgw.call import ANSWERED, Call
@@ -35,7 +43,7 @@ def other_side(side: str) -> str:
     return "b" if side == "a" else "a"
 
 
-class BlindTransfer:
+class Transfer:
     def __init__(self, agent: B2BUA, call: Call, side: str, target: str):
         self.agent = agent
         self.call = call
@@ -44,8 +52,10 @@ class BlindTransfer:
         self.old_dialog = call.a_dialog if side == "a" else call.b_dialog
         self.old_peer = agent._peer(call, side)
         self.target_dialog: Dialog | None = None
+        self.target_invite_cseq = 1
         self.target_ack: Request | None = None
         self.fork: Fork | None = None
+        self.consultation: tuple[Call, str] | None = None  # attended: the call and the transferor's side in it
 
     @classmethod
     def start(cls, agent: B2BUA, call: Call, side: str, tx: ServerTransaction, request: Request) -> None:
@@ -61,14 +71,20 @@ class BlindTransfer:
         if not isinstance(uri, SipURI) or not uri.user:
             tx.respond(response_to(request.headers, 400, "Bad Request (Refer-To has no number)"))
             return
+        consultation = None
         if uri.headers:  # Replaces: an attended transfer
-            tx.respond(response_to(request.headers, 501, "Not Implemented (Replaces)"))
-            return
+            consultation = agent.replaced(_replaces(uri.headers))
+            if consultation is None or consultation[0] is call or consultation[0].state != ANSWERED:
+                tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
+                return
         tx.respond(response_to(request.headers, 202, "Accepted"))
         transfer = cls(agent, call, side, uri.user)
         call.transfer = transfer
         transfer.notify("100 Trying", done=False)
-        transfer.ring()
+        if consultation is None:
+            transfer.ring()
+        else:
+            transfer.take_over(*consultation)
 
     def ring(self) -> None:
         call, other = self.call, other_side(self.side)
@@ -89,13 +105,42 @@ class BlindTransfer:
         _log.info("call %s: transfer to %s", call.id, self.target)
         self.fork.start()
 
+    def take_over(self, consultation: Call, transferor_side: str) -> None:
+        """Attended: the consultation call's other party is the target, already answered."""
+        agent, side = self.agent, other_side(transferor_side)
+        dialog = consultation.a_dialog if side == "a" else consultation.b_dialog
+        if dialog is None:
+            self.finish("481 Call/Transaction Does Not Exist")
+            return
+        link, address = agent._peer(consultation, side)
+        target = Branch(consultation.b.request if consultation.b else consultation_request(consultation), address, link)
+        number = consultation.caller if side == "a" else consultation.callee
+        self.target = number
+        self.consultation = (consultation, transferor_side)
+        ask = dialog.request("INVITE", sent_by(link))
+        _log.info("call %s: attended transfer to %s (call %s)", self.call.id, number, consultation.id)
+
+        def offered(response: Response) -> None:
+            if response.status < 200:
+                return
+            if response.status >= 300 or not response.body:
+                self.finish(f"{response.status} {response.reason}")
+                return
+            self.target_dialog = dialog
+            self.target_invite_cseq = ask.cseq.number
+            self.answered(target, response)
+
+        agent.transactions.send_request(ask, link, address, offered, lambda: self.finish("408 Request Timeout"))
+
     def answered(self, branch: Branch, response: Response) -> None:
         agent, call = self.agent, self.call
-        if self.target_dialog is not None:
+        if self.target_dialog is not None and self.consultation is None:
             if self.target_ack is not None:  # a retransmitted 2xx: our ACK was lost
                 agent.transactions.send_direct(self.target_ack, branch.link, branch.address)
             return
-        self.target_dialog = Dialog.as_uac(branch.request, response)
+        if self.target_dialog is None:
+            self.target_dialog = Dialog.as_uac(branch.request, response)
+            self.target_invite_cseq = branch.request.cseq.number
         offer = response.body
         if not offer or call.state != ANSWERED:
             self.ack_target(branch, b"", "")
@@ -136,7 +181,7 @@ class BlindTransfer:
 
     def ack_target(self, branch: Branch, body: bytes, content_type: str) -> None:
         assert self.target_dialog is not None
-        self.target_ack = self.target_dialog.ack(sent_by(branch.link), branch.request.cseq.number, body, content_type)
+        self.target_ack = self.target_dialog.ack(sent_by(branch.link), self.target_invite_cseq, body, content_type)
         self.agent.transactions.send_direct(self.target_ack, branch.link, branch.address)
 
     def take_place(self, branch: Branch, target_answer: Response, sdp: bytes) -> None:
@@ -147,6 +192,11 @@ class BlindTransfer:
         if self.old_dialog is not None:
             bye = self.old_dialog.request("BYE", sent_by(self.old_peer[0]))
             agent.transactions.send_request(bye, *self.old_peer, lambda r: None, lambda: None)
+        if self.consultation is not None:
+            consultation, transferor_side = self.consultation
+            agent.hand_over(consultation, other_side(transferor_side))
+            agent._bye(consultation, transferor_side)
+            agent._end(consultation, f"transferred: joined to call {call.id}")
         agent.replace_side(call, self.side, self.target_dialog, branch, self.target, target_answer, sdp)
         call.transfer = None
         _log.info("call %s: transferred to %s", call.id, self.target)
@@ -179,3 +229,21 @@ class BlindTransfer:
         if self.fork is not None:
             for branch in self.fork.branches:
                 branch.released()
+
+
+def _replaces(headers: str) -> tuple[str, str, str]:
+    """Call-ID, to-tag and from-tag of ``Replaces=...`` in a Refer-To URI's headers (RFC 3891)."""
+    for item in headers.split("&"):
+        name, _, value = item.partition("=")
+        if name.strip().lower() != "replaces":
+            continue
+        call_id, *params = urllib.parse.unquote(value).split(";")
+        tags = dict(p.strip().partition("=")[::2] for p in params)
+        return call_id.strip(), tags.get("to-tag", ""), tags.get("from-tag", "")
+    return "", "", ""
+
+
+def consultation_request(call: Call) -> Request:
+    """The request that started a call's leg A (a Branch needs one; it is not sent again)."""
+    assert call.a_tx is not None
+    return call.a_tx.request

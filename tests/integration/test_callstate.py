@@ -382,3 +382,151 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(group: G
         for site in (alpha, beta):
             await stop_gateway(site.gateway)
             await site.callstate.stop()
+
+
+class Transferor:
+    """Carol's phone for an attended transfer, made of one UDP socket on the port Carol registered
+    from: it answers a call, calls Dave itself (a consultation call through the gateway), then
+    sends REFER with Replaces (RFC 3891) naming the consultation dialog as it sees it. SIPp runs
+    one dialog per scenario, so this phone is written out here; its peers are SIPp phones."""
+
+    def __init__(self, gateway: Gateway, port: int):
+        import socket
+
+        self.gateway = (gateway.sip.split(":")[0], gateway.sip_port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.settimeout(10)
+        self.local = f"127.0.0.1:{port}"
+        self.seen: list[str] = []
+
+    def _recv(self) -> str:
+        return self.sock.recv(65536).decode()
+
+    def _send(self, text: str) -> None:
+        self.sock.sendto(text.encode(), self.gateway)
+
+    @staticmethod
+    def _field(message: str, name: str) -> str:
+        found = re.search(rf"\r\n{name}: ([^\r]*)", message)
+        assert found is not None, (name, message)
+        return found.group(1)
+
+    def _reply(self, request: str, status: str, extra: str = "", body: str = "") -> None:
+        vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", request))
+        to = self._field(request, "To")
+        to = to if "tag=" in to else f"{to};tag=carol-1"
+        self._send(
+            f"SIP/2.0 {status}\r\n{vias}From: {self._field(request, 'From')}\r\nTo: {to}\r\n"
+            f"Call-ID: {self._field(request, 'Call-ID')}\r\nCSeq: {self._field(request, 'CSeq')}\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+        )
+
+    def _request(self, first_line: str, headers: str, body: str = "") -> None:
+        self._send(f"{first_line}\r\n{headers}Content-Length: {len(body)}\r\n\r\n{body}")
+
+    def run(self) -> None:
+        sdp = "v=0\r\no=carol 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4010 RTP/AVP 0\r\n"
+        invite = self._recv()
+        while not invite.startswith("INVITE"):
+            invite = self._recv()
+        self._reply(invite, "180 Ringing")
+        contact = f"Contact: <sip:200@{self.local}>\r\nContent-Type: application/sdp\r\n"
+        self._reply(invite, "200 OK", contact, sdp)
+        while not self._recv().startswith("ACK"):
+            pass
+        # The consultation call: Carol calls Dave through the gateway (407 first, as any phone).
+        consult_id, uri = "consult-1@127.0.0.1", "sip:201@127.0.0.1"
+
+        def consult(cseq: int, auth: str) -> str:
+            return (
+                f"Via: SIP/2.0/UDP {self.local};branch=z9hG4bKconsult{cseq};rport\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:200@127.0.0.1>;tag=carol-2\r\nTo: <{uri}>\r\nCall-ID: {consult_id}\r\n"
+                f"CSeq: {cseq} INVITE\r\nContact: <sip:200@{self.local}>\r\n{auth}Content-Type: application/sdp\r\n"
+            )
+
+        self._request(f"INVITE {uri} SIP/2.0", consult(1, ""), sdp)
+        challenge = self._recv()
+        while not challenge.startswith("SIP/2.0 407"):
+            challenge = self._recv()
+        self._request(
+            f"ACK {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.local};branch=z9hG4bKconsult1;rport\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:200@127.0.0.1>;tag=carol-2\r\nTo: {self._field(challenge, 'To')}\r\n"
+            f"Call-ID: {consult_id}\r\nCSeq: 1 ACK\r\n",
+        )
+        from tests.integration.test_sipgw import _proxy_authorization
+
+        self._request(f"INVITE {uri} SIP/2.0", consult(2, _proxy_authorization(challenge.encode(), uri, *CAROL)), sdp)
+        answer = self._recv()
+        while not answer.startswith("SIP/2.0 200"):
+            answer = self._recv()
+        consult_to = self._field(answer, "To")
+        gateway_tag = consult_to.split("tag=")[1]
+        self._request(
+            f"ACK {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.local};branch=z9hG4bKconsultack;rport\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:200@127.0.0.1>;tag=carol-2\r\nTo: {consult_to}\r\nCall-ID: {consult_id}\r\nCSeq: 2 ACK\r\n",
+        )
+        # REFER in the first call: Dave replaces the consultation dialog as Carol sees it.
+        # Escaped as RFC 3891 shows it: "@" and ";" are not allowed bare in a URI header value.
+        replaces = f"{consult_id.replace('@', '%40')}%3Bto-tag%3D{gateway_tag}%3Bfrom-tag%3Dcarol-2"
+        target = re.search(r"<([^>]+)>", self._field(invite, "Contact"))
+        assert target is not None
+        self._request(
+            f"REFER {target.group(1)} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.local};branch=z9hG4bKrefer1;rport\r\nMax-Forwards: 70\r\n"
+            f"From: {self._field(invite, 'To')};tag=carol-1\r\nTo: {self._field(invite, 'From')}\r\n"
+            f"Call-ID: {self._field(invite, 'Call-ID')}\r\nCSeq: 1 REFER\r\nContact: <sip:200@{self.local}>\r\n"
+            f"Refer-To: <sip:201@127.0.0.1?Replaces={replaces}>\r\n",
+        )
+        byes = 0
+        while byes < 2:  # the gateway hangs up both of Carol's calls
+            message = self._recv()
+            first = message.split("\r\n", 1)[0]
+            self.seen.append(first)
+            if message.startswith("NOTIFY"):
+                self.seen.append(message.split("\r\n\r\n", 1)[1].split("\r\n", 1)[0])
+                self._reply(message, "200 OK")
+            elif message.startswith("BYE"):
+                byes += 1
+                self._reply(message, "200 OK")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_an_attended_transfer_on_the_other_server_tells_the_phone_and_the_stream(
+    sites: dict[str, Site],
+) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
+    talker = await start_phone(beta.gateway, "talker.xml", dave, DAVE[0])
+    transferor = Transferor(beta.gateway, carol)
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        carols_side = asyncio.create_task(asyncio.to_thread(transferor.run))
+        calling = await asyncio.to_thread(
+            run,
+            *sipp_args(
+                alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
+            ),
+        )
+        assert calling.returncode == 0, f"{transferor.seen}" + "".join(beta.gateway.log[-20:])
+        await asyncio.wait_for(carols_side, 20)
+        assert await phones_done(talker) == [0]  # Dave talked to Alice until her BYE
+        await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+    finally:
+        transferor.close()
+        await stop_phones(talker)
+        await watch.close()
+    assert "SIP/2.0 100 Trying" in transferor.seen and "SIP/2.0 200 OK" in transferor.seen
+    call_id = watch.calls[-1].call_id
+    final = {name: await get_call(site.callstate, call_id) for name, site in sites.items()}
+    assert final["alpha"].remote_party.number == DAVE[0] and final["beta"].local_party.number == DAVE[0]
+    a, b = final["alpha"].segments, final["beta"].segments
+    assert [s.segment_id for s in a] == [s.segment_id for s in b] == [f"{call_id}/1", f"{call_id}/2"]
+    assert [(s.started_at, s.ended_at) for s in a] == [(s.started_at, s.ended_at) for s in b]
+    assert "attended transfer to 201" in "".join(beta.gateway.log)
