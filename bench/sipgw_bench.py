@@ -40,7 +40,9 @@ CALLEE = ("101", "bench-pw-101")
 READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\)")
 
 
-def server_config(server_id: str, etcd: str, numbers: list[tuple[str, str]], trunk: str = "") -> str:
+def server_config(
+    server_id: str, etcd: str, numbers: list[tuple[str, str]], trunk: str = "", callstate: bool = False
+) -> str:
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
         "sip": f"127.0.0.1:{free_port()}",
@@ -48,13 +50,15 @@ def server_config(server_id: str, etcd: str, numbers: list[tuple[str, str]], tru
     }
     if trunk:
         listen["trunk"] = trunk
+    if callstate:
+        listen["callstate"] = f"127.0.0.1:{free_port()}"
     lines = [
         f"server: {{id: {server_id}}}",
         f'connector: {{endpoints: ["{etcd}"], group: bench, lease_ttl: 5}}',
         "listen: {" + ", ".join(f'{k}: "{v}"' for k, v in listen.items()) + "}",
         "numbering: {numbers: [" + ", ".join(f'{{number: "{n}"}}' for n, _ in numbers) + "]}",
         "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
-        f'trunk: {{secret: "{SECRET}", lines: 10000}}',
+        f'trunk: {{secret: "{SECRET}", lines: 1000}}',
     ]
     return "\n".join(lines) + "\n"
 
@@ -156,6 +160,7 @@ class Rig:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.gateways: list[int] = []  # pids whose CPU time each call costs
+        self.callstates: list[int] = []
         self.etcd: EmbeddedEtcd | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
 
@@ -170,6 +175,8 @@ class Rig:
         self.processes.append(process)
         if service == "sipgw":
             self.gateways.append(process.pid)
+        if service == "callstate":
+            self.callstates.append(process.pid)
 
     def answering_phone(self, target: str, number: tuple[str, str] | None) -> None:
         """A SIPp phone answering every call; registered on ``target`` first when ``number`` is given."""

@@ -224,6 +224,7 @@ class B2BUA:
         call.a_link, call.a_address = branch.link, branch.address
         call.a_dialog = Dialog.as_uac(branch.request, response)
         call.a_invite = branch.request
+        call.allows_update["a"] = _allows_update(response)
         self._by_dialog[call.a_dialog.key] = (call, "a")
         content_type = response.headers.get("Content-Type") or ""
         if not response.body or content_type != "application/sdp":
@@ -242,6 +243,7 @@ class B2BUA:
         """ACKs the first party's 2xx, carrying the answer to its offer."""
         assert call.a_dialog is not None and call.a_invite is not None
         call.a_answer = (body, content_type)
+        call.sdp_to["a"] = body
         ack = call.a_dialog.ack(sent_by(call.a_link), call.a_invite.cseq.number, body, content_type if body else "")
         self.transactions.send_direct(ack, call.a_link, call.a_address)
 

@@ -1,0 +1,189 @@
+"""Callstate figures: two servers (registry, callstate, sipgw each) on an embedded etcd.
+
+1. Transfer to the far phone: alpha's phone 100 is connected to beta's 200 (a call placed through
+   alpha's API); 200 transfers it blind to 201. Timed from 200 sending REFER to (a) the UPDATE with
+   the new party reaching 100 and (b) the event with the new party on alpha's callstate
+   WatchCalls stream. One transfer at a time, p50/p99 over --transfers.
+2. Cost of callstate: --concurrent cross-server calls held open with a WatchCalls stream open on
+   alpha; CPU seconds both callstates spent setting the calls up, holding them and ending them,
+   and their RSS.
+
+    .venv/bin/python bench/callstate_bench.py [--transfers 1000] [--concurrent 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import grpc.aio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._phones import Phone  # noqa: E402
+from bench.sipgw_bench import Rig, cpu_seconds, rss_mib, server_config  # noqa: E402
+from pbxmesh.callstate.v1 import callstate_pb2 as cs  # noqa: E402
+from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc  # noqa: E402
+from pbxmesh.sipgw.v1 import sipgw_pb2 as pb  # noqa: E402
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc  # noqa: E402
+from services.runtime.embedded_etcd import EmbeddedEtcd, free_port  # noqa: E402
+
+A1, B1, B2, B3 = ("100", "bench-pw-100"), ("200", "bench-pw-200"), ("201", "bench-pw-201"), ("202", "bench-pw-202")
+
+
+def listen_of(config: str, key: str) -> str:
+    found = re.search(rf'{key}: "([^"]+)"', config)
+    assert found is not None, key
+    return found.group(1)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+class AlphaStream:
+    """alpha's callstate WatchCalls: when each call was first seen with a given remote party."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.seen: dict[tuple[str, str], float] = {}
+        self.synced = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            async for message in cs_grpc.CallStateServiceStub(channel).WatchCalls(cs.WatchCallsRequest()):
+                at = time.perf_counter()
+                for call in message.calls:
+                    self.seen.setdefault((call.call_id, call.remote_party.number), at)
+                self.synced.set()
+
+
+async def wait_until(check: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.001)
+    return False
+
+
+async def transfers(count: int, alpha_api: str, stream: AlphaStream, a1: Phone, b1: Phone) -> None:
+    print(f"\n== 1. blind transfer on beta -> the phone and the stream on alpha ({count} transfers, one at a time)")
+    refers: list[float] = []
+    updates: list[float] = []
+    b1.listeners.append(lambda what, call, at: refers.append(at) if what == "refer" else None)
+    a1.listeners.append(
+        lambda what, call, at: updates.append(at) if what.startswith("update") and "201@" in what else None
+    )
+    to_update: list[float] = []
+    to_stream: list[float] = []
+    lost = 0
+    async with grpc.aio.insecure_channel(alpha_api) as channel:
+        stub = pb_grpc.SipGatewayServiceStub(channel)
+        for _ in range(count):
+            refers.clear()
+            updates.clear()
+            call = (await stub.PlaceCall(pb.PlaceCallRequest(from_number=A1[0], to=B1[0]), timeout=5)).call
+            key = (call.call_id, B2[0])
+            ok = await wait_until(lambda key=key: refers and updates and key in stream.seen, 5)
+            if ok:
+                to_update.append((updates[0] - refers[0]) * 1000)
+                to_stream.append((stream.seen[key] - refers[0]) * 1000)
+            else:
+                lost += 1
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=call.call_id), timeout=5)
+            await asyncio.sleep(0.005)
+    print(f"{'measure':<38} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, values in (
+        ("REFER -> UPDATE at the phone on alpha", to_update),
+        ("REFER -> event on alpha's stream", to_stream),
+    ):
+        if values:
+            print(
+                f"{name:<38} {len(values):>5} {pct(values, 0.5):>8.2f} {pct(values, 0.9):>8.2f} "
+                f"{pct(values, 0.99):>8.2f} {max(values):>8.2f}"
+            )
+    print(f"transfers not completed within 5 s: {lost}   (target: p99 < 20 ms)")
+
+
+async def concurrent(count: int, alpha_api: str, rig: Rig, a1: Phone, b3: Phone) -> None:
+    print(f"\n== 2. callstate cost: {count} concurrent cross-server calls, a WatchCalls stream open on alpha")
+    answered: set[str] = set()
+    b3.listeners.append(lambda what, call, at: answered.add(call) if what == "ack" else None)
+    before_cpu, before_rss = cpu_seconds(rig.callstates), rss_mib(rig.callstates)
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(alpha_api) as channel:
+        stub = pb_grpc.SipGatewayServiceStub(channel)
+        ids = []
+        for _ in range(count):
+            ids.append((await stub.PlaceCall(pb.PlaceCallRequest(from_number=A1[0], to=B3[0]), timeout=5)).call.call_id)
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: len(answered) >= count, 30)
+        setup_cpu, setup_s = cpu_seconds(rig.callstates) - before_cpu, time.perf_counter() - started
+        held_rss = rss_mib(rig.callstates)
+        hold_start = cpu_seconds(rig.callstates)
+        await asyncio.sleep(10)
+        hold_cpu = cpu_seconds(rig.callstates) - hold_start
+        end_start = cpu_seconds(rig.callstates)
+        for call_id in ids:
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
+        await asyncio.sleep(2)
+        end_cpu = cpu_seconds(rig.callstates) - end_start
+    print(f"calls answered: {len(answered)} of {count}, set up in {setup_s:.1f} s")
+    print(f"callstate CPU (both servers): set-up {setup_cpu:.2f} s ({setup_cpu * 1000 / count:.2f} ms/call), "
+          f"holding 10 s {hold_cpu:.2f} s, ending {end_cpu:.2f} s ({end_cpu * 1000 / count:.2f} ms/call)")  # fmt: skip
+    print(f"callstate RSS (both servers): {before_rss:.0f} MiB idle, {held_rss:.0f} MiB with {count} calls")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transfers", type=int, default=1000)
+    parser.add_argument("--concurrent", type=int, default=200)
+    args = parser.parse_args()
+    print(f"== machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    rig = Rig()
+    phones: list[Phone] = []
+    try:
+        rig.etcd = EmbeddedEtcd()
+        rig.etcd.start()
+        alpha = server_config("alpha", rig.etcd.endpoint, [A1], f"127.0.0.1:{free_port()}", callstate=True)
+        beta = server_config("beta", rig.etcd.endpoint, [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
+        for name, config in (("alpha", alpha), ("beta", beta)):
+            rig.serve("registry", config, f"{name}-registry")
+            rig.serve("callstate", config, f"{name}-callstate")
+            rig.serve("sipgw", config, f"{name}-sipgw")
+        await asyncio.sleep(4)
+        sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
+
+        def at(name: str) -> tuple[str, int]:
+            host, port = sip[name].rsplit(":", 1)
+            return host, int(port)
+
+        a1, b1 = Phone(*A1, at("alpha")), Phone(*B1, at("beta"), refer_to=B2[0])
+        b2, b3 = Phone(*B2, at("beta")), Phone(*B3, at("beta"))
+        phones = [a1, b1, b2, b3]
+        for phone in phones:
+            await phone.start()
+        stream = AlphaStream(listen_of(alpha, "callstate"))
+        await asyncio.wait_for(stream.synced.wait(), 5)
+        api = listen_of(alpha, "sipgw")
+        await transfers(args.transfers, api, stream, a1, b1)
+        await concurrent(args.concurrent, api, rig, a1, b3)
+        stream.task.cancel()
+    finally:
+        for phone in phones:
+            phone.close()
+        rig.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
