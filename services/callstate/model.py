@@ -68,6 +68,8 @@ class CallRecord:
     segments: list[Segment] = dataclasses.field(default_factory=list)
     # Segment starts the other server told of before this one's gateway got there.
     early_starts: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Transfers the other server told of before this one's gateway reported the answer.
+    early_shares: list[Share] = dataclasses.field(default_factory=list)
 
     @property
     def cross_server(self) -> bool:
@@ -155,7 +157,12 @@ class CallBook:
             call.path = event.path or call.path
         share = self._step(call, event)
         self._changed(call)
-        return Outcome(share=share)
+        new_party = None
+        if call.phase == ANSWERED and call.early_shares:
+            early, call.early_shares = call.early_shares, []
+            for waiting in early:
+                new_party = self.shared(waiting).new_party or new_party
+        return Outcome(share=share, new_party=new_party)
 
     def _step(self, call: CallRecord, event: Event) -> Share | None:
         kind = event.kind
@@ -190,9 +197,13 @@ class CallBook:
             return Outcome()  # not (or no longer: a loop came home) the other server of this call
         if call is None:
             # The other server was quicker than this server's gateway: keep what it said.
-            call = CallRecord(share.call_id, Party(server_id=self.server_id), share.party, started_at=share.at)
+            first = share.party if share.segment <= 1 else Party()
+            call = CallRecord(share.call_id, Party(server_id=self.server_id), first, started_at=share.at)
             call.peer_server_id = share.server_id
             self.calls[call.call_id] = call
+        if call.phase in (DIALING, RINGING) and share.phase != ENDED and share.segment > 1:
+            call.early_shares.append(share)  # a transfer there before the answer here: after it
+            return Outcome()
         new_party = None
         changed_number = bool(call.remote.number) and share.party.number not in ("", call.remote.number)
         call.remote = call.remote.merged(share.party)
@@ -286,6 +297,10 @@ class CallBook:
         return Share(call.call_id, self.server_id, call.local, call.phase, at, call.segment_count, held_by, reason)
 
     def _own(self, party: Party) -> Party:
+        """This server's party, named as this server. A transfer can make it a phone on another
+        server (a call through this one): that one keeps its own server."""
+        if party.server_id and party.server_id != self.server_id:
+            return party
         return dataclasses.replace(party, server_id=self.server_id, server_name=self.server_name)
 
     def _changed(self, call: CallRecord) -> None:

@@ -494,6 +494,7 @@ class B2BUA:
                 call.b.released()  # a trunk leg that left frees its line now
             call.b_dialog, call.b = dialog, branch
             call.callee, call.callee_name = number, ""
+            call.callee_server = branch.peer_server_id if branch.over_trunk else ""
         call.peer_server_id = call.peer_server_id or branch.peer_server_id
         call.trunk_out = call.trunk_out or branch.over_trunk
         call.sdp_to[side] = sdp

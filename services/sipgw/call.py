@@ -53,6 +53,9 @@ class Call:
     caller_name: str = ""
     callee_name: str = ""
     peer_server_id: str = ""
+    # The callee's server when a transfer sent the callee's side over the trunk (a call that came
+    # in over the trunk and goes out again: this server is then in the middle).
+    callee_server: str = ""
     path: tuple[str, ...] = ()
     held_by: str = ""  # "a" or "b": the side whose offer put the call on hold
     # The last SDP each side got from us, and whether it takes UPDATE (its Allow): what telling a

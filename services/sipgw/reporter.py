@@ -103,7 +103,9 @@ class Reporter:
 
     def event(self, call: Call, kind: str, at: float) -> cs.CallEvent:
         caller = self._party(call.caller, call.caller_name, remote=call.trunk_in, peer=call.peer_server_id)
-        callee = self._party(call.callee, call.callee_name, remote=call.trunk_out, peer=call.peer_server_id)
+        callee = self._party(
+            call.callee, call.callee_name, remote=call.trunk_out, peer=call.callee_server or call.peer_server_id
+        )
         local, remote = (callee, caller) if call.trunk_in else (caller, callee)
         # Side "a" is the caller: this server's party unless the call came in over the trunk.
         by = "" if not call.held_by else ("local" if (call.held_by == "a") != call.trunk_in else "remote")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -282,7 +283,12 @@ async def test_a_call_whose_other_server_dies_is_ended_cleanly(sites: dict[str, 
         await watch.close()
 
 
-async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stream(sites: dict[str, Site]) -> None:
+@pytest.mark.parametrize(
+    "scenario", ["caller_transferred.xml", "caller_transferred_noupdate.xml"], ids=["update", "reinvite"]
+)
+async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stream(
+    sites: dict[str, Site], scenario: str
+) -> None:
     alpha, beta = sites["alpha"], sites["beta"]
     watches = {name: Watch(site.callstate) for name, site in sites.items()}
     carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
@@ -297,7 +303,7 @@ async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stre
         calling = await asyncio.to_thread(
             run,
             *sipp_args(
-                alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0],
+                alpha.gateway, scenario, free_port(), CAROL[0],
                 "-au", ALICE[0], "-ap", ALICE[1],
             ),
         )  # fmt: skip
@@ -530,3 +536,91 @@ async def test_an_attended_transfer_on_the_other_server_tells_the_phone_and_the_
     assert [s.segment_id for s in a] == [s.segment_id for s in b] == [f"{call_id}/1", f"{call_id}/2"]
     assert [(s.started_at, s.ended_at) for s in a] == [(s.started_at, s.ended_at) for s in b]
     assert "attended transfer to 201" in "".join(beta.gateway.log)
+
+
+ERIN = ("201", "erin-pw-201")  # on gamma, department service (in the three-server tests)
+
+
+@pytest.fixture
+async def trio(group: Group) -> AsyncIterator[dict[str, Site]]:
+    made: dict[str, Site] = {}
+    try:
+        made["alpha"] = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
+        made["beta"] = await make_site(group, "beta", CAROL, "support")
+        made["gamma"] = await make_site(group, "gamma", ERIN, "service")
+        for name, numbers in (("alpha", {"200", "201"}), ("beta", {"100", "201"}), ("gamma", {"101"})):
+            await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
+        yield made
+    finally:
+        for site in made.values():
+            await stop_gateway(site.gateway)
+            await site.callstate.stop()
+
+
+async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site]) -> None:
+    alpha, beta, gamma = trio["alpha"], trio["beta"], trio["gamma"]
+    watch = Watch(alpha.callstate)
+    carol, erin = await register_phone(beta.gateway, CAROL), await register_phone(gamma.gateway, ERIN)
+    phones = [
+        await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", ERIN[0]),
+        await start_phone(gamma.gateway, "callee.xml", erin, ERIN[0]),
+    ]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        # Alice (alpha) calls Carol (beta), who transfers her to Erin on gamma; Alice is told.
+        calling = await asyncio.to_thread(
+            run,
+            *sipp_args(
+                alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
+            ),
+        )
+        assert calling.returncode == 0, calling.stdout[-3000:] + "".join(beta.gateway.log[-20:])
+        assert await phones_done(*phones) == [0, 0]
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+    finally:
+        await stop_phones(*phones)
+        await watch.close()
+    remotes = [
+        (c.remote_party.number, c.remote_party.server_id) for c in watch.calls if c.phase == cs.CALL_PHASE_ANSWERED
+    ]
+    assert remotes[0] == (CAROL[0], "beta") and remotes[-1] == (ERIN[0], "gamma")
+    final = await get_call(alpha.callstate, ended.call_id)
+    assert [s.remote_party.number for s in final.segments] == [CAROL[0], ERIN[0]]
+    lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
+    assert lines == [0, 0, 0]
+
+
+async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: dict[str, Site]) -> None:
+    alpha, beta, gamma = trio["alpha"], trio["beta"], trio["gamma"]
+    alice, bob = await register_phone(alpha.gateway, ALICE), await register_phone(alpha.gateway, BOB)
+    carol, erin = await register_phone(beta.gateway, CAROL), await register_phone(gamma.gateway, ERIN)
+    phones = [
+        await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+        await start_phone(alpha.gateway, "talker.xml", bob, BOB[0]),
+        await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", ERIN[0]),
+        await start_phone(gamma.gateway, "callee_refer.xml", erin, ERIN[0], "-key", "refer_to", BOB[0]),
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        # Alice -> Carol (beta) -> transferred to Erin (gamma) -> transferred to Bob, back on alpha.
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        assert await phones_done(*phones[2:]) == [0, 0]  # Carol's and Erin's parts ended
+
+        async def collapsed() -> bool:
+            calls = await list_calls(alpha.gateway)
+            lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
+            return lines == [0, 0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+                (ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)
+            ]
+
+        await wait_for(collapsed, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use anywhere")
+        assert await list_calls(beta.gateway) == [] and await list_calls(gamma.gateway) == []
+        assert "(path alpha,beta,gamma)" in "".join(alpha.gateway.log)
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(*phones[:2]) == [0, 0]
+    finally:
+        await stop_phones(*phones)

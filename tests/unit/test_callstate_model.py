@@ -113,3 +113,14 @@ def test_a_call_brought_home_ignores_its_former_peer() -> None:
     assert book.shared(Share("c1", "gamma", DAVE, ANSWERED, 1, 1)) == Outcome()
     call = book.calls["c1"]
     assert (call.phase, call.remote.number, call.cross_server) == (ANSWERED, "101", False)
+
+
+def test_a_transfer_there_before_the_answer_here_is_applied_after_it() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.1, 1))
+    assert book.shared(Share("c1", "beta", DAVE, ANSWERED, 10.3, 2)) == Outcome()  # not answered here yet
+    outcome = book.apply(Event("c1", "answered", 10.35, ALICE, Party("200", server_id="beta"), "beta"))
+    call = book.calls["c1"]
+    assert outcome.new_party == DAVE and call.remote == DAVE
+    assert [(s.n, s.started_at, s.ended_at) for s in call.segments] == [(1, 10.1, 10.3), (2, 10.3, None)]

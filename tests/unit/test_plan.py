@@ -697,7 +697,9 @@ def test_member_round_trip() -> None:
     info = MemberInfo("alpha", "Älpha PBX", 0, "10.0.0.1:1", "t:5060", "c:50071")
     encoded = encode_member(info)
     assert encoded == '{"name":"Älpha PBX","registry":"10.0.0.1:1","trunk":"t:5060","callstate":"c:50071"}'.encode()
-    assert decode_member("alpha", encoded, 42) == MemberInfo("alpha", "Älpha PBX", 42, "10.0.0.1:1", "t:5060", "c:50071")
+    assert decode_member("alpha", encoded, 42) == MemberInfo(
+        "alpha", "Älpha PBX", 42, "10.0.0.1:1", "t:5060", "c:50071"
+    )
     # A record written before members advertised a callstate still reads.
     older = decode_member("alpha", b'{"name":"A","registry":"r:1","trunk":"t:1"}', 7)
     assert older == MemberInfo("alpha", "A", 7, "r:1", "t:1", "")
