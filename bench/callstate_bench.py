@@ -99,6 +99,12 @@ async def transfers(count: int, alpha_api: str, stream: AlphaStream, a1: Phone, 
                 to_stream.append((stream.seen[key] - refers[0]) * 1000)
             else:
                 lost.append(index)
+                missing = [
+                    name
+                    for name, ok in (("REFER", refers), ("UPDATE", updates), ("event", key in stream.seen))
+                    if not ok
+                ]
+                print(f"transfer {index}: no {', '.join(missing)} within 5 s")
             await stub.HangUpCall(pb.HangUpCallRequest(call_id=call.call_id), timeout=5)
             await asyncio.sleep(0.005)
     print(f"{'measure':<38} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")

@@ -167,10 +167,13 @@ class Rig:
     def serve(self, service: str, config: str, name: str) -> None:
         path = self.tmp / f"{name}.yaml"
         path.write_text(config)
+        # Logs are kept only when asked (BENCH_LOGS=dir): writing them costs the services time.
+        logs = os.environ.get("BENCH_LOGS")
+        stderr = open(Path(logs) / f"{name}.log", "w") if logs else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve", service, "-c", str(path)],
             cwd=ROOT,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
         )
         self.processes.append(process)
         if service == "sipgw":

@@ -238,7 +238,9 @@ class CallBook:
     def learned(self, call_id: str, party: Party) -> None:
         """The other server's answer to a share: its party, merged into what this server knows."""
         call = self.calls.get(call_id)
-        if call is None or not party.number:
+        # Details of the party this server knows of only: a new party (a transfer there that
+        # overtook this answer) comes with its own share, which cuts the segment.
+        if call is None or not party.number or party.number != call.remote.number:
             return
         call.remote = call.remote.merged(party)
         for segment in call.segments:

@@ -95,7 +95,11 @@ async def make_site(
     await server.start()
     callstate = CallState(server.config_path)
     await callstate.start()
-    return Site(server, await start_gateway(server.config_path), callstate, trunk)
+    try:
+        return Site(server, await start_gateway(server.config_path), callstate, trunk)
+    except BaseException:
+        await callstate.stop()
+        raise
 
 
 @pytest.fixture
@@ -346,9 +350,22 @@ async def list_calls(gateway: Gateway) -> list[pb.Call]:
         return list((await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)).calls)
 
 
-async def test_a_call_transferred_back_to_its_server_is_collapsed_there(group: Group) -> None:
-    alpha = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
-    beta = await make_site(group, "beta", CAROL, "support")
+@pytest.fixture
+async def pair_with_bob(group: Group) -> AsyncIterator[dict[str, Site]]:
+    """alpha with Alice and Bob, beta with Carol only."""
+    made: dict[str, Site] = {}
+    try:
+        made["alpha"] = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
+        made["beta"] = await make_site(group, "beta", CAROL, "support")
+        yield made
+    finally:
+        for site in made.values():
+            await stop_gateway(site.gateway)
+            await site.callstate.stop()
+
+
+async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_with_bob: dict[str, Site]) -> None:
+    alpha, beta = pair_with_bob["alpha"], pair_with_bob["beta"]
     phones: list[asyncio.subprocess.Process] = []
     try:
         await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
@@ -385,9 +402,6 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(group: G
         assert await phones_done(*phones[:2]) == [0, 0]  # both still in the call until the hang-up
     finally:
         await stop_phones(*phones)
-        for site in (alpha, beta):
-            await stop_gateway(site.gateway)
-            await site.callstate.stop()
 
 
 class Transferor:

@@ -124,3 +124,15 @@ def test_a_transfer_there_before_the_answer_here_is_applied_after_it() -> None:
     call = book.calls["c1"]
     assert outcome.new_party == DAVE and call.remote == DAVE
     assert [(s.n, s.started_at, s.ended_at) for s in call.segments] == [(1, 10.1, 10.3), (2, 10.3, None)]
+
+
+def test_an_answer_to_a_share_never_brings_a_new_party_by_itself() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.learned("c1", Party("201", "Dave", "support", "beta"))  # beta answered after its transfer
+    assert book.calls["c1"].remote.number == "200"
+    book.learned("c1", CAROL)
+    assert book.calls["c1"].remote == CAROL
+    outcome = book.shared(Share("c1", "beta", DAVE, ANSWERED, 10.3, 2))  # the transfer's own share
+    assert outcome.new_party == DAVE and book.calls["c1"].segment_count == 2
