@@ -90,25 +90,18 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.telemetry.log_level)
     import uvloop
 
+    # Each service is imported only when it is the one asked for.
     if args.service == "sipgw":
-        from services.sipgw.serve import serve_sipgw
-
-        try:
-            return uvloop.run(serve_sipgw(config))
-        except ConfigError as exc:
-            print(f"pbxmesh: config error: {exc}", file=sys.stderr)
-            return 2
-    if args.service == "callstate":
-        from services.callstate.serve import serve_callstate
-
-        try:
-            return uvloop.run(serve_callstate(config))
-        except ConfigError as exc:
-            print(f"pbxmesh: config error: {exc}", file=sys.stderr)
-            return 2
-    from services.registry.serve import serve_registry
-
-    return uvloop.run(serve_registry(config))
+        from services.sipgw.serve import serve_sipgw as serve_service
+    elif args.service == "callstate":
+        from services.callstate.serve import serve_callstate as serve_service
+    else:
+        from services.registry.serve import serve_registry as serve_service
+    try:
+        return uvloop.run(serve_service(config))
+    except ConfigError as exc:  # a check that needs more than the file (an address the service requires)
+        print(f"pbxmesh: config error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:

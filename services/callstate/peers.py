@@ -20,11 +20,10 @@ from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.runtime.follow import follow
 
 _log = logging.getLogger(__name__)
 
-RETRY_MIN = 0.2
-RETRY_MAX = 5.0
 SHARE_TIMEOUT = 2.0
 SHARE_ATTEMPTS = 3
 
@@ -40,6 +39,7 @@ class Peers:
         self._tasks: list[asyncio.Task[None]] = []
         self._queues: dict[str, asyncio.Queue[cs.SharePartyRequest]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._snapshot: dict[str, pb.Member] | None = None
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow(), name="members-feed"))
@@ -92,19 +92,19 @@ class Peers:
         return channel
 
     async def _follow(self) -> None:
-        delay = RETRY_MIN
-        while True:
-            try:
-                async with grpc.aio.insecure_channel(self.registry_address) as channel:
-                    stream = pb_grpc.RegistryServiceStub(channel).WatchMembers(pb.WatchMembersRequest())
-                    snapshot: dict[str, pb.Member] | None = {}
-                    async for message in stream:
-                        delay = RETRY_MIN
-                        snapshot = self._apply(message, snapshot)
-            except grpc.aio.AioRpcError as exc:
-                _log.info("members feed interrupted (%s); retrying", exc.code().name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+        def connected() -> None:
+            self._snapshot = {}
+
+        def received(message: pb.WatchMembersResponse) -> None:
+            self._snapshot = self._apply(message, self._snapshot)
+
+        await follow(
+            "members feed",
+            self.registry_address,
+            lambda channel: pb_grpc.RegistryServiceStub(channel).WatchMembers(pb.WatchMembersRequest()),
+            received,
+            connected,
+        )
 
     def _apply(
         self, message: pb.WatchMembersResponse, snapshot: dict[str, pb.Member] | None

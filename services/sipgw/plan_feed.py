@@ -11,16 +11,11 @@ import asyncio
 import contextlib
 import logging
 
-import grpc
-import grpc.aio
-
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.runtime.follow import follow
 
 _log = logging.getLogger(__name__)
-
-RETRY_MIN = 0.2
-RETRY_MAX = 5.0
 
 
 class PlanFeed:
@@ -30,6 +25,7 @@ class PlanFeed:
         self.connected = False
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._snapshot: dict[str, pb.Route] | None = None
 
     def resolve(self, number: str) -> pb.Route | None:
         return self.routes.get(number)
@@ -44,26 +40,27 @@ class PlanFeed:
                 await self._task
 
     async def _follow(self) -> None:
-        delay = RETRY_MIN
-        while True:
-            try:
-                async with grpc.aio.insecure_channel(self.registry_address) as channel:
-                    stream = pb_grpc.RegistryServiceStub(channel).WatchNumbers(pb.WatchNumbersRequest())
-                    snapshot: dict[str, pb.Route] | None = {}
-                    async for message in stream:
-                        delay = RETRY_MIN
-                        self._apply(message, snapshot)
-                        if snapshot is not None and message.synced:
-                            self.routes, snapshot = snapshot, None
-                            self.synced.set()
-                            _log.info("numbering plan: %d numbers from the registry", len(self.routes))
-            except grpc.aio.AioRpcError as exc:
-                # Said once per outage, not at every retry.
-                log = _log.info if self.connected or delay == RETRY_MIN else _log.debug
-                log("registry feed interrupted (%s); retrying", exc.code().name)
+        def connected() -> None:
+            self._snapshot = {}  # a fresh snapshot replaces the plan whole once it is complete
+
+        def received(message: pb.WatchNumbersResponse) -> None:
+            self._apply(message, self._snapshot)
+            if self._snapshot is not None and message.synced:
+                self.routes, self._snapshot = self._snapshot, None
+                self.synced.set()
+                _log.info("numbering plan: %d numbers from the registry", len(self.routes))
+
+        def broken() -> None:
             self.connected = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+
+        await follow(
+            "registry feed",
+            self.registry_address,
+            lambda channel: pb_grpc.RegistryServiceStub(channel).WatchNumbers(pb.WatchNumbersRequest()),
+            received,
+            connected,
+            broken,
+        )
 
     def _apply(self, message: pb.WatchNumbersResponse, snapshot: dict[str, pb.Route] | None) -> None:
         target = self.routes if snapshot is None else snapshot

@@ -19,13 +19,12 @@ import grpc.aio
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from services.runtime.follow import RETRY_MAX, RETRY_MIN
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.call import ANSWERED, ENDED, RINGING, Call
 
 _log = logging.getLogger(__name__)
 
-RETRY_MIN = 0.2
-RETRY_MAX = 5.0
 KINDS = {
     "created": cs.EVENT_KIND_CREATED,
     "ringing": cs.EVENT_KIND_RINGING,
