@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 
 DIALING, RINGING, ANSWERED, HELD, ENDED = "dialing", "ringing", "answered", "held", "ended"
+MAX_STRANGERS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,12 @@ class CallRecord:
     phase: str = DIALING
     outgoing: bool = True
     peer_server_id: str = ""  # empty for a call between this server's own phones
+    # A transfer here sent this server's side to a phone on another server: the call now passes
+    # through this one, and what that server tells of its phone is passed on to the peer.
+    far_server_id: str = ""
+    # What another server said before this server knew it was in the call (the server behind a
+    # transfer can be quicker than this server's own gateway), the latest from each.
+    strangers: dict[str, Share] = dataclasses.field(default_factory=dict)
     held_by: str = ""  # "local" or "remote" while held
     held_changed_at: float = 0.0  # when the last hold or resume happened: older news is ignored
     started_at: float = 0.0
@@ -155,6 +162,10 @@ class CallBook:
                 event.peer_server_id if event.kind == "transferred" else call.peer_server_id or event.peer_server_id
             )
             call.path = event.path or call.path
+        call.far_server_id = local.server_id if local.server_id != self.server_id else ""
+        told = call.strangers.pop(call.far_server_id, None) if call.far_server_id else None
+        if told is not None and told.party.number == call.local.number:
+            call.local = call.local.merged(told.party)
         share = self._step(call, event)
         self._changed(call)
         new_party = None
@@ -193,7 +204,11 @@ class CallBook:
         """Applies what the other server said; ``new_party`` is set when this server's phone must
         be told of a new party (the other side transferred)."""
         call = self.calls.get(share.call_id)
+        if call is not None and call.far_server_id and share.server_id == call.far_server_id:
+            return self._pass_on(call, share)
         if call is not None and call.peer_server_id != share.server_id:
+            if len(call.strangers) < MAX_STRANGERS:
+                call.strangers[share.server_id] = share
             return Outcome()  # not (or no longer: a loop came home) the other server of this call
         if call is None:
             # The other server was quicker than this server's gateway: keep what it said.
@@ -234,6 +249,26 @@ class CallBook:
                 segment.remote = call.remote if segment.ended_at is None else segment.remote
         self._changed(call)
         return Outcome(new_party=new_party)
+
+    def _pass_on(self, call: CallRecord, share: Share) -> Outcome:
+        """The server behind this one told of its phone: keep its details and pass them on."""
+        if share.party.number != call.local.number or call.phase == ENDED:
+            return Outcome()
+        call.local = call.local.merged(share.party)
+        for segment in call.segments:
+            if segment.ended_at is None:
+                segment.local = call.local
+        self._changed(call)
+        at = call.segments[-1].started_at if call.segments else share.at
+        return Outcome(share=Share(call.call_id, self.server_id, call.local, call.phase, at, call.segment_count))
+
+    def answer_for(self, call_id: str, server_id: str) -> Party:
+        """The party to answer a share with: this server's, or for the server behind it the one
+        on the other end (this server is only passing the call through)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return Party()
+        return call.remote if call.far_server_id and server_id == call.far_server_id else call.local
 
     def learned(self, call_id: str, party: Party) -> None:
         """The other server's answer to a share: its party, merged into what this server knows."""

@@ -12,7 +12,7 @@ import grpc.aio
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.callstate.convert import call_pb, event_of, party_of, party_pb, share_of, share_pb
-from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome, Party
+from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.subscription import Subscription
@@ -101,8 +101,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         if not self.peers.is_member(request.server_id):
             raise FailedPrecondition(f"server {request.server_id} is not a live member", reason="NOT_A_MEMBER")
         self._follow_up(request.call_id, self.book.shared(share_of(request)))
-        call = self.book.calls.get(request.call_id)
-        return cs.SharePartyResponse(party=party_pb(call.local if call is not None else Party()))
+        return cs.SharePartyResponse(party=party_pb(self.book.answer_for(request.call_id, request.server_id)))
 
     def on_answer(self, request: cs.SharePartyRequest, answer: cs.SharePartyResponse) -> None:
         self.book.learned(request.call_id, party_of(answer.party))

@@ -601,6 +601,14 @@ async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site
     assert remotes[0] == (CAROL[0], "beta") and remotes[-1] == (ERIN[0], "gamma")
     final = await get_call(alpha.callstate, ended.call_id)
     assert [s.remote_party.number for s in final.segments] == [CAROL[0], ERIN[0]]
+    # beta passed on what gamma told of its phone: alpha knows Erin as exactly as gamma does.
+    known = final.remote_party
+    assert (known.display_name, known.department, known.server_id, known.server_name) == (
+        "gamma phone 201",
+        "service",
+        "gamma",
+        "Gamma office",
+    )
     lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
     assert lines == [0, 0, 0]
 

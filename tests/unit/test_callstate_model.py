@@ -136,3 +136,29 @@ def test_an_answer_to_a_share_never_brings_a_new_party_by_itself() -> None:
     assert book.calls["c1"].remote == CAROL
     outcome = book.shared(Share("c1", "beta", DAVE, ANSWERED, 10.3, 2))  # the transfer's own share
     assert outcome.new_party == DAVE and book.calls["c1"].segment_count == 2
+
+
+def test_a_call_through_this_server_passes_on_what_the_server_behind_tells() -> None:
+    book = CallBook("beta", "Beta office")
+    alice = Party("100", "Alice", "sales", "alpha", "Alpha office")
+    book.apply(Event("c1", "created", 10.0, CAROL, alice, "alpha", outgoing=False))
+    book.apply(Event("c1", "answered", 10.1, CAROL, alice, "alpha", outgoing=False))
+    erin = Party("201", server_id="gamma")  # Carol transferred to Erin, a phone of gamma
+    outcome = book.apply(Event("c1", "transferred", 20.0, erin, alice, "alpha", outgoing=False))
+    assert outcome.share is not None and outcome.share.party == erin
+    told = Party("201", "Erin", "service", "gamma", "Gamma office")
+    passed = book.shared(Share("c1", "gamma", told, ANSWERED, 20.05, 1))
+    assert passed.share is not None and passed.share.party == told and passed.share.segment == 2
+    assert book.calls["c1"].local == told and book.answer_for("c1", "gamma") == alice
+    assert book.answer_for("c1", "alpha") == told
+
+
+def test_what_the_server_behind_says_before_the_transfer_is_reported_here_is_kept() -> None:
+    book = CallBook("beta", "Beta office")
+    alice = Party("100", "Alice", "sales", "alpha", "Alpha office")
+    book.apply(Event("c1", "created", 10.0, CAROL, alice, "alpha", outgoing=False))
+    book.apply(Event("c1", "answered", 10.1, CAROL, alice, "alpha", outgoing=False))
+    told = Party("201", "Erin", "service", "gamma", "Gamma office")
+    assert book.shared(Share("c1", "gamma", told, ANSWERED, 19.9, 1)) == Outcome()  # gamma was quicker
+    outcome = book.apply(Event("c1", "transferred", 20.0, Party("201", server_id="gamma"), alice, "alpha", False))
+    assert outcome.share is not None and outcome.share.party == told
