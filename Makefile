@@ -63,6 +63,7 @@ test: check pytest
 bench: $(STAMP) sip-peers
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/sipgw_bench.py
+	$(BIN)/python bench/callstate_bench.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
