@@ -39,9 +39,9 @@ class RegistryApp:
             name=cfg.server.name or cfg.server.id,
             registry_address=self.host.address,
             # The gateway of this server takes trunk calls there (same config file, same server).
-            trunk_address=cfg.listen.trunk,
+            trunk_address=cfg.advertise.trunk or cfg.listen.trunk,
             # Other servers' callstates share a call's parties with this server's there.
-            callstate_address=cfg.listen.callstate,
+            callstate_address=cfg.advertise.callstate or cfg.listen.callstate,
         )
         view = PlanView(local)
         with view.batch():

@@ -75,6 +75,16 @@ class ListenSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdvertiseSection:
+    """Where the other servers reach this one's trunk and callstate, when that is not the address
+    they listen on (a bind address like 0.0.0.0:5070, a Service name in Kubernetes). Host names are
+    resolved by the other servers' gateways; empty: the listen address."""
+
+    trunk: str = ""
+    callstate: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class DepartmentEntry:
     id: str
     name: str = ""
@@ -107,6 +117,7 @@ class Config:
     server: ServerSection
     connector: ConnectorSection = ConnectorSection()
     listen: ListenSection = ListenSection()
+    advertise: AdvertiseSection = AdvertiseSection()
     numbering: NumberingSection = NumberingSection()
     sip: SipSection = dataclasses.field(default_factory=SipSection)
     trunk: TrunkSection = dataclasses.field(default_factory=TrunkSection)
@@ -157,6 +168,12 @@ def validate(config: Config) -> None:
         address = getattr(config.listen, name)
         if address or name == "registry":
             check_host_port(address, f"listen.{name}")
+    for name in ("trunk", "callstate"):
+        address = getattr(config.advertise, name)
+        if address:
+            check_host_port(address, f"advertise.{name}")
+            if not getattr(config.listen, name):
+                raise ConfigError(f"advertise.{name}: set listen.{name} too (nothing listens to be reached)")
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     _validate_numbering(config.numbering)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
@@ -209,6 +210,8 @@ class SipGatewayApp:
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
+            if ":" in self.trunk.endpoint.local[0]:
+                self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
         if self.reporter is not None:
             self.reporter.start()

@@ -14,6 +14,7 @@ import logging
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.follow import follow
+from services.sipgw.trunk_addresses import TrunkAddresses
 
 _log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class PlanFeed:
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._snapshot: dict[str, pb.Route] | None = None
+        self.trunks = TrunkAddresses()  # the servers' advertised trunk addresses, resolved
 
     def resolve(self, number: str) -> pb.Route | None:
         return self.routes.get(number)
@@ -38,6 +40,7 @@ class PlanFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.trunks.close()
 
     async def _follow(self) -> None:
         def connected() -> None:
@@ -66,6 +69,8 @@ class PlanFeed:
         target = self.routes if snapshot is None else snapshot
         for route in message.upserted:
             target[route.number] = route
+            if not route.local:
+                self.trunks.learn(route.trunk_address)
         for number in message.removed:
             target.pop(number, None)
         self.connected = message.connected

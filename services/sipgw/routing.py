@@ -69,7 +69,10 @@ class Router:
         route = self.plan.resolve(number) if self.plan is not None else None
         if route is None or route.local or not route.trunk_address:
             return NOT_FOUND
-        host, port = parse_address(route.trunk_address)
+        address = self.plan.trunks.address(route.trunk_address) if self.plan is not None else None
+        if address is None:
+            return (503, f"Service Unavailable (server {route.server_id}'s trunk address is not resolved)")
+        host, port = address
         _log.info("call %s goes to server %s over the trunk", out.correlation, route.server_id)
         branches = self._trunk(number, host, port, out)
         if isinstance(branches, list):

@@ -52,6 +52,7 @@ async def make_site(
     departments: list[dict[str, str]] | None = None,
     scenarios: dict[str, Any] | None = None,
     trunk: str = "",
+    advertise: str = "",
 ) -> Site:
     trunk = trunk or f"127.0.0.1:{free_port()}"
     listen = {"registry": f"127.0.0.1:{free_port()}", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0", "trunk": trunk}
@@ -61,6 +62,8 @@ async def make_site(
     }
     if scenarios:
         extra["scenarios"] = scenarios
+    if advertise:
+        extra["advertise"] = {"trunk": advertise}
     own: list[str | dict[str, str]] = list(numbers) if numbers is not None else [n for n, _ in (account, *more)]
     server = group.server(server_id, own, departments=departments, listen=listen, extra=extra)
     await server.start()
@@ -310,3 +313,21 @@ async def _all_idle(*gateways: Gateway) -> bool:
 
 async def _answered(watch: CallWatch) -> bool:
     return any(c.state == pb.CALL_STATE_ANSWERED for c in watch.events)
+
+
+async def test_a_trunk_advertised_by_name_is_resolved_and_called(group: Group) -> None:
+    """beta listens on 127.0.0.1 and advertises its trunk as localhost (as a Kubernetes Service name
+    would be): alpha's gateway resolves the name and the call goes through."""
+    made: list[Site] = []
+    try:
+        made.append(await make_site(group, "alpha", ALICE))
+        port = free_port()
+        made.append(await make_site(group, "beta", CAROL, trunk=f"127.0.0.1:{port}", advertise=f"localhost:{port}"))
+        await wait_for(lambda: has_numbers(made[0].registry, {"200"}), what="beta's 200 on alpha")
+        route = await made[0].registry.resolve("200")
+        assert route is not None and route.trunk_address == f"localhost:{port}"
+        await sipp_call(made[0].gateway, made[1].gateway, ALICE, CAROL, "caller.xml", "callee.xml")
+        assert f"trunk address localhost:{port} is 127.0.0.1:{port}" in "".join(made[0].gateway.log)
+    finally:
+        for site in made:
+            await stop_gateway(site.gateway)

@@ -92,6 +92,14 @@ def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
         (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "sip:${called}@127.0.0.1:70000"'), "ip:port"),
         (('forward: "sip:${called}@127.0.0.1:5080"', 'forward: "sip:${called}@127.0.0.1"'), "ip:port"),
         (('sip: "127.0.0.1:5060"', 'sip: "nowhere"'), "listen.sip: 'nowhere' is not host:port"),
+        (
+            ("server: {id: alpha}", 'server: {id: alpha}\nadvertise: {trunk: "sipgw-trunk"}'),
+            "advertise.trunk: 'sipgw-trunk'",
+        ),
+        (
+            ("server: {id: alpha}", 'server: {id: alpha}\nadvertise: {callstate: "callstate.pbx-a.svc:50071"}'),
+            "advertise.callstate: set listen.callstate too",
+        ),
     ],
 )
 def test_bad_call_sections_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -45,3 +45,20 @@ async def test_count_is_exact_under_many_concurrent_calls() -> None:
     await asyncio.gather(*(call(i % 2 == 0) for i in range(2000)))
     assert peak == 30 and lines.usage.in_use == 0
     assert accepted + rejected == 2000 and lines.usage.rejected == rejected > 0
+
+
+async def test_trunk_addresses_take_ip_literals_at_once_and_resolve_names_off_the_call_path() -> None:
+    from services.sipgw.trunk_addresses import TrunkAddresses
+
+    addresses = TrunkAddresses()
+    try:
+        assert addresses.address("127.0.0.1:5070") == ("127.0.0.1", 5070)
+        assert addresses.address("[::1]:5070") == ("::1", 5070)
+        assert addresses.address("localhost:5072") is None  # not resolved yet: the call gets 503
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if addresses.address("localhost:5072") is not None:
+                break
+        assert addresses.address("localhost:5072") == ("127.0.0.1", 5072)  # IPv4, as the trunk socket
+    finally:
+        await addresses.close()
