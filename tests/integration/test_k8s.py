@@ -129,13 +129,9 @@ def test_each_service_config_as_its_deployment_sets_it_loads(overlay: str, tmp_p
         "PBXMESH_SIP_ACCOUNTS": '[{number: "100", password: "x"}]' if overlay == "server-a" else "[]",
     }
     for name, workload in workloads(docs).items():
-        env = {
-            k: v for k, v in env_of(workload["spec"]["template"]["spec"]["containers"][0]).items() if isinstance(v, str)
-        }
-        environ = {
-            **env,
-            **{k: v for k, v in secrets.items() if k in env_of(workload["spec"]["template"]["spec"]["containers"][0])},
-        }
+        env = env_of(workload["spec"]["template"]["spec"]["containers"][0])
+        environ = {k: v for k, v in env.items() if isinstance(v, str)}
+        environ.update({k: v for k, v in secrets.items() if k in env})  # what the Secrets would give
         loaded = load_config(path, environ=environ)
         assert loaded.advertise.trunk.startswith("sipgw-trunk.pbx-"), name
         if name != "registry":
