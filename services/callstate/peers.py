@@ -15,14 +15,17 @@ from collections.abc import Callable
 
 import grpc
 import grpc.aio
+from opentelemetry import trace
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.follow import follow
+from services.runtime.trace_context import Context
 
 _log = logging.getLogger(__name__)
+tracer = trace.get_tracer("pbxmesh.callstate")
 
 SHARE_TIMEOUT = 2.0
 SHARE_ATTEMPTS = 3
@@ -37,7 +40,7 @@ class Peers:
         self.members: dict[str, pb.Member] = {}
         self.synced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._queues: dict[str, asyncio.Queue[cs.SharePartyRequest]] = {}
+        self._queues: dict[str, asyncio.Queue[tuple[cs.SharePartyRequest, Context | None]]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._snapshot: dict[str, pb.Member] | None = None
 
@@ -56,34 +59,39 @@ class Peers:
     def is_member(self, server_id: str) -> bool:
         return server_id in self.members
 
-    def send(self, server_id: str, request: cs.SharePartyRequest) -> None:
-        """Queues a share for ``server_id``; shares to one peer leave in the order they were queued."""
+    def send(self, server_id: str, request: cs.SharePartyRequest, trace_context: Context | None = None) -> None:
+        """Queues a share for ``server_id``; shares to one peer leave in the order they were queued,
+        each in the trace it belongs to."""
         queue = self._queues.get(server_id)
         if queue is None:
             queue = self._queues[server_id] = asyncio.Queue()
             self._tasks.append(asyncio.create_task(self._deliver(server_id, queue), name=f"share-{server_id}"))
-        queue.put_nowait(request)
+        queue.put_nowait((request, trace_context))
 
-    async def _deliver(self, server_id: str, queue: asyncio.Queue[cs.SharePartyRequest]) -> None:
+    async def _deliver(self, server_id: str, queue: asyncio.Queue[tuple[cs.SharePartyRequest, Context | None]]) -> None:
         while True:
-            request = await queue.get()
-            for attempt in range(SHARE_ATTEMPTS):
-                member = self.members.get(server_id)
-                if member is None or not member.callstate_address:
-                    _log.info("call %s: server %s has no callstate to tell", request.call_id, server_id)
-                    break
-                try:
-                    stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
-                    answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
-                except grpc.aio.AioRpcError as exc:
-                    _log.info(
-                        "call %s: sharing with %s failed (%s), attempt %d",
-                        request.call_id, server_id, exc.code().name, attempt + 1,
-                    )  # fmt: skip
-                    await asyncio.sleep(0.1 * (attempt + 1))
-                    continue
-                self.on_answer(request, answer)
+            request, trace_context = await queue.get()
+            with tracer.start_as_current_span("callstate share", context=trace_context):
+                await self._share(server_id, request)
+
+    async def _share(self, server_id: str, request: cs.SharePartyRequest) -> None:
+        for attempt in range(SHARE_ATTEMPTS):
+            member = self.members.get(server_id)
+            if member is None or not member.callstate_address:
+                _log.info("call %s: server %s has no callstate to tell", request.call_id, server_id)
                 break
+            try:
+                stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
+                answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                _log.info(
+                    "call %s: sharing with %s failed (%s), attempt %d",
+                    request.call_id, server_id, exc.code().name, attempt + 1,
+                )  # fmt: skip
+                await asyncio.sleep(0.1 * (attempt + 1))
+                continue
+            self.on_answer(request, answer)
+            break
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

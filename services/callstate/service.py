@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
+from opentelemetry import trace
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
@@ -16,10 +17,13 @@ from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.subscription import Subscription
+from services.runtime.telemetry import ATTR_CALL_ID
+from services.runtime.trace_context import current, from_text, to_text
 
 _log = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext
+tracer = trace.get_tracer("pbxmesh.callstate")
 KEEP_ENDED = 60.0  # seconds an ended call stays visible to GetCall
 MAX_ID = 128
 
@@ -52,7 +56,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
                 if request.replay:
                     _log.info("the gateway reports %d live calls", len({e.call_id for e in request.events}))
                 for event in request.events:
-                    self.report(event_of(event))
+                    self.report(event_of(event), event.traceparent)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -70,18 +74,22 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
                 self.gateway = None
                 self.gateway_connected.clear()
 
-    def report(self, event: Event) -> None:
+    def report(self, event: Event, traceparent: str = "") -> None:
         if not event.call_id or len(event.call_id) > MAX_ID or not event.kind:
             _log.warning("gateway event without a call id or kind ignored")
             return
-        self._follow_up(event.call_id, self.book.apply(event))
+        # Within the call's trace: what this change makes this server do (a share, a command) joins it.
+        with tracer.start_as_current_span(f"callstate {event.kind}", context=from_text(traceparent)) as span:
+            span.set_attribute(ATTR_CALL_ID, event.call_id)
+            self._follow_up(event.call_id, self.book.apply(event))
 
     def _follow_up(self, call_id: str, outcome: Outcome) -> None:
         call = self.book.calls.get(call_id)
         if outcome.share is not None and call is not None and call.peer_server_id:
-            self.peers.send(call.peer_server_id, share_pb(outcome.share))
+            self.peers.send(call.peer_server_id, share_pb(outcome.share), current())
         if outcome.new_party is not None:
-            self.command(cs.ReportCallsResponse(call_id=call_id, new_party=party_pb(outcome.new_party)))
+            party = party_pb(outcome.new_party)
+            self.command(cs.ReportCallsResponse(call_id=call_id, new_party=party, traceparent=to_text(current())))
 
     def command(self, command: cs.ReportCallsResponse) -> None:
         if self.gateway is None:

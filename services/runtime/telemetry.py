@@ -11,6 +11,14 @@ Span attributes set by pbxmesh code (never a password, secret or SDP body):
     pbxmesh.group            group name (etcd key prefix)
     pbxmesh.number           a dialed or published number
     pbxmesh.route.server_id  owner of a resolved number
+    pbxmesh.call.id          a call's correlation id (the same on every server of the call)
+    pbxmesh.call.caller      the calling number
+    pbxmesh.call.callee      the called number
+    pbxmesh.call.end_reason  why a call ended
+    pbxmesh.transfer.target  the number a call is transferred to
+    sip.method               the SIP request a span sends (UPDATE, INVITE)
+
+One trace per call: see services/sipgw/tracing.py.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ ATTR_SERVER_ID = "pbxmesh.server.id"
 ATTR_GROUP = "pbxmesh.group"
 ATTR_NUMBER = "pbxmesh.number"
 ATTR_ROUTE_SERVER_ID = "pbxmesh.route.server_id"
+ATTR_CALL_ID = "pbxmesh.call.id"
+ATTR_CALLER = "pbxmesh.call.caller"
+ATTR_CALLEE = "pbxmesh.call.callee"
+ATTR_END_REASON = "pbxmesh.call.end_reason"
+ATTR_TRANSFER_TARGET = "pbxmesh.transfer.target"
 
 _instrumented = False
 
@@ -64,7 +77,10 @@ def setup_telemetry(
         # instrumentation logs context errors when such a stream is canceled.
         quiet = filters.negate(
             filters.any_of(
-                filters.health_check(), filters.service_prefix("etcdserverpb"), filters.method_prefix("Watch")
+                filters.health_check(),
+                filters.service_prefix("etcdserverpb"),
+                filters.method_prefix("Watch"),
+                filters.method_name("ReportCalls"),
             )
         )
         GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]

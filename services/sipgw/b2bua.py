@@ -21,7 +21,12 @@ import time
 import uuid
 from collections.abc import Callable
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from services.runtime.config_calls import parse_target_uri
+from services.runtime.telemetry import ATTR_CALL_ID, ATTR_CALLEE, ATTR_CALLER, ATTR_END_REASON, ATTR_NUMBER
+from services.sipgw import tracing
 from services.sipgw.call import ANSWERED, DIALING, ENDED, RINGING, Call, called_number
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.loops import collapse
@@ -183,7 +188,7 @@ class B2BUA:
         call.caller_name, call.peer_server_id, call.path = out.display or "", peer, out.path
         call.b_fork = self._fork(call, branches)
         self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
-        self._started(call)
+        self._started(call, tracing.from_trunk(request) if trunk_in else None)
         call.b_fork.start()
         return True
 
@@ -197,7 +202,20 @@ class B2BUA:
             ring_timeout=ring_timeout,
         )
 
-    def _started(self, call: Call) -> None:
+    def _started(self, call: Call, parent: tracing.Context | None = None) -> None:
+        """A new call: registered, announced, and its trace begun (under the other server's, for
+        a call that came over the trunk)."""
+        span = tracing.tracer.start_span(
+            "sip call setup",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={ATTR_CALL_ID: call.id, ATTR_CALLER: call.caller, ATTR_CALLEE: call.callee},
+        )
+        call.setup_span, call.trace = span, trace.set_span_in_context(span)
+        for fork in (call.a_fork, call.b_fork):
+            for branch in fork.branches if fork is not None else ():
+                if branch.over_trunk:
+                    tracing.to_headers(branch.request.headers, call.trace)
         self.calls[call.id] = call
         _log.info("call %s: %s -> %s", call.id, call.caller, call.callee)
         self._changed(call, "created")
@@ -286,6 +304,9 @@ class B2BUA:
         else:
             self._answer_caller(call, response)
         _log.info("call %s answered", call.id)
+        if call.setup_span is not None:
+            call.setup_span.end()
+            call.setup_span = None
         self._changed(call, "answered")
 
     def _answer_caller(self, call: Call, response: Response) -> None:
@@ -437,7 +458,7 @@ class B2BUA:
             call.held_by = ""
             self._changed(call, "resumed")
 
-    def tell_party(self, call_id: str, number: str, display: str) -> bool:
+    def tell_party(self, call_id: str, number: str, display: str, parent: tracing.Context | None = None) -> bool:
         """Tells this server's phone in the call who it now talks to: an UPDATE with
         P-Asserted-Identity, or a re-INVITE with its SDP unchanged where the phone does not take
         UPDATE (the manner of RFC 4916). False if the call is not in progress."""
@@ -461,7 +482,10 @@ class B2BUA:
                 self.transactions.send_direct(dialog.ack(sent_by(link), request.cseq.number), link, address)
 
         request.headers.add(IDENTITY, identity)
-        self.transactions.send_request(request, link, address, on_answer, lambda: None)
+        with tracing.tracer.start_as_current_span("sip tell party", context=parent or call.trace) as span:
+            span.set_attribute(ATTR_NUMBER, number)
+            span.set_attribute("sip.method", request.method)
+            self.transactions.send_request(request, link, address, on_answer, lambda: None)
         _log.info("call %s: phone told its party is now %s", call.id, number)
         return True
 
@@ -585,6 +609,12 @@ class B2BUA:
             handle.cancel()
         call.unacked.clear()
         call.end_reason = reason
+        if call.setup_span is not None:  # it never got an answer
+            call.setup_span.set_attribute(ATTR_END_REASON, reason)
+            call.setup_span.end()
+            call.setup_span = None
+        with tracing.tracer.start_as_current_span("sip call end", context=call.trace) as span:
+            span.set_attribute(ATTR_END_REASON, reason)
         _log.info("call %s ended: %s", call.id, reason)
         self._changed(call, "ended")
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.

@@ -14,6 +14,9 @@ from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import Address, Link
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
     from services.sipgw.transfer import Transfer
 
 DIALING, RINGING, ANSWERED, ENDED = "dialing", "ringing", "answered", "ended"
@@ -63,7 +66,10 @@ class Call:
     sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
     allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
     transfer: Transfer | None = None  # a REFER being carried out
-    loop_of: str = ""  # this call came back over the trunk as part of that call: collapse once set up
+    loop_of: str = ""
+    # The call's trace: its setup span (open until the answer) and the context later spans join.
+    trace: Context | None = None
+    setup_span: Span | None = None  # this call came back over the trunk as part of that call: collapse once set up
     extra: list[Branch] = dataclasses.field(default_factory=list)  # legs that joined later (their lines)
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None

@@ -20,6 +20,7 @@ import grpc.aio
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.runtime.follow import RETRY_MAX, RETRY_MIN
+from services.sipgw import tracing
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.call import ANSWERED, ENDED, RINGING, Call
 
@@ -118,6 +119,7 @@ class Reporter:
             by=by,
             reason=call.end_reason if call.state == ENDED else "",
             path=[*call.path, self.server_id],
+            traceparent=tracing.to_text(call.trace),
         )
         message.at.FromNanoseconds(int(at * 1e9))
         return message
@@ -135,4 +137,6 @@ class Reporter:
                 _log.info("call %s hung up: %s", command.call_id, command.hang_up)
         elif which == "new_party":
             party = command.new_party
-            self.calls.tell_party(command.call_id, party.number, party.display_name)
+            self.calls.tell_party(
+                command.call_id, party.number, party.display_name, tracing.from_text(command.traceparent)
+            )

@@ -22,6 +22,10 @@ import logging
 import urllib.parse
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
+
+from services.runtime.telemetry import ATTR_TRANSFER_TARGET
+from services.sipgw import tracing
 from services.sipgw.call import ANSWERED, Call
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.routing import Outgoing
@@ -55,7 +59,9 @@ class Transfer:
         self.target_invite_cseq = 1
         self.target_ack: Request | None = None
         self.fork: Fork | None = None
-        self.consultation: tuple[Call, str] | None = None  # attended: the call and the transferor's side in it
+        # Attended: the consultation call and the transferor's side in it.
+        self.consultation: tuple[Call, str] | None = None
+        self.trace: tracing.Context | None = None  # the transfer's span, for what it sends later
 
     @classmethod
     def start(cls, agent: B2BUA, call: Call, side: str, tx: ServerTransaction, request: Request) -> None:
@@ -81,10 +87,14 @@ class Transfer:
         transfer = cls(agent, call, side, uri.user)
         call.transfer = transfer
         transfer.notify("100 Trying", done=False)
-        if consultation is None:
-            transfer.ring()
-        else:
-            transfer.take_over(*consultation)
+        with tracing.tracer.start_as_current_span("sip transfer", context=call.trace) as span:
+            span.set_attribute(ATTR_TRANSFER_TARGET, uri.user)
+            span.set_attribute("pbxmesh.transfer.attended", consultation is not None)
+            transfer.trace = otel_context.get_current()
+            if consultation is None:
+                transfer.ring()
+            else:
+                transfer.take_over(*consultation)
 
     def ring(self) -> None:
         call, other = self.call, other_side(self.side)
@@ -94,6 +104,9 @@ class Transfer:
         if isinstance(branches, tuple):
             self.finish(f"{branches[0]} {branches[1]}")
             return
+        for branch in branches:
+            if branch.over_trunk:
+                tracing.to_headers(branch.request.headers, self.trace)
         self.fork = Fork(
             self.agent.transactions,
             branches,
@@ -158,6 +171,8 @@ class Transfer:
         assert dialog is not None
         link, address = agent._peer(call, other)
         reinvite = dialog.request("INVITE", sent_by(link), offer, "application/sdp")
+        if agent.trunk is not None and agent.trunk.carries(link):
+            tracing.to_headers(reinvite.headers, self.trace)
 
         def on_answer(answer: Response) -> None:
             if answer.status < 200:

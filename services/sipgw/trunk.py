@@ -21,6 +21,7 @@ _log = logging.getLogger(__name__)
 ORIGIN = "X-Pbxmesh-Origin"
 CORRELATION = "X-Pbxmesh-Call"
 PATH = "X-Pbxmesh-Path"  # the servers the call has passed, comma-separated, oldest first
+TRACEPARENT = "traceparent"  # W3C trace context (services/sipgw/tracing.py)
 IDENTITY = "P-Asserted-Identity"
 
 
@@ -70,6 +71,7 @@ class Trunk:
 
 def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes, str]:
     cseq = request.cseq
-    asserted = "\n".join(request.headers.get(name) or "" for name in (IDENTITY, ORIGIN, CORRELATION, PATH))
+    names = (IDENTITY, ORIGIN, CORRELATION, PATH, TRACEPARENT)
+    asserted = "\n".join(request.headers.get(name) or "" for name in names)
     return (request.method, str(request.uri), request.call_id, f"{cseq.number} {cseq.method}",
             request.from_addr.tag or "", request.body, asserted)  # fmt: skip

@@ -32,6 +32,7 @@ from tests.integration.test_sipgw import (
     stop_gateway,
     stop_phones,
 )
+from tests.otlp import ExportedSpan, otlp_receiver
 from tests.support import Group, Server, has_numbers, wait_for
 
 SECRET = "the-group-trunk-secret-2026"
@@ -48,9 +49,12 @@ class CallState:
     address: str = ""
     log: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    env: dict[str, str] | None = None
 
     async def start(self) -> None:
-        self.process, match, self.log, self.reader = await spawn_service("callstate", self.path, CALLSTATE_READY)
+        self.process, match, self.log, self.reader = await spawn_service(
+            "callstate", self.path, CALLSTATE_READY, self.env
+        )
         self.address = match.group(1)
 
     async def stop(self, kill: bool = False) -> None:
@@ -70,7 +74,12 @@ class Site:
 
 
 async def make_site(
-    group: Group, server_id: str, account: tuple[str, str], department: str, more: tuple[tuple[str, str], ...] = ()
+    group: Group,
+    server_id: str,
+    account: tuple[str, str],
+    department: str,
+    more: tuple[tuple[str, str], ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Site:
     trunk = f"127.0.0.1:{free_port()}"
     listen = {
@@ -91,12 +100,13 @@ async def make_site(
         listen=listen,
         extra=extra,
         lease_ttl=2,
+        env=env,
     )
     await server.start()
-    callstate = CallState(server.config_path)
+    callstate = CallState(server.config_path, env=env)
     await callstate.start()
     try:
-        return Site(server, await start_gateway(server.config_path), callstate, trunk)
+        return Site(server, await start_gateway(server.config_path, env), callstate, trunk)
     except BaseException:
         await callstate.stop()
         raise
@@ -646,3 +656,67 @@ async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: 
         assert await phones_done(*phones[:2]) == [0, 0]
     finally:
         await stop_phones(*phones)
+
+
+async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
+    """Alice on alpha calls Carol on beta, who transfers her to Dave: the setup on both gateways,
+    the transfer on beta, beta's callstate telling alpha's, and alpha telling Alice's phone are
+    spans of one trace."""
+    async with otlp_receiver() as (receiver, env):
+        made: list[Site] = []
+        phones: list[asyncio.subprocess.Process] = []
+        try:
+            made.append(await make_site(group, "alpha", ALICE, "sales", env=env))
+            made.append(await make_site(group, "beta", CAROL, "support", more=(DAVE,), env=env))
+            alpha, beta = made
+            await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
+            await wait_for(lambda: has_numbers(beta.registry, {"100"}), what="alpha's 100 on beta")
+            carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
+            phones = [
+                await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
+                await start_phone(beta.gateway, "callee.xml", dave, DAVE[0]),
+            ]
+            await asyncio.sleep(0.5)
+            calling = await asyncio.to_thread(
+                run,
+                *sipp_args(
+                    alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
+                ),
+            )
+            assert calling.returncode == 0, calling.stdout[-2000:]
+            assert await phones_done(*phones) == [0, 0]
+
+            def where(span: ExportedSpan) -> tuple[str, str, str]:
+                return (span.name, span.resource.get("service.name", ""), span.resource.get("pbxmesh.server.id", ""))
+
+            expected = {
+                ("sip call setup", "pbxmesh-sipgw", "alpha"),
+                ("sip call setup", "pbxmesh-sipgw", "beta"),
+                ("sip transfer", "pbxmesh-sipgw", "beta"),
+                ("callstate transferred", "pbxmesh-callstate", "beta"),
+                ("/pbxmesh.callstate.v1.CallStateService/ShareParty", "pbxmesh-callstate", "alpha"),
+                ("sip tell party", "pbxmesh-sipgw", "alpha"),
+                ("sip call end", "pbxmesh-sipgw", "alpha"),
+            }
+
+            async def whole() -> bool:
+                transfer = [s for s in receiver.spans if s.name == "sip transfer"]
+                if not transfer:
+                    return False
+                in_trace = {where(s) for s in receiver.spans if s.trace_id == transfer[0].trace_id}
+                return expected <= in_trace
+
+            await wait_for(whole, timeout=15, what="the call's spans from both servers in one trace")
+            (transfer,) = [s for s in receiver.spans if s.name == "sip transfer"]
+            assert transfer.attributes["pbxmesh.transfer.target"] == DAVE[0]
+            setup = next(s for s in receiver.spans if s.trace_id == transfer.trace_id and s.name == "sip call setup")
+            assert setup.attributes["pbxmesh.call.caller"] == ALICE[0]
+            # No SDP, password or secret in any span.
+            for span in receiver.spans:
+                text = repr(span.attributes)
+                assert "v=0" not in text and "alice-pw" not in text and SECRET not in text
+        finally:
+            await stop_phones(*phones)
+            for site in made:
+                await stop_gateway(site.gateway)
+                await site.callstate.stop()

@@ -14,11 +14,11 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from services.registry import GROUP_HEALTH
 from services.runtime.grpc_server import SERVING
+from tests.otlp import otlp_receiver
 from tests.support import REPO, Group, child_env, has_numbers, wait_for
 
 
@@ -126,51 +126,24 @@ def test_env_override_is_validated_too(tmp_path: Path) -> None:
     assert "hunter2-secret" not in result.stderr
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """A minimal OTLP/gRPC trace receiver."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, dict[str, str], dict[str, str]]] = []
-
-    async def Export(
-        self,
-        request: trace_service_pb2.ExportTraceServiceRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    attributes = {a.key: a.value.string_value for a in span.attributes}
-                    self.spans.append((span.name, attributes, resource))
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 async def test_traces_reach_an_otlp_receiver_without_health_checks(group: Group) -> None:
-    receiver = Receiver()
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with otlp_receiver() as (receiver, env):
         alpha = await group.start(
             "alpha",
             ["100"],
-            env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+            env=env,
             connector={"username": "", "password": ""},
         )
         await alpha.health_of("")
         await alpha.stub.ResolveNumber(pb.ResolveNumberRequest(number="100"))
 
         async def resolved() -> bool:
-            return any(name.endswith("RegistryService/ResolveNumber") for name, _, _ in receiver.spans)
+            return any(span.name.endswith("RegistryService/ResolveNumber") for span in receiver.spans)
 
         await wait_for(resolved, timeout=10, what="the ResolveNumber span")
-        _, attributes, resource = next(s for s in receiver.spans if s[0].endswith("/ResolveNumber"))
+        _, attributes, resource, _ = next(s for s in receiver.spans if s.name.endswith("/ResolveNumber"))
         assert attributes["pbxmesh.number"] == "100"
         assert attributes["pbxmesh.route.server_id"] == "alpha"
         assert resource["service.name"] == "pbxmesh-registry"
         assert resource["pbxmesh.server.id"] == "alpha"
-        assert not any("Health" in n or "etcdserverpb" in n for n, _, _ in receiver.spans)
-    finally:
-        await server.stop(0)
+        assert not any("Health" in s.name or "etcdserverpb" in s.name for s in receiver.spans)

@@ -48,13 +48,13 @@ class Gateway:
 
 
 async def spawn_service(
-    service: str, path: Path, ready: re.Pattern[str]
+    service: str, path: Path, ready: re.Pattern[str], env: dict[str, str] | None = None
 ) -> tuple[asyncio.subprocess.Process, re.Match[str], list[str], asyncio.Task[None]]:
     """``pbxmesh serve SERVICE -c PATH``, once its log says it is ready: (process, the ready
     line's match, its log so far and on, the task that keeps reading the log)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "serve", service, "-c", str(path),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(), cwd=REPO,
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(env), cwd=REPO,
     )  # fmt: skip
     assert process.stderr is not None
     log: list[str] = []
@@ -74,8 +74,8 @@ async def spawn_service(
     return process, match, log, asyncio.create_task(drain())
 
 
-async def start_gateway(path: Path) -> Gateway:
-    process, match, log, reader = await spawn_service("sipgw", path, READY)
+async def start_gateway(path: Path, env: dict[str, str] | None = None) -> Gateway:
+    process, match, log, reader = await spawn_service("sipgw", path, READY, env)
     gw = Gateway(process, int(match.group(2)), match.group(3))
     gw.log, gw.reader = log, reader
     return gw

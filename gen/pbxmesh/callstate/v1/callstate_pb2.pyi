@@ -246,6 +246,7 @@ class CallEvent(_message.Message):
     BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     kind: Global___EventKind.ValueType
     peer_server_id: _builtins.str
@@ -255,6 +256,8 @@ class CallEvent(_message.Message):
     """HELD/RESUMED: "local" or "remote"."""
     reason: _builtins.str
     """ENDED: why."""
+    traceparent: _builtins.str
+    """W3C trace context of the call (one trace per call, across servers); empty when not traced."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -280,10 +283,11 @@ class CallEvent(_message.Message):
         by: _builtins.str = ...,
         reason: _builtins.str = ...,
         path: _abc.Iterable[_builtins.str] | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "local_party", b"local_party", "remote_party", b"remote_party"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "by", b"by", "call_id", b"call_id", "kind", b"kind", "local_party", b"local_party", "outgoing", b"outgoing", "path", b"path", "peer_server_id", b"peer_server_id", "reason", b"reason", "remote_party", b"remote_party"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "by", b"by", "call_id", b"call_id", "kind", b"kind", "local_party", b"local_party", "outgoing", b"outgoing", "path", b"path", "peer_server_id", b"peer_server_id", "reason", b"reason", "remote_party", b"remote_party", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,9 +327,12 @@ class ReportCallsResponse(_message.Message):
     CALL_ID_FIELD_NUMBER: _builtins.int
     NEW_PARTY_FIELD_NUMBER: _builtins.int
     HANG_UP_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     hang_up: _builtins.str
     """End the call (BYE, or CANCEL while ringing) with this reason: its other server left the group."""
+    traceparent: _builtins.str
+    """W3C trace context the command continues; empty when not traced."""
     @_builtins.property
     def new_party(self) -> Global___Party:
         """Tell this server's phone that its remote party is now this one (UPDATE, or re-INVITE where
@@ -338,10 +345,11 @@ class ReportCallsResponse(_message.Message):
         call_id: _builtins.str = ...,
         new_party: Global___Party | None = ...,
         hang_up: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "hang_up", b"hang_up", "new_party", b"new_party"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "command", b"command", "hang_up", b"hang_up", "new_party", b"new_party"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "command", b"command", "hang_up", b"hang_up", "new_party", b"new_party", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["new_party", "hang_up"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
