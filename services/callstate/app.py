@@ -11,6 +11,7 @@ from services.callstate.peers import Peers
 from services.callstate.service import CallStateService
 from services.runtime.config import Config, ConfigError
 from services.runtime.grpc_server import GrpcHost
+from services.runtime.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +29,15 @@ class CallStateApp:
         self.service = CallStateService(self.book, self.peers)
         self.peers.on_left, self.peers.on_answer = self.service.on_left, self.service.on_answer
         self.failed = asyncio.Event()
+        self.metrics = Metrics("callstate", config.server.id, config.telemetry.metrics.callstate)
+        book = self.book
+
+        def calls() -> list[tuple[float, dict[str, str]]]:
+            active = book.active()
+            cross = sum(1 for call in active if call.cross_server)
+            return [(cross, {"cross_server": "true"}), (len(active) - cross, {"cross_server": "false"})]
+
+        self.metrics.gauge("pbxmesh.callstate.calls", "calls this callstate follows", calls)
 
     async def start(self) -> None:
         self.host.add(self.service)

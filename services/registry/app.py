@@ -12,6 +12,7 @@ from services.registry.service import RegistryService
 from services.runtime.config import Config
 from services.runtime.etcd import EtcdConnector
 from services.runtime.grpc_server import GrpcHost
+from services.runtime.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RegistryApp:
             self._group_health,
         )
         self.view, self.link = view, link
+        self._measure(view, link)
         link.failed = self.failed
         self.host.add(RegistryService(view, link))
         # Join and read the group before serving, so that the first answers hold the whole plan
@@ -73,6 +75,19 @@ class RegistryApp:
             self.host.address,
             cfg.connector.group,
         )
+
+    def _measure(self, view: PlanView, link: GroupLink) -> None:
+        m = Metrics("registry", self.config.server.id, self.config.telemetry.metrics.registry)
+        m.gauge("pbxmesh.group.members", "live members of the group", lambda: [(len(view.live_members()), {})])
+        m.gauge("pbxmesh.group.connected", "1 while this server is a live member", lambda: [(int(view.connected), {})])
+        m.gauge("pbxmesh.plan.numbers", "numbers in the merged plan", lambda: [(len(view.routes), {})])
+        m.gauge(
+            "pbxmesh.plan.conflicts", "numbers claimed by more than one server", lambda: [(len(view.conflicts()), {})]
+        )
+        m.counter_of(
+            "pbxmesh.etcd.keepalive_failures", "lease keepalives that failed", lambda: [(link.keepalive_failures, {})]
+        )
+        self.metrics = m
 
     async def _group_health(self, connected: bool) -> None:
         await self.host.set_health(GROUP_HEALTH, connected)

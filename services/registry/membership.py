@@ -80,6 +80,7 @@ class GroupLink:
         self.lease_ttl = lease_ttl
         self._on_connected = on_connected
         self._session: LeaseSession | None = None
+        self._past_keepalive_failures = 0  # of the leases before the current one
         self._previous_lease = 0
         self._task: asyncio.Task[None] | None = None
         self._publish_lock = asyncio.Lock()
@@ -88,6 +89,12 @@ class GroupLink:
         self._retry_task: asyncio.Task[None] | None = None
         # Set if the link stops for a reason it cannot handle: the process should exit and be restarted.
         self.failed = asyncio.Event()
+
+    @property
+    def keepalive_failures(self) -> int:
+        """Lease keepalives that failed since start, over every lease this server has held."""
+        current = self._session.keepalive_failures if self._session is not None else 0
+        return self._past_keepalive_failures + current
 
     async def start(self) -> None:
         """Joins now if etcd answers (a duplicate id is fatal here), then keeps the link up."""
@@ -172,6 +179,8 @@ class GroupLink:
             await session.close()
             raise
         self._previous_lease = session.lease_id
+        if self._session is not None:
+            self._past_keepalive_failures += self._session.keepalive_failures
         self._session = session
         _log.info("joined group as %s with lease %x", self.local.server_id, session.lease_id)
 

@@ -105,11 +105,21 @@ class NumberingSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSection:
+    """Where each service serves its Prometheus metrics (host:port); empty: no endpoint."""
+
+    registry: str = ""
+    sipgw: str = ""
+    callstate: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class TelemetrySection:
     """Traces go out over OTLP when an endpoint is set here or in OTEL_EXPORTER_OTLP_ENDPOINT."""
 
     otlp_endpoint: str = ""
     log_level: str = "info"
+    metrics: MetricsSection = MetricsSection()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +184,10 @@ def validate(config: Config) -> None:
             check_host_port(address, f"advertise.{name}")
             if not getattr(config.listen, name):
                 raise ConfigError(f"advertise.{name}: set listen.{name} too (nothing listens to be reached)")
+    for name in ("registry", "sipgw", "callstate"):
+        address = getattr(config.telemetry.metrics, name)
+        if address:
+            check_host_port(address, f"telemetry.metrics.{name}")
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     _validate_numbering(config.numbering)

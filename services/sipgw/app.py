@@ -16,6 +16,7 @@ from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.config_calls import TARGET_RE, parse_target_uri
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from services.runtime.grpc_server import GrpcHost
+from services.runtime.metrics import Metrics
 from services.runtime.subscription import Subscription
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.b2bua import PlaceError
@@ -199,8 +200,45 @@ class SipGatewayApp:
             else None
         )
         self.failed = asyncio.Event()
+        self.metrics = Metrics("sipgw", config.server.id, config.telemetry.metrics.sipgw)
+        self._measure()
         self.udp: UdpEndpoint | None = None
         self.tcp: TcpListener | None = None
+
+    def _measure(self) -> None:
+        calls, lines, bindings = self.core.calls, self.lines, self.core.registrar.bindings
+        m = self.metrics
+
+        def active() -> list[tuple[float, dict[str, str]]]:
+            kinds = {"local": 0, "trunk_out": 0, "trunk_in": 0}
+            for call in calls.active():
+                kinds["trunk_in" if call.trunk_in else "trunk_out" if call.trunk_out else "local"] += 1
+            return [(count, {"kind": kind}) for kind, count in kinds.items()]
+
+        m.gauge(
+            "pbxmesh.sip.registrations",
+            "numbers with at least one registered phone",
+            lambda: [(len(bindings.numbers()), {})],
+        )
+        m.gauge("pbxmesh.calls.active", "calls in progress, by kind", active)
+        m.gauge("pbxmesh.trunk.lines", "trunk lines configured", lambda: [(lines.usage.lines, {})])
+        m.gauge("pbxmesh.trunk.lines_in_use", "trunk lines in use", lambda: [(lines.usage.in_use, {})])
+        m.counter_of(
+            "pbxmesh.trunk.rejected", "calls refused for want of a trunk line", lambda: [(lines.usage.rejected, {})]
+        )
+        responses = self.core.transactions.responses_sent
+        m.counter_of(
+            "pbxmesh.sip.responses",
+            "SIP responses sent, by class",
+            lambda: [(n, {"class": c}) for c, n in responses.items()],
+        )
+        setup = m.meter.create_histogram(
+            "pbxmesh.calls.setup_time",
+            unit="s",
+            description="from a call's first INVITE to its answer",
+            explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30],
+        )
+        self.core.calls.record_setup = setup.record
 
     async def start(self) -> None:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")

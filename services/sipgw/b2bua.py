@@ -68,6 +68,8 @@ class B2BUA:
         self._by_invite: dict[tuple[str, str], Call] = {}  # (A's Call-ID, A's From tag)
         # Dialogs of parties that left by transfer: their late BYE still gets its 200.
         self._retired: dict[tuple[str, str, str], Call] = {}
+        # Told each call's setup time (first INVITE to answer, seconds): the metrics' histogram.
+        self.record_setup: Callable[[float], None] = lambda seconds: None
 
     # -- new calls ------------------------------------------------------------------------------
 
@@ -299,6 +301,7 @@ class B2BUA:
             return
         call.state = ANSWERED
         call.answered_at = time.time()
+        self.record_setup(call.answered_at - call.started_at)
         if call.placed:
             self._ack_first(call, response.body, response.headers.get("Content-Type") or "")
         else:

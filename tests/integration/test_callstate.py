@@ -720,3 +720,57 @@ async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
             for site in made:
                 await stop_gateway(site.gateway)
                 await site.callstate.stop()
+
+
+def scrape(address: str) -> dict[str, float]:
+    """A Prometheus endpoint's samples, by name with their labels (otel scope labels left out)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name, _, labels = name_labels.partition("{")
+        kept = ",".join(p for p in labels.rstrip("}").split(",") if p and not p.startswith("otel_scope"))
+        samples[f"{name}{{{kept}}}" if kept else name] = float(value)
+    return samples
+
+
+async def test_each_service_serves_its_metrics(group: Group) -> None:
+    ports = {name: f"127.0.0.1:{free_port()}" for name in ("registry", "sipgw", "callstate")}
+    env = {f"PBXMESH_TELEMETRY_METRICS_{name.upper()}": address for name, address in ports.items()}
+    made: list[Site] = []
+    phone: asyncio.subprocess.Process | None = None
+    try:
+        made.append(await make_site(group, "alpha", ALICE, "sales", env=env))
+        made.append(await make_site(group, "beta", CAROL, "support"))
+        alpha, beta = made
+        await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
+        carol = await register_phone(beta.gateway, CAROL)
+        phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
+        )
+        assert calling.returncode == 0, calling.stdout[-2000:]
+        assert await phones_done(phone) == [0]
+        sipgw = await asyncio.to_thread(scrape, ports["sipgw"])
+        assert sipgw["pbxmesh_calls_setup_time_seconds_count"] == 1
+        assert sipgw['pbxmesh_sip_responses_total{class="2xx"}'] >= 2  # the caller's 200 and the BYE's
+        assert sipgw['pbxmesh_sip_responses_total{class="4xx"}'] >= 1  # the 407 challenge
+        assert sipgw["pbxmesh_trunk_lines"] == 4 and sipgw["pbxmesh_trunk_rejected_total"] == 0
+        assert sipgw['pbxmesh_calls_active{kind="trunk_out"}'] == 0
+        registry = await asyncio.to_thread(scrape, ports["registry"])
+        assert registry["pbxmesh_group_members"] == 2 and registry["pbxmesh_group_connected"] == 1
+        assert registry["pbxmesh_plan_numbers"] == 2 and registry["pbxmesh_plan_conflicts"] == 0
+        assert registry["pbxmesh_etcd_keepalive_failures_total"] == 0
+        callstate = await asyncio.to_thread(scrape, ports["callstate"])
+        assert callstate['pbxmesh_callstate_calls{cross_server="true"}'] == 0
+    finally:
+        if phone is not None:
+            await stop_phones(phone)
+        for site in made:
+            await stop_gateway(site.gateway)
+            await site.callstate.stop()

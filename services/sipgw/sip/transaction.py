@@ -191,6 +191,9 @@ class ServerTransaction(_Transaction):
         wire = response.to_bytes()
         self.last = wire
         self.link.send(wire, self.address)
+        status_class = f"{response.status // 100}xx"
+        counts = self.layer.responses_sent
+        counts[status_class] = counts.get(status_class, 0) + 1
         timers = self.layer.timers
         reliable = _reliable(self.link)
         if response.status < 200:
@@ -253,6 +256,7 @@ class TransactionLayer:
         self.timers = timers or Timers()
         self.loop = asyncio.get_event_loop()
         self.clients: dict[tuple[str, ...], ClientTransaction] = {}
+        self.responses_sent: dict[str, int] = {}  # "1xx".."6xx" -> responses sent (retransmissions not counted)
         self.servers: dict[tuple[str, ...], ServerTransaction] = {}
 
     def send_direct(self, request: Request, link: Link, address: Address) -> None:
