@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from services.runtime import setup_logging
 
-    setup_logging(config.telemetry.log_level)
+    setup_logging(config.telemetry.log_level, config.telemetry.log_format)
     import uvloop
 
     # Each service is imported only when it is the one asked for.

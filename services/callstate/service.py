@@ -16,6 +16,7 @@ from services.callstate.convert import call_pb, event_of, party_of, party_pb, sh
 from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.logs import call_traces, trace_id_of
 from services.runtime.subscription import Subscription
 from services.runtime.telemetry import ATTR_CALL_ID
 from services.runtime.trace_context import current, from_text, to_text
@@ -81,6 +82,8 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         # Within the call's trace: what this change makes this server do (a share, a command) joins it.
         with tracer.start_as_current_span(f"callstate {event.kind}", context=from_text(traceparent)) as span:
             span.set_attribute(ATTR_CALL_ID, event.call_id)
+            if traceparent:
+                call_traces.setdefault(event.call_id, trace_id_of(span))
             self._follow_up(event.call_id, self.book.apply(event))
 
     def _follow_up(self, call_id: str, outcome: Outcome) -> None:
@@ -168,3 +171,4 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
     def _forget(self, call: CallRecord) -> None:
         if self.book.calls.get(call.call_id) is call:
             self.book.forget(call.call_id)
+            call_traces.pop(call.call_id, None)

@@ -12,7 +12,8 @@ from services.runtime.errors import (
 )
 from services.runtime.etcd import EtcdAuthFailed, EtcdConnector, EtcdUnavailable, LeaseSession, WatchLost
 from services.runtime.grpc_server import GrpcHost, run_until_signal
-from services.runtime.telemetry import Telemetry, setup_logging, setup_telemetry
+from services.runtime.logs import setup_logging
+from services.runtime.telemetry import Telemetry, setup_telemetry
 
 __all__ = [
     "Config",

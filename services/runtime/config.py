@@ -25,6 +25,7 @@ from services.runtime.config_calls import (
     TrunkSection,
     validate_calls,
 )
+from services.runtime.logs import LOG_FORMATS
 
 SERVER_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
 GROUP_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -119,6 +120,7 @@ class TelemetrySection:
 
     otlp_endpoint: str = ""
     log_level: str = "info"
+    log_format: str = "text"  # or json: one object a line, with call_id and trace_id on call lines
     metrics: MetricsSection = MetricsSection()
 
 
@@ -188,6 +190,10 @@ def validate(config: Config) -> None:
         address = getattr(config.telemetry.metrics, name)
         if address:
             check_host_port(address, f"telemetry.metrics.{name}")
+    if config.telemetry.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"telemetry.log_format: {config.telemetry.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+        )
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     _validate_numbering(config.numbering)

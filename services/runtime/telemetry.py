@@ -23,9 +23,7 @@ One trace per call: see services/sipgw/tracing.py.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -54,22 +52,24 @@ _instrumented = False
 class Telemetry:
     """Owns the tracer provider of one process; ``shutdown`` flushes what is pending."""
 
-    def __init__(self, provider: TracerProvider | None):
-        self.provider = provider
+    def __init__(self, provider: TracerProvider | None, installed: TracerProvider | None = None):
+        self.provider = provider  # the exporting one, if any
+        self.installed = installed
 
     @property
     def exporting(self) -> bool:
         return self.provider is not None
 
     def shutdown(self) -> None:
-        if self.provider is not None:
-            self.provider.shutdown()
+        if self.installed is not None:
+            self.installed.shutdown()
 
 
 def setup_telemetry(
     service_name: str, server_id: str, otlp_endpoint: str = "", environ: Mapping[str, str] | None = None
 ) -> Telemetry:
-    """Installs gRPC instrumentation and, if an endpoint is known, an OTLP span exporter."""
+    """Installs gRPC instrumentation, a tracer provider and, if an endpoint is known, an OTLP span
+    exporter."""
     global _instrumented
     env = os.environ if environ is None else environ
     if not _instrumented:
@@ -87,23 +87,15 @@ def setup_telemetry(
         GrpcAioInstrumentorClient(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
         _instrumented = True
     endpoint = otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-    if not endpoint:
-        return Telemetry(None)
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
     resource = Resource.create(
         {"service.name": f"pbxmesh-{service_name}", "service.namespace": "pbxmesh", ATTR_SERVER_ID: server_id}
     )
+    # A real provider even when nothing is exported: spans then have ids, which the logs carry
+    # and the trace context passes on to the other servers.
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
     trace.set_tracer_provider(provider)
-    return Telemetry(provider)
-
-
-def setup_logging(level: str = "info") -> None:
-    """Plain line logs on stderr; the level name comes from config."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    return Telemetry(provider if endpoint else None, provider)

@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.runtime.config_calls import parse_target_uri
+from services.runtime.logs import call_traces, trace_id_of
 from services.runtime.telemetry import ATTR_CALL_ID, ATTR_CALLEE, ATTR_CALLER, ATTR_END_REASON, ATTR_NUMBER
 from services.sipgw import tracing
 from services.sipgw.call import ANSWERED, DIALING, ENDED, RINGING, Call, called_number
@@ -214,6 +215,7 @@ class B2BUA:
             attributes={ATTR_CALL_ID: call.id, ATTR_CALLER: call.caller, ATTR_CALLEE: call.callee},
         )
         call.setup_span, call.trace = span, trace.set_span_in_context(span)
+        call_traces[call.id] = trace_id_of(span)
         for fork in (call.a_fork, call.b_fork):
             for branch in fork.branches if fork is not None else ():
                 if branch.over_trunk:
@@ -625,6 +627,7 @@ class B2BUA:
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        call_traces.pop(call.id, None)
         for dialog in (call.a_dialog, call.b_dialog):
             if dialog is not None:
                 self._by_dialog.pop(dialog.key, None)

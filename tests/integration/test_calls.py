@@ -272,3 +272,37 @@ async def test_a_phone_registered_over_tcp_is_called_on_its_connection(gateway: 
     seen = await asyncio.wait_for(answering, 30)
     assert [line.split(" ")[0] for line in seen[:3]] == ["INVITE", "ACK", "BYE"]
     assert seen[0].startswith(f"INVITE sip:{BOB[0]}@") and seen[3] == "offer carried"
+
+
+async def test_json_logs_carry_the_call_id_and_trace_id_on_call_lines(tmp_path: Path) -> None:
+    import json
+
+    config = {
+        "server": {"id": "alpha"},
+        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
+        "numbering": {"numbers": [{"number": n} for n, _ in (ALICE, BOB)]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in (ALICE, BOB)]},
+        "telemetry": {"log_format": "json"},
+    }
+    path = tmp_path / "alpha.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw = await start_gateway(path)
+    try:
+        bob = await register_phone(gw, BOB)
+        callee = await start_phone(gw, "callee.xml", bob, BOB[0])
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(gw, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+        )
+        assert calling.returncode == 0, calling.stdout[-2000:]
+        assert await phones_done(callee) == [0]
+        await wait_for(lambda: _true(any("ended" in line for line in gw.log)), what="the call's end logged")
+    finally:
+        await stop_gateway(gw)
+    entries = [json.loads(line) for line in gw.log if line.strip()]  # every line is one JSON object
+    call_lines = [e for e in entries if e["message"].startswith("call ")]
+    assert len(call_lines) >= 3  # started, answered, ended
+    assert len({e["call_id"] for e in call_lines}) == 1
+    assert all(len(e.get("trace_id", "")) == 32 for e in call_lines), call_lines
+    assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}
+    assert ALICE[1] not in "".join(gw.log)

@@ -1,0 +1,55 @@
+"""Log lines: plain text, or one JSON object a line for a log pipeline.
+
+A call's lines carry its correlation id (``call_id``) and trace id (``trace_id``): the id is the
+first argument of every message that starts with "call %s" (the convention all call-related lines
+follow), or an explicit ``extra={"call_id": ...}``; the trace id is the current span's, else the one
+the call's trace was given where it began (``call_traces``, kept by the services while a call lives).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+
+from opentelemetry import trace
+
+LOG_FORMATS = ("text", "json")
+call_traces: dict[str, str] = {}  # call id -> trace id (32 hex digits)
+
+
+def trace_id_of(span: trace.Span) -> str:
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else ""
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, str] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        call_id = getattr(record, "call_id", None)
+        if call_id is None and isinstance(record.msg, str) and record.msg.startswith("call %s") and record.args:
+            call_id = record.args[0] if isinstance(record.args, tuple) else None
+        if call_id:
+            entry["call_id"] = str(call_id)
+        trace_id = trace_id_of(trace.get_current_span()) or call_traces.get(str(call_id or ""), "")
+        if trace_id:
+            entry["trace_id"] = trace_id
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", log_format: str = "text") -> None:
+    """Logs on stderr at ``level``, as text lines or JSON objects."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
