@@ -106,6 +106,11 @@ def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_se
     sip = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "sipgw-sip")
     assert sip["spec"]["externalTrafficPolicy"] == "Local"  # phones' source addresses are kept
     assert {(p["port"], p["protocol"]) for p in sip["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    for name, port in (("registry", 9101), ("sipgw", 9102), ("callstate", 9103)):
+        template = found[name]["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+        assert {"name": "metrics", "containerPort": port} in template["spec"]["containers"][0]["ports"]
+    assert server["telemetry"]["log_format"] == "json"
     policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies == {"pbxmesh-registry", "pbxmesh-callstate", "pbxmesh-sipgw"}
 
