@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers demo
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(BUF):
 
 up: $(STAMP)
 	$(BIN)/python scripts/local_group.py examples/alpha.yaml examples/beta.yaml examples/gamma.yaml
+
+demo: $(STAMP) sip-peers
+	$(BIN)/python scripts/demo.py
 
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh

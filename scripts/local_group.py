@@ -53,14 +53,19 @@ def main(paths: list[str]) -> int:
                 print(f"{config.server.id:<15} {what} {address}  ({config.server.name})")
                 threading.Thread(target=_relay, args=(f"{config.server.id} {service}", process), daemon=True).start()
             if config.sip.accounts:
-                numbers = ", ".join(a.number for a in config.sip.accounts)
-                print(f"{'':<15} phones   {numbers} (passwords in {path})")
+                # Demo accounts from the example files: what a softphone needs to register here.
+                for account in config.sip.accounts:
+                    print(
+                        f"{'':<15} phone    user {account.number}, password {account.password.value}, "
+                        f"registrar sip:{config.listen.sip} (UDP or TCP)"
+                    )
         print()
         print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
         print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh parties --watch --callstate 127.0.0.1:50071")
         print("      a softphone registered as 100 on alpha can call 200 on beta (over the trunk)")
+        print("      make demo    (in another terminal: a scripted call alpha -> beta with hold and transfer)")
         print("Ctrl-C stops the group.")
         while not stop.wait(0.5):
             for process in processes:

@@ -155,8 +155,13 @@ class CallBook:
         elif call.phase == ENDED:
             return Outcome()
         else:
-            call.local = call.local.merged(local) if event.kind != "transferred" else local
-            call.remote = call.remote.merged(event.remote) if event.kind != "transferred" else event.remote
+            if event.kind == "transferred":
+                call.local, call.remote = local, event.remote
+            else:
+                # Details of the same parties only: after a transfer on the other server this
+                # server's gateway still names the party it first called.
+                call.local = _same_party(call.local, local)
+                call.remote = _same_party(call.remote, event.remote)
             # A transfer may bring the call home (its other party now on this server, no peer).
             call.peer_server_id = (
                 event.peer_server_id if event.kind == "transferred" else call.peer_server_id or event.peer_server_id
@@ -352,3 +357,7 @@ class CallBook:
 
     def with_peer(self, server_id: str) -> list[CallRecord]:
         return [call for call in self.active() if call.peer_server_id == server_id]
+
+
+def _same_party(known: Party, reported: Party) -> Party:
+    return known.merged(reported) if reported.number in ("", known.number) or not known.number else known

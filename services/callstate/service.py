@@ -27,6 +27,7 @@ Ctx = grpc.aio.ServicerContext
 tracer = trace.get_tracer("pbxmesh.callstate")
 KEEP_ENDED = 60.0  # seconds an ended call stays visible to GetCall
 MAX_ID = 128
+MAX_REMEMBERED = 10_000  # calls a watch remembers the last message of (to send changes only)
 
 
 class CallStateService(cs_grpc.CallStateServiceServicer):
@@ -146,10 +147,17 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             raise InvalidArgument(f"call_id: at most {MAX_ID} characters", reason="INVALID_CALL_ID")
         wanted = request.call_id
         changes: Subscription[cs.Call] = Subscription()
+        sent: dict[str, cs.Call] = {}  # the last state sent of each call: no message for no change
 
         def listen(call: CallRecord) -> None:
             if not wanted or call.call_id == wanted:
-                changes.put(call_pb(call))  # converted now: the record changes on
+                message = call_pb(call)  # converted now: the record changes on
+                if sent.get(call.call_id) != message:
+                    sent.pop(call.call_id, None)
+                    sent[call.call_id] = message
+                    if len(sent) > MAX_REMEMBERED:  # the calls changed least recently go first
+                        del sent[next(iter(sent))]
+                    changes.put(message)
 
         self.book.listeners.add(listen)
         try:

@@ -487,6 +487,10 @@ class B2BUA:
                 self.transactions.send_direct(dialog.ack(sent_by(link), request.cseq.number), link, address)
 
         request.headers.add(IDENTITY, identity)
+        if side == "a":  # what the API shows follows what the phone is told
+            call.callee, call.callee_name = number, display
+        else:
+            call.caller, call.caller_name = number, display
         with tracing.tracer.start_as_current_span("sip tell party", context=parent or call.trace) as span:
             span.set_attribute(ATTR_NUMBER, number)
             span.set_attribute("sip.method", request.method)

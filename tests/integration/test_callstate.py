@@ -774,3 +774,39 @@ async def test_each_service_serves_its_metrics(group: Group) -> None:
         for site in made:
             await stop_gateway(site.gateway)
             await site.callstate.stop()
+
+
+async def test_the_demo_call_hold_resume_and_transfer_as_alphas_stream_shows_it(sites: dict[str, Site]) -> None:
+    """What `make demo` runs: Alice (alpha) connected to Carol (beta) through the API; Carol holds,
+    resumes and transfers to Dave; hung up through the API."""
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, carol = await register_phone(alpha.gateway, ALICE), await register_phone(beta.gateway, CAROL)
+    dave = await register_phone(beta.gateway, DAVE)
+    phones = [
+        await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+        await start_phone(beta.gateway, "talker.xml", dave, DAVE[0]),
+        await start_phone(beta.gateway, "callee_hold_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
+    ]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await asyncio.sleep(0.5)
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        assert await phones_done(phones[2]) == [0]  # Carol: answered, held, resumed, transferred
+        await watch.seen(lambda c: c.remote_party.number == DAVE[0], "Dave on alpha's stream")
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            stub = pb_grpc.SipGatewayServiceStub(channel)
+            (shown,) = (await stub.ListCalls(pb.ListCallsRequest(), timeout=5)).calls
+            assert shown.callee == DAVE[0]  # the gateway's view follows what the phone was told
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=call.call_id), timeout=5)
+        assert await phones_done(*phones[:2]) == [0, 0]
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the end on alpha's stream")
+    finally:
+        await stop_phones(*phones)
+        await watch.close()
+    assert watch.phases() == ["DIALING", "RINGING", "ANSWERED", "HELD", "ANSWERED", "ENDED"]
+    assert ended.remote_party.number == DAVE[0] and ended.end_reason == "hung up through the API"
+    held = next(c for c in watch.calls if c.phase == cs.CALL_PHASE_HELD)
+    assert (held.held_by, held.remote_party.number) == ("remote", CAROL[0])
+    # No message repeats the one before it for the same call.
+    assert all(a != b for a, b in zip(watch.calls, watch.calls[1:], strict=False))

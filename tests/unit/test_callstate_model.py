@@ -162,3 +162,12 @@ def test_what_the_server_behind_says_before_the_transfer_is_reported_here_is_kep
     assert book.shared(Share("c1", "gamma", told, ANSWERED, 19.9, 1)) == Outcome()  # gamma was quicker
     outcome = book.apply(Event("c1", "transferred", 20.0, Party("201", server_id="gamma"), alice, "alpha", False))
     assert outcome.share is not None and outcome.share.party == told
+
+
+def test_the_gateway_naming_the_first_party_does_not_undo_a_transfer_there() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", DAVE, ANSWERED, 20.0, 2))
+    book.apply(Event("c1", "ended", 30.0, ALICE, Party("200", server_id="beta"), "beta", reason="hung up"))
+    assert book.calls["c1"].remote == DAVE

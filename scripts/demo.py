@@ -1,0 +1,107 @@
+"""`make demo`: a scripted cross-server call on the group `make up` runs, with hold and transfer.
+
+Alice (100, on alpha) is connected to Carol (200, on beta) through alpha's API; Carol puts the call
+on hold, resumes it and transfers it to Dave (201, on beta); then the call is hung up. The phones
+are SIPp; what alpha's callstate streams about the call is printed as it changes: the party behind
+beta, the hold, the new party after the transfer, the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
+# Where `make up` runs alpha and beta (examples/alpha.yaml, examples/beta.yaml).
+ALPHA_SIP, BETA_SIP = 5060, 5062
+ALPHA_SIPGW, ALPHA_CALLSTATE = "127.0.0.1:50061", "127.0.0.1:50071"
+PHONES = [  # (number, password, SIP port of its server, scenario, extra SIPp arguments)
+    ("100", "alice-demo-100", ALPHA_SIP, "talker.xml", []),
+    ("201", "dave-demo-201", BETA_SIP, "talker.xml", []),
+    ("200", "carol-demo-200", BETA_SIP, "callee_hold_refer.xml", ["-key", "refer_to", "201"]),
+]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sipp(server_port: int, scenario: str, port: int, number: str, *extra: str) -> list[str]:
+    return [
+        shutil.which("sipp") or "sipp", f"127.0.0.1:{server_port}", "-sf", str(SIPP_DIR / scenario),
+        "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-s", number, "-nostdin", "-timeout", "40s", *extra,
+    ]  # fmt: skip
+
+
+def pbxmesh(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def main() -> int:
+    if shutil.which("sipp") is None:
+        print("demo: SIPp is missing (Debian package sip-tester; `make test` installs it)", file=sys.stderr)
+        return 1
+    listed = subprocess.run(pbxmesh("parties", "--callstate", ALPHA_CALLSTATE), capture_output=True, cwd=ROOT)
+    if listed.returncode != 0:
+        print("demo: the local group does not answer; run `make up` in another terminal first", file=sys.stderr)
+        return 1
+    phones: list[subprocess.Popen[bytes]] = []
+    watch = subprocess.Popen(pbxmesh("parties", "--watch", "--callstate", ALPHA_CALLSTATE), cwd=ROOT)
+    try:
+        for number, password, server_port, scenario, extra in PHONES:
+            port = free_port()
+            registered = subprocess.run(
+                sipp(server_port, "register.xml", port, number, "-au", number, "-ap", password),
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+            if registered.returncode != 0:
+                print(f"demo: phone {number} could not register", file=sys.stderr)
+                return 1
+            phones.append(
+                subprocess.Popen(
+                    sipp(server_port, scenario, port, number, *extra),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(0.5)
+        print("== alpha's callstate, as the call goes: Alice (alpha) -> Carol (beta), hold, resume, transfer to Dave")
+        dialed = subprocess.run(
+            pbxmesh("dial", "100", "200", "--sipgw", ALPHA_SIPGW, "--json"), capture_output=True, text=True, cwd=ROOT
+        )
+        if dialed.returncode != 0:
+            print(f"demo: {dialed.stderr.strip()}", file=sys.stderr)
+            return 1
+        call_id = dialed.stdout.split('"callId": "', 1)[1].split('"', 1)[0]
+        time.sleep(8)  # answer, hold, resume, transfer: about six seconds of Carol's scenario
+        subprocess.run(pbxmesh("calls", "--sipgw", ALPHA_SIPGW), cwd=ROOT)
+        import grpc
+
+        from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
+        from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(ALPHA_SIPGW) as channel:
+            pb_grpc.SipGatewayServiceStub(channel).HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
+        for phone in phones:
+            phone.wait(20)
+        time.sleep(0.5)
+        ok = all(phone.returncode == 0 for phone in phones)
+        print("== done" if ok else "== a phone's scenario failed", file=sys.stderr if not ok else sys.stdout)
+        return 0 if ok else 1
+    finally:
+        for phone in phones:
+            if phone.poll() is None:
+                phone.terminate()
+        watch.terminate()
+        watch.wait(5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
