@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc.aio
 import pytest
-import yaml
 
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
@@ -22,6 +21,7 @@ from tests.integration.test_sipgw import (
     BOB,
     CallWatch,
     Gateway,
+    lone_gateway_config,
     phones_done,
     register_phone,
     run,
@@ -37,15 +37,7 @@ DAVE = ("102", "dave-secret-33")  # registered nowhere
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    accounts = (ALICE, BOB, DAVE)
-    config = {
-        "server": {"id": "alpha", "name": "Alpha office"},
-        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
-        "numbering": {"numbers": [{"number": n} for n, _ in accounts]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts]},
-    }
-    path = tmp_path / "alpha.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = lone_gateway_config(tmp_path, (ALICE, BOB, DAVE))
     gw = await start_gateway(path)
     try:
         yield gw
@@ -277,15 +269,7 @@ async def test_a_phone_registered_over_tcp_is_called_on_its_connection(gateway: 
 async def test_json_logs_carry_the_call_id_and_trace_id_on_call_lines(tmp_path: Path) -> None:
     import json
 
-    config = {
-        "server": {"id": "alpha"},
-        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
-        "numbering": {"numbers": [{"number": n} for n, _ in (ALICE, BOB)]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in (ALICE, BOB)]},
-        "telemetry": {"log_format": "json"},
-    }
-    path = tmp_path / "alpha.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = lone_gateway_config(tmp_path, (ALICE, BOB), telemetry={"log_format": "json"})
     gw = await start_gateway(path)
     try:
         bob = await register_phone(gw, BOB)

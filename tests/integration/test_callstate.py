@@ -112,6 +112,13 @@ async def make_site(
         raise
 
 
+async def stop_sites(*sites: Site) -> None:
+    """Stops what make_site started beside the registry (the group fixture stops the registries)."""
+    for site in sites:
+        await stop_gateway(site.gateway)
+        await site.callstate.stop()
+
+
 @pytest.fixture
 async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
     made: dict[str, Site] = {}
@@ -122,9 +129,7 @@ async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
         await wait_for(lambda: has_numbers(made["beta"].registry, {"100"}), what="alpha's 100 on beta")
         yield made
     finally:
-        for site in made.values():
-            await stop_gateway(site.gateway)
-            await site.callstate.stop()
+        await stop_sites(*made.values())
 
 
 class Watch:
@@ -369,9 +374,7 @@ async def pair_with_bob(group: Group) -> AsyncIterator[dict[str, Site]]:
         made["beta"] = await make_site(group, "beta", CAROL, "support")
         yield made
     finally:
-        for site in made.values():
-            await stop_gateway(site.gateway)
-            await site.callstate.stop()
+        await stop_sites(*made.values())
 
 
 async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_with_bob: dict[str, Site]) -> None:
@@ -576,9 +579,7 @@ async def trio(group: Group) -> AsyncIterator[dict[str, Site]]:
             await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
         yield made
     finally:
-        for site in made.values():
-            await stop_gateway(site.gateway)
-            await site.callstate.stop()
+        await stop_sites(*made.values())
 
 
 async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site]) -> None:
@@ -717,9 +718,7 @@ async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
                 assert "v=0" not in text and "alice-pw" not in text and SECRET not in text
         finally:
             await stop_phones(*phones)
-            for site in made:
-                await stop_gateway(site.gateway)
-                await site.callstate.stop()
+            await stop_sites(*made)
 
 
 def scrape(address: str) -> dict[str, float]:
@@ -771,9 +770,7 @@ async def test_each_service_serves_its_metrics(group: Group) -> None:
     finally:
         if phone is not None:
             await stop_phones(phone)
-        for site in made:
-            await stop_gateway(site.gateway)
-            await site.callstate.stop()
+        await stop_sites(*made)
 
 
 async def test_the_demo_call_hold_resume_and_transfer_as_alphas_stream_shows_it(sites: dict[str, Site]) -> None:

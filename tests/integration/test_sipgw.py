@@ -93,17 +93,23 @@ async def stop_gateway(gw: Gateway) -> None:
         gw.reader.cancel()
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+def lone_gateway_config(tmp_path: Path, accounts: tuple[tuple[str, str], ...], **extra: object) -> Path:
+    """The config of a gateway of its own (server alpha) with these phone accounts."""
     config = {
         "server": {"id": "alpha", "name": "Alpha office"},
         "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
-        "numbering": {"numbers": [{"number": ALICE[0]}, {"number": BOB[0]}]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in (ALICE, BOB)]},
+        "numbering": {"numbers": [{"number": n} for n, _ in accounts]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts]},
+        **extra,
     }
     path = tmp_path / "alpha.yaml"
     path.write_text(yaml.safe_dump(config))
-    gw = await start_gateway(path)
+    return path
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(lone_gateway_config(tmp_path, (ALICE, BOB)))
     try:
         yield gw
     finally:
