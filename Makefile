@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers demo
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers demo image image-check
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ $(BUF):
 
 up: $(STAMP)
 	$(BIN)/python scripts/local_group.py examples/alpha.yaml examples/beta.yaml examples/gamma.yaml
+
+image:
+	docker build -t pbxmesh:0.1.0 .
+
+# The same build without a container daemon or Docker Hub (podman, debootstrap; as root).
+image-check:
+	scripts/image_check.sh
 
 demo: $(STAMP) sip-peers
 	$(BIN)/python scripts/demo.py
