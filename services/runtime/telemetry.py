@@ -35,6 +35,7 @@ from opentelemetry.instrumentation.grpc import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 ATTR_SERVER_ID = "pbxmesh.server.id"
 ATTR_GROUP = "pbxmesh.group"
@@ -90,9 +91,12 @@ def setup_telemetry(
     resource = Resource.create(
         {"service.name": f"pbxmesh-{service_name}", "service.namespace": "pbxmesh", ATTR_SERVER_ID: server_id}
     )
-    # A real provider even when nothing is exported: spans then have ids, which the logs carry
-    # and the trace context passes on to the other servers.
-    provider = TracerProvider(resource=resource)
+    # A real provider even when nothing is exported: spans then have ids, which the logs carry and
+    # the trace context passes on. A server that exports records every trace; one that does not
+    # starts none (its spans cost next to nothing then) and records only those an exporting server
+    # sent it: tracing is meant to be on for the whole group.
+    sampler = ParentBased(ALWAYS_ON) if endpoint else ParentBased(ALWAYS_OFF)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
