@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,20 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._phones import Phone  # noqa: E402
-from bench.sipgw_bench import Rig, cpu_seconds, rss_mib, server_config  # noqa: E402
+from bench.sipgw_bench import Rig, cpu_seconds, listen_of, rss_mib, server_config  # noqa: E402
 from pbxmesh.callstate.v1 import callstate_pb2 as cs  # noqa: E402
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc  # noqa: E402
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb  # noqa: E402
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc  # noqa: E402
-from services.runtime.embedded_etcd import EmbeddedEtcd, free_port  # noqa: E402
+from services.runtime.embedded_etcd import free_port  # noqa: E402
 
 A1, B1, B2, B3 = ("100", "bench-pw-100"), ("200", "bench-pw-200"), ("201", "bench-pw-201"), ("202", "bench-pw-202")
-
-
-def listen_of(config: str, key: str) -> str:
-    found = re.search(rf'{key}: "([^"]+)"', config)
-    assert found is not None, key
-    return found.group(1)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -158,14 +151,9 @@ async def main() -> int:
     rig = Rig()
     phones: list[Phone] = []
     try:
-        rig.etcd = EmbeddedEtcd()
-        rig.etcd.start()
-        alpha = server_config("alpha", rig.etcd.endpoint, [A1], f"127.0.0.1:{free_port()}", callstate=True)
-        beta = server_config("beta", rig.etcd.endpoint, [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
-        for name, config in (("alpha", alpha), ("beta", beta)):
-            rig.serve("registry", config, f"{name}-registry")
-            rig.serve("callstate", config, f"{name}-callstate")
-            rig.serve("sipgw", config, f"{name}-sipgw")
+        alpha = server_config("alpha", "ETCD", [A1], f"127.0.0.1:{free_port()}", callstate=True)
+        beta = server_config("beta", "ETCD", [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
+        rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
         await asyncio.sleep(4)
         sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
 

@@ -181,6 +181,14 @@ class Rig:
         if service == "callstate":
             self.callstates.append(process.pid)
 
+    def servers(self, configs: dict[str, str], services: tuple[str, ...]) -> None:
+        """An embedded etcd, then ``services`` for each named config (one group)."""
+        self.etcd = EmbeddedEtcd()
+        self.etcd.start()
+        for name, config in configs.items():
+            for service in services:
+                self.serve(service, config.replace("ETCD", self.etcd.endpoint), f"{name}-{service}")
+
     def answering_phone(self, target: str, number: tuple[str, str] | None) -> None:
         """A SIPp phone answering every call; registered on ``target`` first when ``number`` is given."""
         uas_port = free_port()
@@ -299,13 +307,10 @@ def main() -> int:
     if "2" in sections:
         rig = Rig()
         try:
-            rig.etcd = EmbeddedEtcd()
-            rig.etcd.start()
-            config = server_config("bench", rig.etcd.endpoint, [CALLER, CALLEE])
-            rig.serve("registry", config, "bench-registry")
-            rig.serve("sipgw", config, "bench-sipgw")
+            config = server_config("bench", "ETCD", [CALLER, CALLEE])
+            rig.servers({"bench": config}, ("registry", "sipgw"))
             time.sleep(3)
-            target = _sip_of(config)
+            target = listen_of(config, "sip")
             rig.answering_phone(target, CALLEE)
             table(
                 "2. local calls through one gateway (407 on every call)",
@@ -321,18 +326,14 @@ def main() -> int:
     if "3" in sections:
         rig = Rig()
         try:
-            rig.etcd = EmbeddedEtcd()
-            rig.etcd.start()
-            alpha = server_config("alpha", rig.etcd.endpoint, [CALLER], trunk=f"127.0.0.1:{free_port()}")
-            beta = server_config("beta", rig.etcd.endpoint, [CALLEE], trunk=f"127.0.0.1:{free_port()}")
-            for name, config in (("alpha", alpha), ("beta", beta)):
-                rig.serve("registry", config, f"{name}-registry")
-                rig.serve("sipgw", config, f"{name}-sipgw")
+            alpha = server_config("alpha", "ETCD", [CALLER], trunk=f"127.0.0.1:{free_port()}")
+            beta = server_config("beta", "ETCD", [CALLEE], trunk=f"127.0.0.1:{free_port()}")
+            rig.servers({"alpha": alpha, "beta": beta}, ("registry", "sipgw"))
             time.sleep(4)  # both registries joined, each gateway has the other's numbers
-            rig.answering_phone(_sip_of(beta), CALLEE)
+            rig.answering_phone(listen_of(beta, "sip"), CALLEE)
             table(
                 "3. trunk calls: alpha's gateway -> trunk -> beta's gateway",
-                _sip_of(alpha),
+                listen_of(alpha, "sip"),
                 SIPP_DIR / "caller.xml",
                 rates,
                 args.calls,
@@ -344,9 +345,10 @@ def main() -> int:
     return 0
 
 
-def _sip_of(config: str) -> str:
-    found = re.search(r'sip: "([^"]+)"', config)
-    assert found is not None
+def listen_of(config: str, key: str) -> str:
+    """An address a config made by server_config listens on."""
+    found = re.search(rf'{key}: "([^"]+)"', config)
+    assert found is not None, key
     return found.group(1)
 
 

@@ -35,7 +35,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         self.book = book
         self.peers = peers
         self.gateway: Subscription[cs.ReportCallsResponse] | None = None  # the newest report stream
-        self.gateway_connected = asyncio.Event()
+        self._forgetting: set[str] = set()  # ended calls whose removal is scheduled
         book.listeners.add(self._forget_later)
 
     def register(self, server: grpc.aio.Server) -> Iterable[str]:
@@ -51,7 +51,6 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
     ) -> AsyncIterator[cs.ReportCallsResponse]:
         commands: Subscription[cs.ReportCallsResponse] = Subscription()
         self.gateway = commands
-        self.gateway_connected.set()
 
         async def read() -> None:
             async for request in request_iterator:
@@ -74,7 +73,6 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             reader.cancel()
             if self.gateway is commands:
                 self.gateway = None
-                self.gateway_connected.clear()
 
     def report(self, event: Event, traceparent: str = "") -> None:
         if not event.call_id or len(event.call_id) > MAX_ID or not event.kind:
@@ -173,10 +171,13 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             self.book.listeners.discard(listen)
 
     def _forget_later(self, call: CallRecord) -> None:
-        if call.phase == ENDED:
+        # Once per call: an ended call still changes (the other server's end time aligns it).
+        if call.phase == ENDED and call.call_id not in self._forgetting:
+            self._forgetting.add(call.call_id)
             asyncio.get_running_loop().call_later(KEEP_ENDED, self._forget, call)
 
     def _forget(self, call: CallRecord) -> None:
+        self._forgetting.discard(call.call_id)
         if self.book.calls.get(call.call_id) is call:
             self.book.forget(call.call_id)
             call_traces.pop(call.call_id, None)

@@ -570,7 +570,6 @@ class B2BUA:
             self._bye(call, "a")
             self._bye(call, "b")
         elif call.a_tx is not None:
-            call.canceled = True
             call.a_tx.respond(self._answer_a(call.a_tx.request, 487, "Request Terminated", call.a_tag))
         elif call.a_dialog is not None:  # placed: the first party answered, the second rings
             self._refuse_first(call)
@@ -585,7 +584,6 @@ class B2BUA:
             tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist"))
             return
         tx.respond(response_to(request.headers, 200, "OK"))
-        call.canceled = True
         invite_tx.respond(self._answer_a(invite_tx.request, 487, "Request Terminated", call.a_tag))
         self._end(call, "canceled")
 

@@ -47,7 +47,6 @@ class Call:
     state: str = DIALING
     # A 2xx we sent to an INVITE of side "a" or "b", resent until its ACK (RFC 3261 13.3.1.4).
     unacked: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
-    canceled: bool = False
     trunk_in: bool = False  # holds one trunk line until the call ends
     trunk_out: bool = False  # leg B goes over the trunk (its branch holds the line)
     placed: bool = False

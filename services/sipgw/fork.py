@@ -189,9 +189,8 @@ def cancel_for(invite: Request) -> Request:
     """RFC 3261 9.1: the CANCEL for a pending INVITE (same Via, From, To, Call-ID, CSeq number)."""
     headers = Headers()
     headers.add("Via", invite.headers.get_lines("Via")[0])
-    for name in ("Route",):
-        for value in invite.headers.get_lines(name):
-            headers.add(name, value)
+    for route in invite.headers.get_lines("Route"):
+        headers.add("Route", route)
     for name in ("From", "To", "Call-ID"):
         headers.add(name, invite.headers.get(name) or "")
     headers.add("CSeq", f"{invite.cseq.number} CANCEL")

@@ -10,6 +10,7 @@ that leaves on the trunk holds one trunk line until it ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -114,7 +115,7 @@ class Router:
         request = self.invite(number, f"sip:{number}@{shown}:{port}", trunk.endpoint, out)
         trunk.identity(request.headers, out.caller, out.display, out.correlation, out.path)
         address: Address = (host, port)
-        release = lambda: trunk.lines.give_back(outgoing=True)  # noqa: E731
+        release = functools.partial(trunk.lines.give_back, outgoing=True)
         return [Branch(request, address, trunk.endpoint, over_trunk=True, release=release)]
 
     @staticmethod
