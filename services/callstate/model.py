@@ -17,7 +17,8 @@ import dataclasses
 from collections.abc import Callable
 
 DIALING, RINGING, ANSWERED, HELD, ENDED = "dialing", "ringing", "answered", "held", "ended"
-MAX_STRANGERS = 8
+MAX_STRANGERS = 8  # servers
+MAX_STRANGER_SHARES = 4  # per server: answer, hold, transfer... before this server knew
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +63,10 @@ class CallRecord:
     # A transfer here sent this server's side to a phone on another server: the call now passes
     # through this one, and what that server tells of its phone is passed on to the peer.
     far_server_id: str = ""
-    # What another server said before this server knew it was in the call (the server behind a
-    # transfer can be quicker than this server's own gateway), the latest from each.
-    strangers: dict[str, Share] = dataclasses.field(default_factory=dict)
+    # What another server said before this server knew it was in the call, in order: the server
+    # behind a transfer, or the called server itself (an outgoing trunk call learns its peer at
+    # the answer, and the peer's callstate can be quicker than this server's own gateway).
+    strangers: dict[str, list[Share]] = dataclasses.field(default_factory=dict)
     held_by: str = ""  # "local" or "remote" while held
     held_changed_at: float = 0.0  # when the last hold or resume happened: older news is ignored
     started_at: float = 0.0
@@ -169,11 +171,14 @@ class CallBook:
             call.path = event.path or call.path
         call.far_server_id = local.server_id if local.server_id != self.server_id else ""
         told = call.strangers.pop(call.far_server_id, None) if call.far_server_id else None
-        if told is not None and told.party.number == call.local.number:
-            call.local = call.local.merged(told.party)
+        if told and told[-1].party.number == call.local.number:
+            call.local = call.local.merged(told[-1].party)
         share = self._step(call, event)
         self._changed(call)
         new_party = None
+        # The peer spoke before this server's gateway named it: what it said counts now.
+        for waiting in call.strangers.pop(call.peer_server_id, []) if call.peer_server_id else []:
+            new_party = self.shared(waiting).new_party or new_party
         if call.phase == ANSWERED and call.early_shares:
             early, call.early_shares = call.early_shares, []
             for waiting in early:
@@ -212,8 +217,12 @@ class CallBook:
         if call is not None and call.far_server_id and share.server_id == call.far_server_id:
             return self._pass_on(call, share)
         if call is not None and call.peer_server_id != share.server_id:
-            if len(call.strangers) < MAX_STRANGERS:
-                call.strangers[share.server_id] = share
+            said = call.strangers.get(share.server_id)
+            if said is None and len(call.strangers) < MAX_STRANGERS:
+                said = call.strangers[share.server_id] = []
+            if said is not None:
+                said.append(share)
+                del said[:-MAX_STRANGER_SHARES]
             return Outcome()  # not (or no longer: a loop came home) the other server of this call
         if call is None:
             # The other server was quicker than this server's gateway: keep what it said.

@@ -28,7 +28,12 @@ _log = logging.getLogger(__name__)
 tracer = trace.get_tracer("pbxmesh.callstate")
 
 SHARE_TIMEOUT = 2.0
-SHARE_ATTEMPTS = 3
+# How long a share is retried (the peer restarting, its view of the group a moment behind this
+# one's) before it is given up; the shares behind it to the same peer wait meanwhile.
+SHARE_PATIENCE = 10.0
+RETRY_FIRST, RETRY_LAST = 0.05, 1.0
+# Answers that will not change by asking again.
+FINAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 class Peers:
@@ -75,23 +80,35 @@ class Peers:
                 await self._share(server_id, request)
 
     async def _share(self, server_id: str, request: cs.SharePartyRequest) -> None:
-        for attempt in range(SHARE_ATTEMPTS):
+        deadline = asyncio.get_running_loop().time() + SHARE_PATIENCE
+        delay, attempt = RETRY_FIRST, 0
+        while True:
+            attempt += 1
             member = self.members.get(server_id)
-            if member is None or not member.callstate_address:
-                _log.info("call %s: server %s has no callstate to tell", request.call_id, server_id)
-                break
-            try:
-                stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
-                answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                _log.info(
-                    "call %s: sharing with %s failed (%s), attempt %d",
-                    request.call_id, server_id, exc.code().name, attempt + 1,
+            if member is not None and member.callstate_address:
+                try:
+                    stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
+                    answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    why = exc.code().name
+                    if exc.code() in FINAL:
+                        _log.warning("call %s: server %s refused a share (%s)", request.call_id, server_id, why)
+                        return
+                else:
+                    self.on_answer(request, answer)
+                    return
+            else:
+                why = "not a member" if member is None else "no callstate address"
+            if asyncio.get_running_loop().time() + delay > deadline:
+                _log.warning(
+                    "call %s: gave up sharing with server %s after %d attempts (%s)",
+                    request.call_id, server_id, attempt, why,
                 )  # fmt: skip
-                await asyncio.sleep(0.1 * (attempt + 1))
-                continue
-            self.on_answer(request, answer)
-            break
+                return
+            if attempt == 1 or attempt % 5 == 0:
+                _log.info("call %s: sharing with server %s failed (%s), retrying", request.call_id, server_id, why)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_LAST)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -28,6 +29,7 @@ tracer = trace.get_tracer("pbxmesh.callstate")
 KEEP_ENDED = 60.0  # seconds an ended call stays visible to GetCall
 MAX_ID = 128
 MAX_REMEMBERED = 10_000  # calls a watch remembers the last message of (to send changes only)
+HOLD_COMMANDS = 1_000  # commands kept while no gateway is connected, for the next one
 
 
 class CallStateService(cs_grpc.CallStateServiceServicer):
@@ -35,6 +37,9 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         self.book = book
         self.peers = peers
         self.gateway: Subscription[cs.ReportCallsResponse] | None = None  # the newest report stream
+        # Commands made while no gateway was connected (it restarts, or reconnects after a
+        # callstate restart): the next stream gets them; one for a call it no longer has is a no-op.
+        self.held: collections.deque[cs.ReportCallsResponse] = collections.deque(maxlen=HOLD_COMMANDS)
         self._forgetting: set[str] = set()  # ended calls whose removal is scheduled
         book.listeners.add(self._forget_later)
 
@@ -51,6 +56,8 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
     ) -> AsyncIterator[cs.ReportCallsResponse]:
         commands: Subscription[cs.ReportCallsResponse] = Subscription()
         self.gateway = commands
+        while self.held:
+            commands.put(self.held.popleft())
 
         async def read() -> None:
             async for request in request_iterator:
@@ -95,7 +102,8 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
 
     def command(self, command: cs.ReportCallsResponse) -> None:
         if self.gateway is None:
-            _log.warning("call %s: no gateway connected to tell", command.call_id)
+            _log.warning("call %s: no gateway connected; the command waits for it", command.call_id)
+            self.held.append(command)
             return
         self.gateway.put(command)
 

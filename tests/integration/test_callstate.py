@@ -73,6 +73,17 @@ class Site:
     trunk: str
 
 
+def screen(stdout: str) -> str:
+    """SIPp's last scenario screen (each message's counts: where the phone waited)."""
+    start = stdout.rfind("Scenario Screen")
+    return stdout[start : start + 3000] if start >= 0 else stdout[-3000:]
+
+
+def logs_of(*sites: Site, lines: int = 30) -> str:
+    """The last lines each site's gateway and callstate logged, for a failing test's message."""
+    return "".join(line for site in sites for line in site.gateway.log[-lines:] + site.callstate.log[-lines:])
+
+
 async def make_site(
     group: Group,
     server_id: str,
@@ -168,6 +179,20 @@ async def get_call(callstate: CallState, call_id: str) -> cs.Call:
         return (await cs_grpc.CallStateServiceStub(channel).GetCall(cs.GetCallRequest(call_id=call_id), timeout=5)).call
 
 
+async def aligned(sites: dict[str, Site], call_id: str) -> dict[str, cs.Call]:
+    """Both servers' records of an ended call once their segment timelines agree. Each server's
+    ending record may predate the other's last share: the shares align them shortly after."""
+    final: dict[str, cs.Call] = {}
+
+    async def agree() -> bool:
+        final.update({name: await get_call(site.callstate, call_id) for name, site in sites.items()})
+        timelines = [[(s.segment_id, s.started_at, s.ended_at) for s in c.segments] for c in final.values()]
+        return all(t == timelines[0] for t in timelines)
+
+    await wait_for(agree, timeout=5, what=f"the same segment timeline on {', '.join(sites)}")
+    return final
+
+
 async def test_each_server_knows_who_is_behind_the_other_and_the_segments_line_up(sites: dict[str, Site]) -> None:
     alpha, beta = sites["alpha"], sites["beta"]
     watches = {name: Watch(site.callstate) for name, site in sites.items()}
@@ -199,10 +224,9 @@ async def test_each_server_knows_who_is_behind_the_other_and_the_segments_line_u
     assert watches["alpha"].phases() == ["DIALING", "RINGING", "ANSWERED", "ENDED"]
     # One segment, the same id and the same times on both servers (each server's ending record
     # may predate the other's share: the records the API returns now are the merged ones).
-    final_alpha, final_beta = (
-        await get_call(alpha.callstate, on_alpha.call_id),
-        await get_call(beta.callstate, on_beta.call_id),
-    )
+    assert on_alpha.call_id == on_beta.call_id
+    final = await aligned(sites, on_alpha.call_id)
+    final_alpha, final_beta = final["alpha"], final["beta"]
     assert [s.segment_id for s in final_alpha.segments] == [f"{on_alpha.call_id}/1"]
     assert [s.segment_id for s in final_beta.segments] == [f"{on_alpha.call_id}/1"]
     for field_name in ("started_at", "ended_at"):
@@ -326,9 +350,7 @@ async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stre
                 "-au", ALICE[0], "-ap", ALICE[1],
             ),
         )  # fmt: skip
-        assert calling.returncode == 0, calling.stdout[-3000:] + "".join(
-            alpha.gateway.log[-30:] + beta.gateway.log[-30:]
-        )
+        assert calling.returncode == 0, screen(calling.stdout) + logs_of(alpha, beta)
         assert await phones_done(*phones) == [0, 0]
         ended = [await w.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, f"ended on {n}") for n, w in watches.items()]
     finally:
@@ -339,7 +361,7 @@ async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stre
     # alpha's stream showed the new party as it changed, before the end.
     remotes = [c.remote_party.number for c in watches["alpha"].calls if c.phase == cs.CALL_PHASE_ANSWERED]
     assert remotes[0] == CAROL[0] and remotes[-1] == DAVE[0]
-    final = {name: await get_call(site.callstate, call_id) for name, site in sites.items()}
+    final = await aligned(sites, call_id)
     assert final["alpha"].remote_party.number == DAVE[0] and final["alpha"].remote_party.department == "support"
     assert final["beta"].local_party.number == DAVE[0]
     # Two segments, cut at the same moment on both servers, with the same ids.
@@ -405,8 +427,13 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_wit
 
         await wait_for(collapsed, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use")
         assert await list_calls(beta.gateway) == []
-        record = await get_call(alpha.callstate, call.call_id)
-        assert (record.remote_party.number, record.cross_server) == (BOB[0], False)
+
+        async def local_on_callstate() -> bool:
+            # The gateway reports the collapse on its stream: the callstate follows it shortly.
+            record = await get_call(alpha.callstate, call.call_id)
+            return (record.remote_party.number, record.cross_server) == (BOB[0], False)
+
+        await wait_for(local_on_callstate, timeout=5, what="alpha's callstate shows Alice-Bob as a local call")
         assert "the call came back over the trunk" in "".join(alpha.gateway.log)
         async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
             await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
@@ -557,7 +584,7 @@ async def test_an_attended_transfer_on_the_other_server_tells_the_phone_and_the_
         await watch.close()
     assert "SIP/2.0 100 Trying" in transferor.seen and "SIP/2.0 200 OK" in transferor.seen
     call_id = watch.calls[-1].call_id
-    final = {name: await get_call(site.callstate, call_id) for name, site in sites.items()}
+    final = await aligned(sites, call_id)
     assert final["alpha"].remote_party.number == DAVE[0] and final["beta"].local_party.number == DAVE[0]
     a, b = final["alpha"].segments, final["beta"].segments
     assert [s.segment_id for s in a] == [s.segment_id for s in b] == [f"{call_id}/1", f"{call_id}/2"]
@@ -684,7 +711,7 @@ async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
                     alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
                 ),
             )
-            assert calling.returncode == 0, calling.stdout[-2000:]
+            assert calling.returncode == 0, screen(calling.stdout) + logs_of(alpha, beta)
             assert await phones_done(*phones) == [0, 0]
 
             def where(span: ExportedSpan) -> tuple[str, str, str]:

@@ -32,6 +32,20 @@ def test_the_answer_is_shared_and_both_servers_start_segment_one_at_the_earlier_
     assert call.segments[0].started_at == 10.15
 
 
+def test_an_outgoing_trunk_call_keeps_what_its_peer_said_before_the_gateway_named_the_peer() -> None:
+    """alpha's gateway learns the called server at the answer; beta's callstate can tell alpha's
+    of the answer (and more) before that: its time still sets the segment's start."""
+    book = CallBook("alpha", "Alpha office")
+    book.apply(Event("c1", "created", 10.0, ALICE, Party("200")))
+    book.apply(Event("c1", "ringing", 10.1, ALICE, Party("200")))
+    assert book.shared(Share("c1", "beta", CAROL, ANSWERED, 10.15, 1)) == Outcome()
+    book.shared(Share("c1", "beta", CAROL, HELD, 10.18, 1, held_by="local"))
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    call = book.calls["c1"]
+    assert call.segments[0].started_at == 10.15 and call.remote == CAROL
+    assert (call.phase, call.held_by) == (HELD, "remote") and call.strangers == {}
+
+
 def test_a_transfer_on_the_other_server_cuts_a_segment_and_tells_the_phone() -> None:
     book = CallBook("alpha", "Alpha office")
     alpha_call(book)
