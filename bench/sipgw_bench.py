@@ -13,6 +13,8 @@ whole milliseconds) p50/p99, measured by SIPp. Then the highest rate with no fai
 Not part of `make test`.
 
     .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3]
+
+BENCH_LOGS=DIR keeps the services' logs there; BENCH_PROFILE=DIR writes a cProfile of each there.
 """
 
 from __future__ import annotations
@@ -170,8 +172,12 @@ class Rig:
         # Logs are kept only when asked (BENCH_LOGS=dir): writing them costs the services time.
         logs = os.environ.get("BENCH_LOGS")
         stderr = open(Path(logs) / f"{name}.log", "w") if logs else subprocess.DEVNULL  # noqa: SIM115
+        # A CPU profile of each service when asked (BENCH_PROFILE=dir; read with pstats): where a
+        # call's time goes. Profiling slows the services down: its figures are not the real ones.
+        profiles = os.environ.get("BENCH_PROFILE")
+        profile = ["-m", "cProfile", "-o", str(Path(profiles) / f"{name}.prof")] if profiles else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", service, "-c", str(path)],
+            [sys.executable, *profile, "-m", "services.cli", "serve", service, "-c", str(path)],
             cwd=ROOT,
             stderr=stderr,
         )
