@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from services.sipgw.sip.errors import ParseError
+
+T = TypeVar("T")
 
 # Parameter name as written -> value (None: the parameter has no value). Parsed values are
 # shared through the headers' cache, so they are read-only mappings.
@@ -115,7 +117,20 @@ class AbsoluteURI(NamedTuple):
 URI = SipURI | AbsoluteURI
 
 
-@functools.lru_cache(maxsize=4096)
+def _memo(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` remembering its last few thousand short inputs: the same From, To, Via and URIs
+    come back in every message of a transaction and a dialog. Long values are parsed every time
+    (a sender must not fill the memory with them); errors are never remembered."""
+    remembered = functools.lru_cache(maxsize=4096)(parse)
+
+    @functools.wraps(parse)
+    def parse_short(text: str) -> T:
+        return remembered(text) if len(text) <= 256 else parse(text)
+
+    return parse_short
+
+
+@_memo
 def parse_uri(text: str) -> URI:
     """A Request-URI or the URI of a name-addr; any whitespace in it is an error (RFC 4475 3.1.2.8, 3.1.2.14).
 
@@ -265,6 +280,7 @@ def _unquote(text: str) -> str:
     return "".join(out)
 
 
+@_memo
 def parse_name_addr(text: str) -> NameAddr:
     """``"Display" <uri>;params``, ``token words <uri>;params`` or ``uri;params`` (addr-spec)."""
     text = text.strip()
@@ -336,6 +352,7 @@ class Via(NamedTuple):
         return f"{self.protocol}/{self.transport} {hostport}{format_params(self.params)}"
 
 
+@_memo
 def parse_via(text: str) -> Via:
     """``SIP / 2.0 / UDP host[:port];params`` with LWS allowed around the slashes."""
     sent, semicolon, param_text = text.partition(";")

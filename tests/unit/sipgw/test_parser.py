@@ -366,3 +366,18 @@ def test_pathological_values_parse_in_linear_time() -> None:
         parse(unterminated).check()
     many = head + b"Contact: " + b"<sip:a@example.com>," * 3000 + b"\r\nContent-Length: 0\r\n\r\n"
     assert len(parse(many).contacts) == 3000
+
+
+def test_field_values_are_remembered_when_short_and_errors_never() -> None:
+    from services.sipgw.sip.fields import parse_name_addr, parse_via
+
+    short = '"Alice" <sip:100@127.0.0.1:5060>;tag=a1'
+    assert parse_name_addr(short) is parse_name_addr(short)  # the same immutable value again
+    assert parse_via("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1") == parse_via(
+        "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1"
+    )
+    long = '"' + "a" * 300 + '" <sip:100@127.0.0.1>'
+    assert parse_name_addr(long) is not parse_name_addr(long) and parse_name_addr(long).display_name == "a" * 300
+    for _ in range(2):  # a bad value fails every time, not only the first
+        with pytest.raises(ParseError):
+            parse_name_addr("<sip:100@127.0.0.1")
