@@ -19,6 +19,7 @@ TARGET_RE = re.compile(r"[0-9*#+]{1,32}")
 URI_RE = re.compile(r"sip:(?P<user>[0-9*#+]{1,32})@(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+):(?P<port>[0-9]{1,5})")
 MIN_SECRET = 16
 MAX_LINES = 10_000
+MIN_RING, MAX_RING = 5, 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,9 @@ class SipSection:
     # Digest challenges in this order. Most phones answer the first one only, and many cannot do
     # SHA-256 (RFC 8760), so MD5 comes first unless every phone of the server is known to cope.
     digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    # Seconds a call may ring before the caller gets 480 No Answer and the phones a CANCEL
+    # (RFC 3261's Timer C, at most 3 minutes there, is the default).
+    ring_timeout: int = 180
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,8 @@ def validate_calls(
     algorithms = sip.digest_algorithms
     if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= {"MD5", "SHA-256"}:
         raise ConfigError(f"sip.digest_algorithms: {list(algorithms)!r} must list MD5 and/or SHA-256, each once")
+    if not MIN_RING <= sip.ring_timeout <= MAX_RING:
+        raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
     if not 1 <= trunk.lines <= MAX_LINES:
         raise ConfigError(f"trunk.lines: {trunk.lines} is not between 1 and {MAX_LINES}")
     if trunk_listen and len(trunk.secret.value) < MIN_SECRET:

@@ -192,6 +192,7 @@ class SipGatewayApp:
             self.trunk,
             Scenarios(config.scenarios),
             departments_of(config),
+            ring_timeout=config.sip.ring_timeout,
         )
         numbering = {n.number: (n.name, n.department) for n in config.numbering.numbers}
         self.reporter = (

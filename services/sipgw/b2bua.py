@@ -43,6 +43,7 @@ from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
 
+RING_TIMEOUT = 180.0  # seconds a call rings before 480 No Answer (sip.ring_timeout)
 PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
 PLACED_SECOND_RING = 25.0  # the second: its answer must reach the first party's ACK within 32 s
 
@@ -57,8 +58,15 @@ class PlaceError(Exception):
 
 
 class B2BUA:
-    def __init__(self, transactions: TransactionLayer, router: Router, scenarios: Scenarios | None = None):
+    def __init__(
+        self,
+        transactions: TransactionLayer,
+        router: Router,
+        scenarios: Scenarios | None = None,
+        ring_timeout: float = RING_TIMEOUT,
+    ):
         self.transactions = transactions
+        self.ring_timeout = ring_timeout
         self.router = router
         self.trunk: Trunk | None = router.trunk
         self.scenarios = scenarios or Scenarios.none()
@@ -189,7 +197,7 @@ class B2BUA:
             _log.info("call %s: it came back over the trunk (path %s)", out.correlation, ",".join(out.path))
         call.trunk_out = any(b.over_trunk for b in branches)
         call.caller_name, call.peer_server_id, call.path = out.display or "", peer, out.path
-        call.b_fork = self._fork(call, branches)
+        call.b_fork = self._fork(call, branches, ring_timeout=self.ring_timeout)
         self._by_invite[(request.call_id, request.from_addr.tag or "")] = call
         self._started(call, tracing.from_trunk(request) if trunk_in else None)
         call.b_fork.start()

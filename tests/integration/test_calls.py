@@ -29,6 +29,7 @@ from tests.integration.test_sipgw import (
     start_gateway,
     start_phone,
     stop_gateway,
+    stop_phones,
 )
 from tests.support import wait_for
 
@@ -59,6 +60,24 @@ async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled
     assert calling.returncode == 0, calling.stdout[-2000:]
     # One phone answered and talked; the other saw the CANCEL, answered 487 and got its ACK.
     assert await phones_done(*phones) == [0, 0]
+
+
+async def test_a_call_nobody_answers_ends_at_the_ring_timeout(tmp_path: Path) -> None:
+    gateway = await start_gateway(lone_gateway_config(tmp_path, (ALICE, BOB), sip={"ring_timeout": 5}))
+    phones: list[asyncio.subprocess.Process] = []
+    try:
+        phones.append(await start_phone(gateway, "callee_cancel.xml", await register_phone(gateway, BOB), BOB[0]))
+        await asyncio.sleep(0.5)
+        calling = await asyncio.to_thread(
+            run, *sipp_args(gateway, "caller_noanswer.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+        )
+        # The caller got 480 No Answer after 5 s of ringing; the phone got CANCEL, said 487, got its ACK.
+        assert calling.returncode == 0, calling.stdout[-2000:] + "".join(gateway.log[-20:])
+        assert await phones_done(*phones) == [0]
+        assert "ended: 480 No Answer" in "".join(gateway.log)
+    finally:
+        await stop_phones(*phones)
+        await stop_gateway(gateway)
 
 
 async def place(gateway: Gateway, request: pb.PlaceCallRequest) -> pb.PlaceCallResponse:

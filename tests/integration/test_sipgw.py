@@ -93,13 +93,16 @@ async def stop_gateway(gw: Gateway) -> None:
         gw.reader.cancel()
 
 
-def lone_gateway_config(tmp_path: Path, accounts: tuple[tuple[str, str], ...], **extra: object) -> Path:
-    """The config of a gateway of its own (server alpha) with these phone accounts."""
+def lone_gateway_config(
+    tmp_path: Path, accounts: tuple[tuple[str, str], ...], sip: dict[str, object] | None = None, **extra: object
+) -> Path:
+    """The config of a gateway of its own (server alpha) with these phone accounts; ``sip`` adds
+    keys to the sip section."""
     config = {
         "server": {"id": "alpha", "name": "Alpha office"},
         "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
         "numbering": {"numbers": [{"number": n} for n, _ in accounts]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts]},
+        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts], **(sip or {})},
         **extra,
     }
     path = tmp_path / "alpha.yaml"

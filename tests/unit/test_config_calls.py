@@ -76,6 +76,10 @@ def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
             ('password: "pw-alice-1"}]}', 'password: "pw-alice-1"}], digest_algorithms: [SHA-1]}'),
             "sip.digest_algorithms",
         ),
+        (
+            ('password: "pw-alice-1"}]}', 'password: "pw-alice-1"}], ring_timeout: 2}'),
+            "sip.ring_timeout: 2 is not between 5 and 3600 seconds",
+        ),
         (('"0123456789abcdef-group"', '"short"'), "trunk.secret: at least 16 characters"),
         (('called: "1.."', 'called: "1(("'), "scenarios.incoming[0].match.called: '1((' is not a valid pattern"),
         (("{reject: 404}", "{reject: 200}"), "scenarios.incoming[1].reject: 200 is not a SIP failure code"),
