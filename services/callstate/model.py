@@ -79,6 +79,12 @@ class CallRecord:
     early_starts: dict[int, float] = dataclasses.field(default_factory=dict)
     # Transfers the other server told of before this one's gateway reported the answer.
     early_shares: list[Share] = dataclasses.field(default_factory=list)
+    # Whether this server's gateway has reported the call (a record can begin with a share).
+    reported: bool = False
+    # The peer ended its part (time, reason) before this server's gateway reported an end: the
+    # gateway's own end follows (the BYE crosses the trunk) unless the call left that peer
+    # meanwhile (a loop collapsed here, a transfer), in which case it is no end of this call.
+    peer_end: tuple[float, str] | None = None
 
     @property
     def cross_server(self) -> bool:
@@ -157,6 +163,8 @@ class CallBook:
         elif call.phase == ENDED:
             return Outcome()
         else:
+            if event.kind == "transferred" and event.peer_server_id != call.peer_server_id:
+                call.peer_end = None
             if event.kind == "transferred":
                 call.local, call.remote = local, event.remote
             else:
@@ -173,6 +181,7 @@ class CallBook:
         told = call.strangers.pop(call.far_server_id, None) if call.far_server_id else None
         if told and told[-1].party.number == call.local.number:
             call.local = call.local.merged(told[-1].party)
+        call.reported = True
         share = self._step(call, event)
         self._changed(call)
         new_party = None
@@ -204,8 +213,9 @@ class CallBook:
             self._begin_segment(call, event.at)
             return self._share(call, event.at)
         elif kind == "ended":
-            self._end(call, event.at, event.reason)
-            return self._share(call, event.at, event.reason)
+            at = min(event.at, call.peer_end[0]) if call.peer_end else event.at
+            self._end(call, at, event.reason)
+            return self._share(call, at, event.reason)
         return None
 
     # -- what the other server shares -----------------------------------------------------------
@@ -238,10 +248,13 @@ class CallBook:
         call.remote = call.remote.merged(share.party)
         call.peer_server_id = call.peer_server_id or share.server_id
         if share.phase == ENDED:
-            if call.phase != ENDED:
-                self._end(call, share.at, share.reason or "the other server ended the call")
-            else:
+            reason = share.reason or "the other server ended the call"
+            if call.phase == ENDED:
                 self._align_end(call, share.at)
+            elif call.reported:
+                call.peer_end = (share.at, reason)
+            else:
+                self._end(call, share.at, reason)
         elif call.phase != ENDED:
             if share.segment > call.segment_count and call.phase in (ANSWERED, HELD):
                 self._begin_segment(call, share.at)  # the other side transferred

@@ -482,6 +482,9 @@ class B2BUA:
         dialog = call.a_dialog if side == "a" else call.b_dialog
         if dialog is None:
             return False
+        if call.told.get(side) == (number, display):
+            return True  # this phone knows already
+        call.told[side] = (number, display)
         link, address = self._peer(call, side)
         name = display.replace('"', "")
         identity = f'"{name}" <sip:{number}@{link.local[0]}>' if name else f"<sip:{number}@{link.local[0]}>"
@@ -527,6 +530,7 @@ class B2BUA:
         if handle is not None:
             handle.cancel()
         call.extra.append(branch)  # a trunk line it holds goes back when the call ends
+        call.told.pop(side, None)  # a new phone on that side was told nothing yet
         if side == "a":
             call.a_dialog, call.a_link, call.a_address = dialog, branch.link, branch.address
             call.caller, call.caller_name = number, ""

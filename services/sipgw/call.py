@@ -64,11 +64,14 @@ class Call:
     # phone of a new party needs (UPDATE, else a re-INVITE with the SDP unchanged).
     sdp_to: dict[str, bytes] = dataclasses.field(default_factory=dict)
     allows_update: dict[str, bool] = dataclasses.field(default_factory=dict)
+    # The identity each side's phone was last told of (number, name): told once, not again when
+    # the same news comes a second way (a loop collapsed here, and the peer's word of it).
+    told: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     transfer: Transfer | None = None  # a REFER being carried out
-    loop_of: str = ""
+    loop_of: str = ""  # this call came back over the trunk as part of that call: collapse once set up
     # The call's trace: its setup span (open until the answer) and the context later spans join.
     trace: Context | None = None
-    setup_span: Span | None = None  # this call came back over the trunk as part of that call: collapse once set up
+    setup_span: Span | None = None
     extra: list[Branch] = dataclasses.field(default_factory=list)  # legs that joined later (their lines)
     started_at: float = dataclasses.field(default_factory=time.time)
     answered_at: float | None = None

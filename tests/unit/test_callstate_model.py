@@ -129,6 +129,38 @@ def test_a_call_brought_home_ignores_its_former_peer() -> None:
     assert (call.phase, call.remote.number, call.cross_server) == (ANSWERED, "101", False)
 
 
+def test_the_former_peer_ending_before_the_gateway_reports_the_collapse_ends_nothing() -> None:
+    """The collapse's BYE reaches the peer, whose end can come back before this server's gateway
+    reports the collapse: the call lives on here as a local call."""
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", Party("101", server_id="alpha"), ANSWERED, 20.0, 2))
+    book.shared(Share("c1", "beta", Party("101", server_id="alpha"), ENDED, 20.1, 2, reason="hung up by caller"))
+    call = book.calls["c1"]
+    assert call.phase == ANSWERED
+    book.apply(Event("c1", "transferred", 20.05, ALICE, Party("101", "Bob", "sales", "alpha"), ""))
+    assert (call.phase, call.remote.number, call.cross_server, call.peer_end) == (ANSWERED, "101", False, None)
+    book.apply(Event("c1", "ended", 30.0, ALICE, Party("101"), "", reason="hung up by caller"))
+    assert (call.phase, call.ended_at) == (ENDED, 30.0)
+
+
+def test_the_peer_ending_first_sets_the_end_time_and_the_gateway_ends_the_call() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", CAROL, ENDED, 30.4, 1, reason="hung up by callee"))
+    call = book.calls["c1"]
+    assert call.phase == ANSWERED  # until this server's gateway says so
+    outcome = book.apply(Event("c1", "ended", 30.5, ALICE, Party(), "beta", reason="hung up by callee"))
+    assert (call.phase, call.ended_at, call.segments[-1].ended_at) == (ENDED, 30.4, 30.4)
+    assert outcome.share is not None and outcome.share.at == 30.4
+    # A record only the peer told of (this gateway never had the call) ends on the peer's word.
+    book.shared(Share("c9", "beta", CAROL, ANSWERED, 40.0, 1))
+    book.shared(Share("c9", "beta", CAROL, ENDED, 41.0, 1, reason="hung up by callee"))
+    assert book.calls["c9"].phase == ENDED
+
+
 def test_a_transfer_there_before_the_answer_here_is_applied_after_it() -> None:
     book = CallBook("alpha", "Alpha office")
     alpha_call(book)
