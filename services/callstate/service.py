@@ -61,10 +61,10 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
 
         async def read() -> None:
             async for request in request_iterator:
-                if request.replay:
-                    _log.info("the gateway reports %d live calls", len({e.call_id for e in request.events}))
                 for event in request.events:
                     self.report(event_of(event), event.traceparent)
+                if request.replay:
+                    self._end_missing({e.call_id for e in request.events})
 
         reader = asyncio.ensure_future(read())
         try:
@@ -91,6 +91,16 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             if traceparent:
                 call_traces.setdefault(event.call_id, trace_id_of(span))
             self._follow_up(event.call_id, self.book.apply(event))
+
+    def _end_missing(self, live: set[str]) -> None:
+        """A (re)connected gateway replayed its live calls: the calls it had reported and no
+        longer has ended while it was away (it restarted, or its changes were not sent)."""
+        _log.info("the gateway reports %d live calls", len(live))
+        gone = [c.call_id for c in self.book.active() if c.reported and c.call_id not in live]
+        for call_id in gone:
+            _log.info("call %s: no longer on the gateway; ended", call_id)
+            event = Event(call_id, "ended", time.time(), reason="the gateway no longer has the call")
+            self._follow_up(call_id, self.book.apply(event))
 
     def _follow_up(self, call_id: str, outcome: Outcome) -> None:
         call = self.book.calls.get(call_id)

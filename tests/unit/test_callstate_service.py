@@ -4,10 +4,11 @@ gateway is connected reach the next one that connects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
-from services.callstate.model import CallBook
+from services.callstate.model import ANSWERED, DIALING, ENDED, CallBook, Event, Party, Share
 from services.callstate.peers import Peers
 from services.callstate.service import HOLD_COMMANDS, CallStateService
 
@@ -39,3 +40,29 @@ async def test_held_commands_are_bounded() -> None:
     for n in range(HOLD_COMMANDS + 5):
         service.command(cs.ReportCallsResponse(call_id=f"c{n}", hang_up="gone"))
     assert len(service.held) == HOLD_COMMANDS and service.held[0].call_id == "c5"
+
+
+async def replaying_gateway(live: list[cs.CallEvent], stop: asyncio.Event) -> AsyncIterator[cs.ReportCallsRequest]:
+    yield cs.ReportCallsRequest(events=live, replay=True)
+    await stop.wait()
+
+
+async def test_a_replay_ends_the_calls_the_gateway_no_longer_has() -> None:
+    book = CallBook("alpha", "Alpha office")
+    service = CallStateService(book, Peers("127.0.0.1:1"))
+    alice, bob = Party("100"), Party("101")
+    for call_id in ("kept", "lost"):
+        book.apply(Event(call_id, "created", 1.0, alice, bob))
+        book.apply(Event(call_id, "answered", 2.0, alice, bob))
+    book.shared(Share("told", "beta", Party("200"), ANSWERED, 2.0, 1))  # known from a peer only
+    kept = cs.CallEvent(call_id="kept", kind=cs.EVENT_KIND_ANSWERED, local_party=cs.Party(number="100"))
+    stop = asyncio.Event()
+    stream = service.ReportCalls(replaying_gateway([kept], stop), context=None)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.1)  # the replay is read
+    assert {c.call_id: c.phase for c in book.calls.values()} == {"kept": ANSWERED, "lost": ENDED, "told": DIALING}
+    assert book.calls["lost"].end_reason == "the gateway no longer has the call"
+    waiting.cancel()  # the stream's end, as when the gateway goes away
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert service.gateway is None
