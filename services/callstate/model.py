@@ -163,9 +163,9 @@ class CallBook:
         elif call.phase == ENDED:
             return Outcome()
         else:
-            if event.kind == "transferred" and event.peer_server_id != call.peer_server_id:
-                call.peer_end = None
             if event.kind == "transferred":
+                if event.peer_server_id != call.peer_server_id:
+                    call.peer_end = None  # the peer that ended is no longer in this call
                 call.local, call.remote = local, event.remote
             else:
                 # Details of the same parties only: after a transfer on the other server this

@@ -43,7 +43,6 @@ from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
 
-RING_TIMEOUT = 180.0  # seconds a call rings before 480 No Answer (sip.ring_timeout)
 PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
 PLACED_SECOND_RING = 25.0  # the second: its answer must reach the first party's ACK within 32 s
 
@@ -63,7 +62,8 @@ class B2BUA:
         transactions: TransactionLayer,
         router: Router,
         scenarios: Scenarios | None = None,
-        ring_timeout: float = RING_TIMEOUT,
+        *,
+        ring_timeout: float,  # seconds a call rings before 480 No Answer (sip.ring_timeout)
     ):
         self.transactions = transactions
         self.ring_timeout = ring_timeout

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
-from services.sipgw.b2bua import B2BUA, RING_TIMEOUT
+from services.sipgw.b2bua import B2BUA
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Decision, Registrar
 from services.sipgw.routing import Router
@@ -36,7 +36,8 @@ class SipCore:
         trunk: Trunk | None = None,
         scenarios: Scenarios | None = None,
         departments: Mapping[str, Sequence[str]] | None = None,
-        ring_timeout: float = RING_TIMEOUT,
+        *,
+        ring_timeout: float,
     ):
         self.registrar = registrar
         self.trunk = trunk
@@ -44,7 +45,7 @@ class SipCore:
         if trunk is not None:
             self.transactions.sign = trunk.sign
         self.router = Router(registrar.bindings, own_numbers, departments or {}, plan, trunk)
-        self.calls = B2BUA(self.transactions, self.router, scenarios, ring_timeout)
+        self.calls = B2BUA(self.transactions, self.router, scenarios, ring_timeout=ring_timeout)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
         if self.trunk is not None and self.trunk.carries(transaction.link):
