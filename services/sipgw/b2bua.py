@@ -522,13 +522,9 @@ class B2BUA:
     ) -> None:
         """A new party takes ``side``'s place in the call (the old one was hung up): a transfer's
         target, or the phone a looping call came back to."""
-        old = call.a_dialog if side == "a" else call.b_dialog
+        old = self._let_go(call, side)
         if old is not None:
-            self._by_dialog.pop(old.key, None)
             self._retired[old.key] = call
-        handle = call.unacked.pop(side, None)
-        if handle is not None:
-            handle.cancel()
         call.extra.append(branch)  # a trunk line it holds goes back when the call ends
         call.told.pop(side, None)  # a new phone on that side was told nothing yet
         if side == "a":
@@ -559,12 +555,7 @@ class B2BUA:
     def hand_over(self, call: Call, side: str) -> None:
         """The party on ``side`` leaves ``call`` for another call (attended transfer): its dialog
         stays up and its leg (and any trunk line it holds) goes with it."""
-        dialog = call.a_dialog if side == "a" else call.b_dialog
-        if dialog is not None:
-            self._by_dialog.pop(dialog.key, None)
-        handle = call.unacked.pop(side, None)
-        if handle is not None:
-            handle.cancel()
+        self._let_go(call, side)
         if side == "a":
             call.a_dialog = None
             return
@@ -572,6 +563,17 @@ class B2BUA:
         if call.b_fork is not None and call.b in call.b_fork.branches:
             call.b_fork.branches.remove(call.b)
         call.b = None
+
+    def _let_go(self, call: Call, side: str) -> Dialog | None:
+        """``side``'s dialog no longer routes to ``call`` and its 2xx is no longer resent; the
+        dialog, if any, is returned."""
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        if dialog is not None:
+            self._by_dialog.pop(dialog.key, None)
+        handle = call.unacked.pop(side, None)
+        if handle is not None:
+            handle.cancel()
+        return dialog
 
     def hang_up(self, call_id: str, reason: str = "hung up through the API") -> bool:
         """Ends a call from outside: BYE to each party in the call, CANCEL to each still ringing."""

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc.aio
 import pytest
@@ -130,17 +131,37 @@ async def stop_sites(*sites: Site) -> None:
         await site.callstate.stop()
 
 
-@pytest.fixture
-async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
+class Spec(NamedTuple):
+    """A site to make: its first phone account, its department, more accounts, its environment."""
+
+    account: tuple[str, str]
+    department: str
+    more: tuple[tuple[str, str], ...] = ()
+    env: dict[str, str] | None = None
+
+
+@contextlib.asynccontextmanager
+async def running_sites(
+    group: Group, specs: dict[str, Spec], plans: dict[str, set[str]] | None = None
+) -> AsyncIterator[dict[str, Site]]:
+    """The sites, made in order; once each named in ``plans`` has those numbers of the others in
+    its plan, they are handed over, and stopped afterwards."""
     made: dict[str, Site] = {}
     try:
-        made["alpha"] = await make_site(group, "alpha", ALICE, "sales")
-        made["beta"] = await make_site(group, "beta", CAROL, "support", more=(DAVE,))
-        await wait_for(lambda: has_numbers(made["alpha"].registry, {"200"}), what="beta's 200 on alpha")
-        await wait_for(lambda: has_numbers(made["beta"].registry, {"100"}), what="alpha's 100 on beta")
+        for name, spec in specs.items():
+            made[name] = await make_site(group, name, spec.account, spec.department, spec.more, spec.env)
+        for name, numbers in (plans or {}).items():
+            await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
         yield made
     finally:
         await stop_sites(*made.values())
+
+
+@pytest.fixture
+async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
+    specs = {"alpha": Spec(ALICE, "sales"), "beta": Spec(CAROL, "support", (DAVE,))}
+    async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100"}}) as made:
+        yield made
 
 
 class Watch:
@@ -396,21 +417,15 @@ async def list_calls(gateway: Gateway) -> list[pb.Call]:
 @pytest.fixture
 async def pair_with_bob(group: Group) -> AsyncIterator[dict[str, Site]]:
     """alpha with Alice and Bob, beta with Carol only."""
-    made: dict[str, Site] = {}
-    try:
-        made["alpha"] = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
-        made["beta"] = await make_site(group, "beta", CAROL, "support")
+    specs = {"alpha": Spec(ALICE, "sales", (BOB,)), "beta": Spec(CAROL, "support")}
+    async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100", "101"}}) as made:
         yield made
-    finally:
-        await stop_sites(*made.values())
 
 
 async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_with_bob: dict[str, Site]) -> None:
     alpha, beta = pair_with_bob["alpha"], pair_with_bob["beta"]
     phones: list[asyncio.subprocess.Process] = []
     try:
-        await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
-        await wait_for(lambda: has_numbers(beta.registry, {"100", "101"}), what="alpha's numbers on beta")
         alice, bob = await register_phone(alpha.gateway, ALICE), await register_phone(alpha.gateway, BOB)
         carol = await register_phone(beta.gateway, CAROL)
         phones = [
@@ -606,16 +621,10 @@ ERIN = ("201", "erin-pw-201")  # on gamma, department service (in the three-serv
 
 @pytest.fixture
 async def trio(group: Group) -> AsyncIterator[dict[str, Site]]:
-    made: dict[str, Site] = {}
-    try:
-        made["alpha"] = await make_site(group, "alpha", ALICE, "sales", more=(BOB,))
-        made["beta"] = await make_site(group, "beta", CAROL, "support")
-        made["gamma"] = await make_site(group, "gamma", ERIN, "service")
-        for name, numbers in (("alpha", {"200", "201"}), ("beta", {"100", "201"}), ("gamma", {"101"})):
-            await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
+    specs = {"alpha": Spec(ALICE, "sales", (BOB,)), "beta": Spec(CAROL, "support"), "gamma": Spec(ERIN, "service")}
+    plans = {"alpha": {"200", "201"}, "beta": {"100", "201"}, "gamma": {"101"}}
+    async with running_sites(group, specs, plans) as made:
         yield made
-    finally:
-        await stop_sites(*made.values())
 
 
 async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site]) -> None:
@@ -705,61 +714,63 @@ async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
     the transfer on beta, beta's callstate telling alpha's, and alpha telling Alice's phone are
     spans of one trace."""
     async with otlp_receiver() as (receiver, env):
-        made: list[Site] = []
-        phones: list[asyncio.subprocess.Process] = []
-        try:
-            made.append(await make_site(group, "alpha", ALICE, "sales", env=env))
-            made.append(await make_site(group, "beta", CAROL, "support", more=(DAVE,), env=env))
-            alpha, beta = made
-            await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
-            await wait_for(lambda: has_numbers(beta.registry, {"100"}), what="alpha's 100 on beta")
-            carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
-            phones = [
-                await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
-                await start_phone(beta.gateway, "callee.xml", dave, DAVE[0]),
-            ]
-            await asyncio.sleep(0.5)
-            calling = await asyncio.to_thread(
-                run,
-                *sipp_args(
-                    alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
-                ),
-            )
-            assert calling.returncode == 0, screen(calling.stdout) + logs_of(alpha, beta)
-            assert await phones_done(*phones) == [0, 0]
+        specs = {"alpha": Spec(ALICE, "sales", env=env), "beta": Spec(CAROL, "support", (DAVE,), env)}
+        async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100"}}) as made:
+            alpha, beta = made["alpha"], made["beta"]
+            phones: list[asyncio.subprocess.Process] = []
+            try:
+                carol, dave = await register_phone(beta.gateway, CAROL), await register_phone(beta.gateway, DAVE)
+                phones = [
+                    await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
+                    await start_phone(beta.gateway, "callee.xml", dave, DAVE[0]),
+                ]
+                await asyncio.sleep(0.5)
+                calling = await asyncio.to_thread(
+                    run,
+                    *sipp_args(
+                        alpha.gateway, "caller_transferred.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1]
+                    ),
+                )
+                assert calling.returncode == 0, screen(calling.stdout) + logs_of(alpha, beta)
+                assert await phones_done(*phones) == [0, 0]
 
-            def where(span: ExportedSpan) -> tuple[str, str, str]:
-                return (span.name, span.resource.get("service.name", ""), span.resource.get("pbxmesh.server.id", ""))
+                def where(span: ExportedSpan) -> tuple[str, str, str]:
+                    return (
+                        span.name,
+                        span.resource.get("service.name", ""),
+                        span.resource.get("pbxmesh.server.id", ""),
+                    )
 
-            expected = {
-                ("sip call setup", "pbxmesh-sipgw", "alpha"),
-                ("sip call setup", "pbxmesh-sipgw", "beta"),
-                ("sip transfer", "pbxmesh-sipgw", "beta"),
-                ("callstate transferred", "pbxmesh-callstate", "beta"),
-                ("/pbxmesh.callstate.v1.CallStateService/ShareParty", "pbxmesh-callstate", "alpha"),
-                ("sip tell party", "pbxmesh-sipgw", "alpha"),
-                ("sip call end", "pbxmesh-sipgw", "alpha"),
-            }
+                expected = {
+                    ("sip call setup", "pbxmesh-sipgw", "alpha"),
+                    ("sip call setup", "pbxmesh-sipgw", "beta"),
+                    ("sip transfer", "pbxmesh-sipgw", "beta"),
+                    ("callstate transferred", "pbxmesh-callstate", "beta"),
+                    ("/pbxmesh.callstate.v1.CallStateService/ShareParty", "pbxmesh-callstate", "alpha"),
+                    ("sip tell party", "pbxmesh-sipgw", "alpha"),
+                    ("sip call end", "pbxmesh-sipgw", "alpha"),
+                }
 
-            async def whole() -> bool:
-                transfer = [s for s in receiver.spans if s.name == "sip transfer"]
-                if not transfer:
-                    return False
-                in_trace = {where(s) for s in receiver.spans if s.trace_id == transfer[0].trace_id}
-                return expected <= in_trace
+                async def whole() -> bool:
+                    transfer = [s for s in receiver.spans if s.name == "sip transfer"]
+                    if not transfer:
+                        return False
+                    in_trace = {where(s) for s in receiver.spans if s.trace_id == transfer[0].trace_id}
+                    return expected <= in_trace
 
-            await wait_for(whole, timeout=15, what="the call's spans from both servers in one trace")
-            (transfer,) = [s for s in receiver.spans if s.name == "sip transfer"]
-            assert transfer.attributes["pbxmesh.transfer.target"] == DAVE[0]
-            setup = next(s for s in receiver.spans if s.trace_id == transfer.trace_id and s.name == "sip call setup")
-            assert setup.attributes["pbxmesh.call.caller"] == ALICE[0]
-            # No SDP, password or secret in any span.
-            for span in receiver.spans:
-                text = repr(span.attributes)
-                assert "v=0" not in text and "alice-pw" not in text and SECRET not in text
-        finally:
-            await stop_phones(*phones)
-            await stop_sites(*made)
+                await wait_for(whole, timeout=15, what="the call's spans from both servers in one trace")
+                (transfer,) = [s for s in receiver.spans if s.name == "sip transfer"]
+                assert transfer.attributes["pbxmesh.transfer.target"] == DAVE[0]
+                setup = next(
+                    s for s in receiver.spans if s.trace_id == transfer.trace_id and s.name == "sip call setup"
+                )
+                assert setup.attributes["pbxmesh.call.caller"] == ALICE[0]
+                # No SDP, password or secret in any span.
+                for span in receiver.spans:
+                    text = repr(span.attributes)
+                    assert "v=0" not in text and "alice-pw" not in text and SECRET not in text
+            finally:
+                await stop_phones(*phones)
 
 
 def scrape(address: str) -> dict[str, float]:
@@ -781,37 +792,34 @@ def scrape(address: str) -> dict[str, float]:
 async def test_each_service_serves_its_metrics(group: Group) -> None:
     ports = {name: f"127.0.0.1:{free_port()}" for name in ("registry", "sipgw", "callstate")}
     env = {f"PBXMESH_TELEMETRY_METRICS_{name.upper()}": address for name, address in ports.items()}
-    made: list[Site] = []
-    phone: asyncio.subprocess.Process | None = None
-    try:
-        made.append(await make_site(group, "alpha", ALICE, "sales", env=env))
-        made.append(await make_site(group, "beta", CAROL, "support"))
-        alpha, beta = made
-        await wait_for(lambda: has_numbers(alpha.registry, {"200"}), what="beta's 200 on alpha")
-        carol = await register_phone(beta.gateway, CAROL)
-        phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
-        await asyncio.sleep(0.5)
-        calling = await asyncio.to_thread(
-            run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
-        )
-        assert calling.returncode == 0, calling.stdout[-2000:]
-        assert await phones_done(phone) == [0]
-        sipgw = await asyncio.to_thread(scrape, ports["sipgw"])
-        assert sipgw["pbxmesh_calls_setup_time_seconds_count"] == 1
-        assert sipgw['pbxmesh_sip_responses_total{class="2xx"}'] >= 2  # the caller's 200 and the BYE's
-        assert sipgw['pbxmesh_sip_responses_total{class="4xx"}'] >= 1  # the 407 challenge
-        assert sipgw["pbxmesh_trunk_lines"] == 4 and sipgw["pbxmesh_trunk_rejected_total"] == 0
-        assert sipgw['pbxmesh_calls_active{kind="trunk_out"}'] == 0
-        registry = await asyncio.to_thread(scrape, ports["registry"])
-        assert registry["pbxmesh_group_members"] == 2 and registry["pbxmesh_group_connected"] == 1
-        assert registry["pbxmesh_plan_numbers"] == 2 and registry["pbxmesh_plan_conflicts"] == 0
-        assert registry["pbxmesh_etcd_keepalive_failures_total"] == 0
-        callstate = await asyncio.to_thread(scrape, ports["callstate"])
-        assert callstate['pbxmesh_callstate_calls{cross_server="true"}'] == 0
-    finally:
-        if phone is not None:
-            await stop_phones(phone)
-        await stop_sites(*made)
+    specs = {"alpha": Spec(ALICE, "sales", env=env), "beta": Spec(CAROL, "support")}
+    async with running_sites(group, specs, {"alpha": {"200"}}) as made:
+        alpha, beta = made["alpha"], made["beta"]
+        phone: asyncio.subprocess.Process | None = None
+        try:
+            carol = await register_phone(beta.gateway, CAROL)
+            phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
+            await asyncio.sleep(0.5)
+            calling = await asyncio.to_thread(
+                run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
+            )
+            assert calling.returncode == 0, calling.stdout[-2000:]
+            assert await phones_done(phone) == [0]
+            sipgw = await asyncio.to_thread(scrape, ports["sipgw"])
+            assert sipgw["pbxmesh_calls_setup_time_seconds_count"] == 1
+            assert sipgw['pbxmesh_sip_responses_total{class="2xx"}'] >= 2  # the caller's 200 and the BYE's
+            assert sipgw['pbxmesh_sip_responses_total{class="4xx"}'] >= 1  # the 407 challenge
+            assert sipgw["pbxmesh_trunk_lines"] == 4 and sipgw["pbxmesh_trunk_rejected_total"] == 0
+            assert sipgw['pbxmesh_calls_active{kind="trunk_out"}'] == 0
+            registry = await asyncio.to_thread(scrape, ports["registry"])
+            assert registry["pbxmesh_group_members"] == 2 and registry["pbxmesh_group_connected"] == 1
+            assert registry["pbxmesh_plan_numbers"] == 2 and registry["pbxmesh_plan_conflicts"] == 0
+            assert registry["pbxmesh_etcd_keepalive_failures_total"] == 0
+            callstate = await asyncio.to_thread(scrape, ports["callstate"])
+            assert callstate['pbxmesh_callstate_calls{cross_server="true"}'] == 0
+        finally:
+            if phone is not None:
+                await stop_phones(phone)
 
 
 async def test_the_demo_call_hold_resume_and_transfer_as_alphas_stream_shows_it(sites: dict[str, Site]) -> None:

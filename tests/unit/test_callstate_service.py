@@ -13,8 +13,9 @@ from services.callstate.peers import Peers
 from services.callstate.service import HOLD_COMMANDS, CallStateService
 
 
-async def silent_gateway(stop: asyncio.Event) -> AsyncIterator[cs.ReportCallsRequest]:
-    yield cs.ReportCallsRequest(replay=True)
+async def gateway(live: list[cs.CallEvent], stop: asyncio.Event) -> AsyncIterator[cs.ReportCallsRequest]:
+    """A gateway's report stream: the replay of its live calls, then nothing until ``stop``."""
+    yield cs.ReportCallsRequest(events=live, replay=True)
     await stop.wait()
 
 
@@ -23,7 +24,7 @@ async def test_commands_made_without_a_gateway_reach_the_next_one() -> None:
     for n in range(3):
         service.command(cs.ReportCallsResponse(call_id=f"c{n}", hang_up="server beta left the group"))
     stop = asyncio.Event()
-    stream = service.ReportCalls(silent_gateway(stop), context=None)  # type: ignore[arg-type]
+    stream = service.ReportCalls(gateway([], stop), context=None)  # type: ignore[arg-type]
     got = [await asyncio.wait_for(anext(stream), 2) for _ in range(3)]
     assert [c.call_id for c in got] == ["c0", "c1", "c2"]
     # Connected now: a new command goes straight to the stream, nothing is held.
@@ -42,11 +43,6 @@ async def test_held_commands_are_bounded() -> None:
     assert len(service.held) == HOLD_COMMANDS and service.held[0].call_id == "c5"
 
 
-async def replaying_gateway(live: list[cs.CallEvent], stop: asyncio.Event) -> AsyncIterator[cs.ReportCallsRequest]:
-    yield cs.ReportCallsRequest(events=live, replay=True)
-    await stop.wait()
-
-
 async def test_a_replay_ends_the_calls_the_gateway_no_longer_has() -> None:
     book = CallBook("alpha", "Alpha office")
     service = CallStateService(book, Peers("127.0.0.1:1"))
@@ -57,7 +53,7 @@ async def test_a_replay_ends_the_calls_the_gateway_no_longer_has() -> None:
     book.shared(Share("told", "beta", Party("200"), ANSWERED, 2.0, 1))  # known from a peer only
     kept = cs.CallEvent(call_id="kept", kind=cs.EVENT_KIND_ANSWERED, local_party=cs.Party(number="100"))
     stop = asyncio.Event()
-    stream = service.ReportCalls(replaying_gateway([kept], stop), context=None)  # type: ignore[arg-type]
+    stream = service.ReportCalls(gateway([kept], stop), context=None)  # type: ignore[arg-type]
     waiting = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0.1)  # the replay is read
     assert {c.call_id: c.phase for c in book.calls.values()} == {"kept": ANSWERED, "lost": ENDED, "told": DIALING}
