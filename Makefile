@@ -54,13 +54,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester) and sipsak.
+# Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester), sipsak and the
+# baresip softphone.
 sip-peers:
-	@missing=""; for t in sipp sipsak; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in sipp sipsak baresip; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak; \
-		else echo "missing:$$missing: install the Debian packages sip-tester and sipsak (or run make as root)"; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip; \
+		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak and baresip (or run make as root)"; exit 1; fi; \
 	fi
 
 pytest: $(STAMP) sip-peers

@@ -28,14 +28,18 @@ class AccountEntry:
 
     number: str
     password: Secret = dataclasses.field(default_factory=Secret)
+    # This account's digest challenges, where it differs from sip.digest_algorithms (a phone
+    # known to do SHA-256 can be held to it); empty: the server's.
+    digest_algorithms: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class SipSection:
     accounts: tuple[AccountEntry, ...] = ()
-    # Digest challenges in this order. Most phones answer the first one only, and many cannot do
-    # SHA-256 (RFC 8760), so MD5 comes first unless every phone of the server is known to cope.
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    # Digest challenges in this order. MD5 alone by default: many phones (baresip/libre among them)
+    # refuse a challenge set that offers any algorithm they cannot do, even beside MD5, so
+    # SHA-256 (RFC 8760) is offered only where a server or an account asks for it.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
     # Seconds a call may ring before the caller gets 480 No Answer and the phones a CANCEL
     # (RFC 3261's Timer C, at most 3 minutes there, is the default).
     ring_timeout: int = 180
@@ -89,9 +93,9 @@ def validate_calls(
         seen.add(account.number)
         if not account.password:
             raise ConfigError(f"{key}.password: a password is required")
-    algorithms = sip.digest_algorithms
-    if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= {"MD5", "SHA-256"}:
-        raise ConfigError(f"sip.digest_algorithms: {list(algorithms)!r} must list MD5 and/or SHA-256, each once")
+        if account.digest_algorithms:
+            _validate_algorithms(account.digest_algorithms, f"{key}.digest_algorithms")
+    _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
     if not 1 <= trunk.lines <= MAX_LINES:
@@ -101,6 +105,11 @@ def validate_calls(
     for name in ("incoming", "inter_server"):
         for i, rule in enumerate(getattr(scenarios, name)):
             _validate_rule(rule, f"scenarios.{name}[{i}]", departments)
+
+
+def _validate_algorithms(algorithms: tuple[str, ...], key: str) -> None:
+    if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= {"MD5", "SHA-256"}:
+        raise ConfigError(f"{key}: {list(algorithms)!r} must list MD5 and/or SHA-256, each once")
 
 
 def _validate_rule(rule: ScenarioRule, key: str, departments: set[str]) -> None:

@@ -26,7 +26,7 @@ from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
 from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
-from services.sipgw.sip.transport import TcpListener, UdpEndpoint
+from services.sipgw.sip.transport import Receiver, TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
 
@@ -34,6 +34,7 @@ _log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0
 GC_THRESHOLD = 20_000
+SIP_PORT_TRIES = 5  # listen.sip with port 0: ports tried for one free on both UDP and TCP
 
 Ctx = grpc.aio.ServicerContext
 
@@ -244,7 +245,7 @@ class SipGatewayApp:
     async def start(self) -> None:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
         receive = self.core.transactions.receive
-        self.udp = await UdpEndpoint.open(host, port, receive)
+        self.udp, self.tcp = await _open_sip(host, port, receive)
         self.core.router.phone_links["UDP"] = self.udp
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
@@ -254,8 +255,6 @@ class SipGatewayApp:
         self.plan.start()
         if self.reporter is not None:
             self.reporter.start()
-        # TCP on the same port as UDP (RFC 3261 18.1); with port 0 it follows the UDP one.
-        self.tcp = await TcpListener.open(host, self.udp.local[1], receive)
         self.core.router.phone_links["TCP"] = self.tcp
         self.host.add(SipGatewayService(self.core, self.lines))
         await self.host.start()
@@ -285,3 +284,17 @@ class SipGatewayApp:
             self.udp.close()
         if self.tcp is not None:
             await self.tcp.close()
+
+
+async def _open_sip(host: str, port: int, receive: Receiver) -> tuple[UdpEndpoint, TcpListener]:
+    """UDP and TCP on one port (RFC 3261 18.1). With port 0 the TCP side follows the port the
+    system gave UDP, which some TCP socket may hold already: then another port is tried."""
+    for attempt in range(SIP_PORT_TRIES):
+        udp = await UdpEndpoint.open(host, port, receive)
+        try:
+            return udp, await TcpListener.open(host, udp.local[1], receive)
+        except OSError:
+            udp.close()
+            if port != 0 or attempt == SIP_PORT_TRIES - 1:
+                raise
+    raise RuntimeError("unreachable: the last try returns or raises")

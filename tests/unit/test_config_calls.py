@@ -77,6 +77,10 @@ def test_secrets_come_from_the_environment_too(tmp_path: Path) -> None:
             "sip.digest_algorithms",
         ),
         (
+            ('password: "pw-alice-1"}]}', 'password: "pw-alice-1", digest_algorithms: [MD5, MD5]}]}'),
+            "sip.accounts[0].digest_algorithms: ['MD5', 'MD5'] must list MD5 and/or SHA-256, each once",
+        ),
+        (
             ('password: "pw-alice-1"}]}', 'password: "pw-alice-1"}], ring_timeout: 2}'),
             "sip.ring_timeout: 2 is not between 5 and 3600 seconds",
         ),

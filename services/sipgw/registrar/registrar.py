@@ -3,15 +3,18 @@
 Pure logic: a parsed request and the address it came from go in, a ``Decision`` comes out (the
 response, how long to wait before sending it, and who authenticated). The caller owns the socket.
 
-    no Authorization                      401, WWW-Authenticate SHA-256 then MD5 (RFC 8760), qop="auth"
+    no Authorization                      401, WWW-Authenticate per algorithm (RFC 8760), qop="auth"
     our nonce, too old, digest right      401 stale=true: the phone retries without prompting
     anything else wrong with credentials  403 Forbidden, one answer for every cause, counted by Lockout
     source locked out                     no answer at all
     authenticated                         the binding rules (steps 6-8): 200 / 400 / 423 / 500
 
 The AOR is the To URI's user and must be the digest username: a phone registers its own number
-only. The To host is not checked: bindings keep the packet's source address, and that is where
-requests for the number go, never to a host named inside the message.
+only. The challenge offers the account's algorithms (``sip.accounts[].digest_algorithms``) where it
+has its own, else the server's (``sip.digest_algorithms``, MD5 alone by default: many phones refuse
+a challenge set with any algorithm they cannot do); an answer in an algorithm not offered fails.
+The To host is not checked: bindings keep the packet's source address, and that is where requests
+for the number go, never to a host named inside the message.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from services.sipgw.sip.transport import response_to
 
 _log = logging.getLogger(__name__)
 
-# RFC 8760 section 2.4: the preferred algorithm first, MD5 last for phones that know nothing else.
-CHALLENGE_ALGORITHMS = ("SHA-256", "MD5")
+# What a server offers unless its config says otherwise (sip.digest_algorithms).
+CHALLENGE_ALGORITHMS = ("MD5",)
 # RFC 7616 section 3.4: nc is 8 hex digits; shorter is tolerated, longer is refused.
 _NONCE_COUNT = re.compile(r"[0-9A-Fa-f]{1,8}")
 _MAX_EXPIRES_VALUE = 2**32 - 1
@@ -81,6 +84,9 @@ class Registrar:
         self._algorithms = tuple(algorithms)
         # An account without a password can never authenticate: leaving it out makes it "unknown".
         self._passwords = {account.number: account.password.value for account in accounts if account.password}
+        self._account_algorithms = {
+            account.number: tuple(account.digest_algorithms) for account in accounts if account.digest_algorithms
+        }
         self._realm = realm
         self.bindings = bindings if bindings is not None else Bindings()
         self._nonces = nonces if nonces is not None else NonceFactory()
@@ -110,13 +116,13 @@ class Registrar:
 
         lines = request.headers.get_lines("Authorization")
         if not lines:
-            return Decision(self._challenge(request, stale=False), delay, None)
+            return Decision(self._challenge(request, aor, stale=False), delay, None)
         outcome, number = self._authenticate(lines, aor, request.method)
         if outcome == "failed":
             self._lockout.failed(ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
-            return Decision(self._challenge(request, stale=True), delay, None)
+            return Decision(self._challenge(request, aor, stale=True), delay, None)
         assert number is not None  # "ok" always names the number
         self._lockout.succeeded(ip)
         return Decision(self._bind(request, number, _source_text(source), call_id, cseq, transport), delay, number)
@@ -139,25 +145,29 @@ class Registrar:
             caller = None
         lines = request.headers.get_lines("Proxy-Authorization")
         if not lines:
-            return Decision(self._challenge(request, stale=False, proxy=True), delay, None)
+            return Decision(self._challenge(request, caller, stale=False, proxy=True), delay, None)
         outcome, number = self._authenticate(lines, caller, request.method)
         if outcome == "failed":
             self._lockout.failed(ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
-            return Decision(self._challenge(request, stale=True, proxy=True), delay, None)
+            return Decision(self._challenge(request, caller, stale=True, proxy=True), delay, None)
         self._lockout.succeeded(ip)
         return Decision(None, delay, number)
 
     # Authentication (RFC 3261 section 22.4, RFC 7616 section 3.4).
 
-    def _challenge(self, request: Request, stale: bool, proxy: bool = False) -> Response:
+    def algorithms_for(self, number: str | None) -> tuple[str, ...]:
+        """The digest algorithms offered to (and accepted from) ``number``'s phone."""
+        return self._account_algorithms.get(number or "", self._algorithms)
+
+    def _challenge(self, request: Request, number: str | None, stale: bool, proxy: bool = False) -> Response:
         if proxy:
             response, header = self._reply(request, 407, "Proxy Authentication Required"), "Proxy-Authenticate"
         else:
             response, header = self._reply(request, 401, "Unauthorized"), "WWW-Authenticate"
-        nonce = self._nonces.issue()  # one nonce for both challenges: the phone answers one of them
-        for algorithm in self._algorithms:
+        nonce = self._nonces.issue()  # one nonce for every challenge: the phone answers one of them
+        for algorithm in self.algorithms_for(number):
             response.headers.add(header, Challenge(self._realm, nonce, algorithm, stale).header_value())
         return response
 
@@ -182,9 +192,15 @@ class Registrar:
         except DigestError as error:
             _log.info("%s from %r refused: %s", method, username[:40], error)
             return "failed", None
-        if not (known and valid) or nonce_state == "bad":
+        offered = params.get("algorithm", "MD5").upper() in self.algorithms_for(username)
+        if not (known and valid and offered) or nonce_state == "bad":
             # Which of these it was stays in the log, never in the answer (no number enumeration).
-            why = "unknown user or other number" if not known else "wrong digest" if not valid else "nonce not ours"
+            why = (
+                "unknown user or other number" if not known
+                else "wrong digest" if not valid
+                else "an algorithm this account is not offered" if not offered
+                else "nonce not ours"
+            )  # fmt: skip
             _log.info("%s from %r refused: %s", method, username[:40], why)
             return "failed", None
         if nonce_state == "stale":

@@ -37,15 +37,22 @@ class Clock:
         return self.now
 
 
-def make_registrar(clock: Clock | None = None, lockout: Lockout | None = None) -> Registrar:
+def make_registrar(
+    clock: Clock | None = None,
+    lockout: Lockout | None = None,
+    algorithms: tuple[str, ...] | None = None,
+    account_algorithms: dict[str, tuple[str, ...]] | None = None,
+) -> Registrar:
     clock = clock or Clock()
-    accounts = [AccountEntry(number, Secret(password)) for number, password in PASSWORDS.items()]
+    own = account_algorithms or {}
+    accounts = [AccountEntry(number, Secret(password), own.get(number, ())) for number, password in PASSWORDS.items()]
     return Registrar(
         accounts,
         REALM,
         bindings=Bindings(clock=clock),
         nonces=NonceFactory(key=b"n" * 32, lifetime=60, clock=clock),
         lockout=lockout or Lockout(clock=clock),
+        **({"algorithms": algorithms} if algorithms is not None else {}),
     )
 
 
@@ -145,8 +152,32 @@ def contacts_of(response: Response) -> dict[str, int]:
     return listed
 
 
+def algorithms_offered(registrar: Registrar, user: str) -> list[str]:
+    response = answered(registrar.handle(register(to_user=user), PHONE))
+    return [challenge_params(v)["algorithm"] for v in response.headers.get_all("WWW-Authenticate")]
+
+
+def test_the_default_challenge_is_md5_alone_which_every_common_phone_answers() -> None:
+    # Phones like baresip (libre) refuse a challenge set that offers any algorithm besides MD5.
+    assert algorithms_offered(make_registrar(), "100") == ["MD5"]
+    assert algorithms_offered(make_registrar(), "555") == ["MD5"]  # unknown numbers alike
+
+
+def test_an_account_can_be_held_to_sha256_and_then_md5_fails_for_it_only() -> None:
+    registrar = make_registrar(account_algorithms={"101": ("SHA-256",)})
+    assert algorithms_offered(registrar, "101") == ["SHA-256"]
+    assert algorithms_offered(registrar, "100") == ["MD5"]
+    assert answered(login(registrar, user="101", algorithm="MD5")).status == 403
+    assert answered(login(registrar, user="101", algorithm="SHA-256")).status == 200
+    assert answered(login(registrar, user="100", algorithm="MD5")).status == 200
+    # A server that asks for SHA-256 only holds every account without its own list to it.
+    strict = make_registrar(algorithms=("SHA-256",), account_algorithms={"101": ("MD5",)})
+    assert answered(login(strict, user="100", algorithm="MD5")).status == 403
+    assert answered(login(strict, user="101", algorithm="MD5")).status == 200
+
+
 def test_challenge_offers_sha256_then_md5_with_one_fresh_nonce_and_a_to_tag() -> None:
-    registrar = make_registrar()
+    registrar = make_registrar(algorithms=("SHA-256", "MD5"))
     request = register()
     decision = registrar.handle(request, PHONE)
     response = answered(decision)
@@ -172,7 +203,7 @@ def test_a_to_tag_already_present_is_kept() -> None:
 
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
 def test_success_binds_the_contact_with_the_packet_source(algorithm: str) -> None:
-    registrar = make_registrar()
+    registrar = make_registrar(algorithms=("SHA-256", "MD5"))
     decision = login(registrar, algorithm=algorithm, expires=600)
     response = answered(decision)
     assert (response.status, decision.number) == (200, "100")
@@ -309,7 +340,7 @@ def test_stale_nonce_gets_a_new_challenge_not_a_failure() -> None:
     # Stale only vouches for a right digest: a stale nonce with a wrong password is a plain failure.
     stale_and_wrong = register(authorization=digest(nonce, password="guess"))
     assert answered(registrar.handle(stale_and_wrong, PHONE)).status == 403
-    retry = register(authorization=digest(challenges[0]["nonce"], algorithm="SHA-256"))
+    retry = register(authorization=digest(challenges[0]["nonce"], algorithm="MD5"))
     assert answered(registrar.handle(retry, PHONE)).status == 200
 
 

@@ -1,0 +1,1 @@
+"""What tests, benches and scripts start: real service processes, sites and phones."""

@@ -1,0 +1,216 @@
+"""A real softphone for tests: baresip (Debian's 1.0), headless, driven over its ctrl_tcp module.
+
+Each phone has a folder of its own with its config and account, registers like any desk phone
+(digest as the server challenges), answers calls by itself when asked to, sends a sine tone of
+its own frequency and writes what it hears to a WAV file (the ``sndfile`` module: one
+``dump-<time>-dec.wav`` per call, 8 kHz mono). Commands (dial, hold, resume, hangup) and the
+phone's events (REGISTER_OK, CALL_ESTABLISHED, CALL_CLOSED...) are JSON in netstrings.
+
+Pitfalls of this baresip, each seen here: its SIP stack binds TCP and TLS on ``port`` and
+``port + 1``, so two phones and their control ports need distinct pairs; ``ausine`` only runs at
+48 kHz stereo (baresip resamples to the codec); the heard file stops growing while the call is
+held, and its header is only completed at hang-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from tests.support import wait_for
+
+MODULES = "/usr/lib/baresip/modules"
+# RTP ports: a thousand per test process (below the ephemeral range), a hundred per phone.
+_RTP_BASE = 20000 + (os.getpid() % 10) * 1000
+_rtp_ranges = iter(range(_RTP_BASE, _RTP_BASE + 1000, 100))
+
+
+def port_pair() -> int:
+    """A loopback port ``p`` with ``p`` and ``p + 1`` free for TCP and UDP (baresip takes both)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port < 65535 and all(_free(p, kind) for p in (port, port + 1) for kind in ("tcp", "udp")):
+            return port
+
+
+def _free(port: int, kind: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class Baresip:
+    """One baresip phone registered as ``number`` at ``registrar`` (``host:port``)."""
+
+    def __init__(self, folder: Path, number: str, password: str, registrar: str, tone_hz: int = 440):
+        path = shutil.which("baresip")
+        assert path is not None, "baresip is not installed: `make test` installs it (Debian package baresip)"
+        self.binary = path
+        self.folder = folder
+        self.number, self.password, self.registrar = number, password, registrar
+        self.tone_hz = tone_hz
+        self.sip_port = port_pair()
+        self.control_port = port_pair()
+        self.events: list[dict[str, Any]] = []
+        self.output: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._responses: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._changed = asyncio.Event()
+
+    def _write_config(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rtp = next(_rtp_ranges)
+        (self.folder / "config").write_text(
+            "\n".join([
+                "poll_method epoll",
+                f"sip_listen 127.0.0.1:{self.sip_port}",
+                "net_interface 127.0.0.1",
+                f"rtp_ports {rtp}-{rtp + 99}",
+                f"audio_source ausine,{self.tone_hz}",
+                "ausrc_srate 48000",
+                "ausrc_channels 2",
+                "audio_player aubridge,heard",
+                "audio_alert aubridge,alert",
+                f"module_path {MODULES}",
+                "module g711.so",
+                "module ausine.so",
+                "module aubridge.so",
+                "module sndfile.so",
+                "module_app account.so",
+                "module_app menu.so",
+                "module_app ctrl_tcp.so",
+                f"ctrl_tcp_listen 127.0.0.1:{self.control_port}",
+                f"snd_path {self.folder}",
+                "",
+            ])
+        )  # fmt: skip
+        (self.folder / "accounts").write_text(
+            f"<sip:{self.number}@{self.registrar};transport=udp>;auth_pass={self.password};answermode=auto;regint=600\n"
+        )
+
+    async def start(self, registered: bool = True, timeout: float = 10.0) -> Baresip:
+        """Starts the phone; with ``registered`` waits for its REGISTER's 200 OK."""
+        self._write_config()
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary, "-f", str(self.folder),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=self.folder,
+        )  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._read_output()))
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(OSError):
+                    self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.control_port)
+                    break
+                assert self._process.returncode is None, "baresip exited:\n" + "".join(self.output)
+                await asyncio.sleep(0.05)
+        self._tasks.append(asyncio.create_task(self._read_control()))
+        if registered:
+            # REGISTER_OK may come before the control connection: ask the phone instead.
+            async def registered_now() -> bool:
+                return "OK" in (await self.command("reginfo")).get("data", "")
+
+            await wait_for(registered_now, timeout, f"baresip {self.number} registered at {self.registrar}")
+        return self
+
+    async def _read_output(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for raw in self._process.stdout:
+            self.output.append(raw.decode(errors="replace"))
+            del self.output[:-400]
+
+    async def _read_control(self) -> None:
+        assert self._reader is not None
+        while True:
+            length = await self._reader.readuntil(b":")
+            body = await self._reader.readexactly(int(length[:-1]))
+            await self._reader.readexactly(1)  # the netstring's ","
+            message = json.loads(body)
+            if message.get("event"):
+                self.events.append(message)
+                self._changed.set()
+            elif message.get("response"):
+                await self._responses.put(message)
+
+    async def command(self, name: str, params: str = "") -> dict[str, Any]:
+        """Runs a menu command (``dial``, ``hold``, ``resume``, ``hangup``...) and returns its answer."""
+        assert self._writer is not None, "the phone is not running"
+        body = json.dumps({"command": name, "params": params, "token": name}).encode()
+        self._writer.write(str(len(body)).encode() + b":" + body + b",")
+        await self._writer.drain()
+        answer = await asyncio.wait_for(self._responses.get(), 5)
+        assert answer.get("ok"), f"baresip {name} {params}: {answer}"
+        return answer
+
+    async def event(self, kind: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
+        """The first event of ``kind`` at or after index ``after`` of ``events``, waited for."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for message in self.events[after:]:
+                    if message.get("type") == kind:
+                        return message
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def dial(self, number: str) -> None:
+        await self.command("dial", f"sip:{number}@{self.registrar}")
+
+    def heard(self) -> list[Path]:
+        """The WAV files of what the phone heard, one per call, oldest first."""
+        return sorted(self.folder.glob("dump-*-dec.wav"))
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            try:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+
+    def log(self) -> str:
+        return "".join(self.output[-60:])
+
+
+def samples(wav: Path) -> list[int]:
+    """The 16-bit mono samples of a WAV file, also when its header was never completed."""
+    data = wav.read_bytes()
+    start = data.find(b"data")
+    if start < 0:
+        return []
+    raw = data[start + 8 :]
+    raw = raw[: len(raw) // 2 * 2]
+    return list(struct.unpack(f"<{len(raw) // 2}h", raw))
+
+
+def tone_level(values: list[int], hz: float, rate: int = 8000) -> float:
+    """The strength of one frequency in ``values`` (Goertzel), relative to the signal's power:
+    near 1 for a pure tone of ``hz``, near 0 for silence or another tone."""
+    if not values:
+        return 0.0
+    coefficient = 2 * math.cos(2 * math.pi * hz / rate)
+    previous = before = 0.0
+    for value in values:
+        previous, before = value + coefficient * previous - before, previous
+    power = previous**2 + before**2 - coefficient * previous * before
+    energy = sum(v * v for v in values)
+    return 2 * power / (len(values) * energy) if energy else 0.0
