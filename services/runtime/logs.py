@@ -1,9 +1,9 @@
 """Log lines: plain text, or one JSON object a line for a log pipeline.
 
-A call's lines carry its correlation id (``call_id``) and trace id (``trace_id``): the id is the
-first argument of every message that starts with "call %s" (the convention all call-related lines
-follow), or an explicit ``extra={"call_id": ...}``; the trace id is the current span's, else the one
-the call's trace was given where it began (``call_traces``, kept by the services while a call lives).
+A call's lines carry its correlation id (``call_id``) and trace id (``trace_id``): the id is passed
+with the record (``call_log(logger, call_id)``, or ``extra={"call_id": ...}``), never read back out
+of the message; the trace id is the current span's, else the one the call's trace was given where
+it began (``call_traces``, kept by the services while a call lives).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 from opentelemetry import trace
 
@@ -33,8 +35,6 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         call_id = getattr(record, "call_id", None)
-        if call_id is None and isinstance(record.msg, str) and record.msg.startswith("call %s") and record.args:
-            call_id = record.args[0] if isinstance(record.args, tuple) else None
         if call_id:
             entry["call_id"] = str(call_id)
         trace_id = trace_id_of(trace.get_current_span()) or call_traces.get(str(call_id or ""), "")
@@ -43,6 +43,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for one call's lines: "call <id>: ..." in the text, and the id with the record."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, MutableMapping[str, Any]]:
+        call_id = (self.extra or {}).get("call_id", "")
+        kwargs["extra"] = {**kwargs.get("extra", {}), "call_id": call_id}
+        return f"call {str(call_id).replace('%', '%%')}: {msg}", kwargs
+
+
+def call_log(logger: logging.Logger, call_id: str) -> CallLog:
+    return CallLog(logger, {"call_id": call_id})
 
 
 def setup_logging(level: str = "info", log_format: str = "text") -> None:

@@ -20,7 +20,7 @@ from services.runtime.metrics import Metrics
 from services.runtime.subscription import Subscription
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.b2bua import PlaceError
-from services.sipgw.call import Call
+from services.sipgw.call import Call, Kind
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
@@ -147,14 +147,16 @@ _STATES = {
 }
 
 
+_KINDS = {Kind.LOCAL: pb.CALL_KIND_LOCAL, Kind.TRUNK_IN: pb.CALL_KIND_TRUNK_IN, Kind.TRUNK_OUT: pb.CALL_KIND_TRUNK_OUT}
+
+
 def call_pb(call: Call) -> pb.Call:
-    kind = pb.CALL_KIND_TRUNK_IN if call.trunk_in else pb.CALL_KIND_TRUNK_OUT if call.trunk_out else pb.CALL_KIND_LOCAL
     message = pb.Call(
         call_id=call.id,
         caller=call.caller,
         callee=call.callee,
-        state=_STATES.get(call.state, pb.CALL_STATE_UNSPECIFIED),
-        kind=kind,
+        state=_STATES.get(call.phase, pb.CALL_STATE_UNSPECIFIED),
+        kind=_KINDS[call.kind],
         end_reason=call.end_reason,
     )
     message.started_at.FromNanoseconds(int(call.started_at * 1e9))
@@ -212,10 +214,10 @@ class SipGatewayApp:
         m = self.metrics
 
         def active() -> list[tuple[float, dict[str, str]]]:
-            kinds = {"local": 0, "trunk_out": 0, "trunk_in": 0}
+            kinds = dict.fromkeys(Kind, 0)
             for call in calls.active():
-                kinds["trunk_in" if call.trunk_in else "trunk_out" if call.trunk_out else "local"] += 1
-            return [(count, {"kind": kind}) for kind, count in kinds.items()]
+                kinds[call.kind] += 1
+            return [(count, {"kind": str(kind)}) for kind, count in kinds.items()]
 
         m.gauge(
             "pbxmesh.sip.registrations",

@@ -1,79 +1,84 @@
-"""Collapsing a call that left this server over the trunk and came back to it.
+"""Closing a call that left this server over the trunk and came back to it.
 
-A1 (ours) calls B1 on server B; B1 transfers to A2, ours again: the call now runs
-A1 -> trunk -> B -> trunk -> A2. The INVITE that comes back carries the call's correlation id and
-the list of servers it has passed; this server finds its own id in that list and a live call with
-that id: a loop, known for certain. Once the returning leg is set up (its ACK came, so B's
-transfer is complete), this server bridges A1 and A2 itself: A2 is asked for a fresh offer
+Say A1 (ours) talks to B1 on server B, and B1 transfers to A2, ours again: the call now runs
+A1 -> trunk -> B -> trunk -> A2. Or B1 called A1 and transfers to A2: B -> A1 and B -> A2. Either
+way a trunk INVITE arrives carrying the correlation id of a call this server has (whichever side
+of it this server was on): a loop, known for certain. It is set up as a call of its own (the
+"inner" call: the trunk to A2); once its trunk side is set up (its ACK came, so B's transfer is
+complete) this server bridges its own party A1 and A2 itself: A2 is asked for a fresh offer
 (re-INVITE without SDP), the offer goes to A1, A1's answer back to A2; then both trunk legs get
-BYE (server B ends its part of the call), their lines are freed, and A1 is told its new party.
+BYE (server B ends its part of the call, its lines are freed), A2's leg takes the trunk leg's
+place in the first call, and A1 is told its new party.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
-from services.sipgw.call import ANSWERED, Call
-from services.sipgw.fork import Branch
+from services.sipgw.call import Call, Leg, Phase, Side
+from services.sipgw.calls import CallTable
+from services.sipgw.identity import tell_party
 from services.sipgw.sip import Response
-from services.sipgw.sip.transport import sent_by
-
-if TYPE_CHECKING:
-    from services.sipgw.b2bua import B2BUA
-
-_log = logging.getLogger(__name__)
 
 
-def collapse(agent: B2BUA, outer: Call, inner: Call) -> None:
-    """``outer``: A1 (side a) to the trunk (side b); ``inner``: the trunk (side a) to A2 (side b)."""
-    if outer.state != ANSWERED or inner.state != ANSWERED or inner.b is None or inner.b_dialog is None:
+def close_loop(table: CallTable, inner: Call) -> None:
+    """``inner`` (the trunk on its caller's side, A2 on its callee's) came back as part of the
+    call it names; the two become one call here if both are answered."""
+    outer = table.live(inner.loop_of)
+    inner.loop_of = ""
+    if outer is None or outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
         return
-    if outer.a_dialog is None or outer.b_dialog is None or inner.a_dialog is None:
+    side = _looping_side(outer, inner.leg(Side.CALLER).server)
+    a2 = inner.legs.get(Side.CALLEE)
+    if side is None or a2 is None or a2.dialog is None:
+        table.log(outer).info("came back over the trunk, but no leg of it can be bridged here")
         return
-    _log.info("call %s: the call came back over the trunk (path %s); bridging here", outer.id, ",".join(inner.path))
-    a2_dialog, a2 = inner.b_dialog, inner.b
-    a1_dialog, a1_link, a1_address = outer.a_dialog, outer.a_link, outer.a_address
-    ask = a2_dialog.request("INVITE", sent_by(a2.link))
+    a1 = outer.leg(side.other)
+    if a1.dialog is None:
+        return
+    table.log(outer).info("the call came back over the trunk (path %s); bridging here", ",".join(inner.path))
+    ask = table.request(a2, "INVITE")
 
     def a2_offered(response: Response) -> None:
         if response.status < 200:
             return
         if response.status >= 300 or not response.body:
-            _log.info("call %s: A2 gave no offer (%s); the loop stays", outer.id, response.status)
+            table.log(outer).info("the returning party gave no offer (%s); the loop stays", response.status)
             return
         offer = response.body
-        reoffer = a1_dialog.request("INVITE", sent_by(a1_link), offer, "application/sdp")
+        reoffer = table.request(a1, "INVITE", offer, "application/sdp")
 
         def a1_answered(answer: Response) -> None:
             if answer.status < 200:
                 return
-            a1_dialog.refresh_target(answer)
-            agent.transactions.send_direct(a1_dialog.ack(sent_by(a1_link), reoffer.cseq.number), a1_link, a1_address)
+            assert a1.dialog is not None
+            a1.dialog.refresh_target(answer)
+            table.ack(a1, reoffer.cseq.number)
             ok = 200 <= answer.status < 300
             body = answer.body if ok else b""
-            ack = a2_dialog.ack(sent_by(a2.link), ask.cseq.number, body, "application/sdp" if body else "")
-            agent.transactions.send_direct(ack, a2.link, a2.address)
+            table.ack(a2, ask.cseq.number, body, "application/sdp")
             if ok:
-                _bridge(agent, outer, inner, a2, offer, answer)
+                a1.sdp, a2.sdp = offer, answer.body
+                _bridge(table, outer, side, inner, a2)
 
-        agent.transactions.send_request(reoffer, a1_link, a1_address, a1_answered, lambda: None)
+        table.send(a1, reoffer, a1_answered)
 
-    agent.transactions.send_request(ask, a2.link, a2.address, a2_offered, lambda: None)
+    table.send(a2, ask, a2_offered)
 
 
-def _bridge(agent: B2BUA, outer: Call, inner: Call, a2: Branch, a2_offer: bytes, a1_answer: Response) -> None:
+def _looping_side(outer: Call, origin: str) -> Side | None:
+    """The side of ``outer`` whose trunk leg the loop runs through: its only trunk leg, or of
+    two, the one toward the server the call came back from."""
+    trunk = [side for side, leg in outer.legs.items() if leg.trunk]
+    if len(trunk) == 1:
+        return trunk[0]
+    toward = [side for side in trunk if outer.leg(side).server == origin]
+    return toward[0] if len(toward) == 1 else None
+
+
+def _bridge(table: CallTable, outer: Call, side: Side, inner: Call, a2: Leg) -> None:
     """A2 takes the trunk leg's place in ``outer``; both trunk legs are hung up."""
-    assert inner.b_dialog is not None
-    agent._bye(outer, "b")  # the leg to server B
-    agent._bye(inner, "a")  # the leg from server B
-    a2_dialog = inner.b_dialog
-    inner.b_dialog = None  # now ``outer``'s: forgetting ``inner`` must not drop it
-    inner.b = None
-    outer.trunk_out, outer.peer_server_id = False, ""
-    number = inner.callee
-    allows = inner.allows_update.get("b", False)
-    agent.replace_side(outer, "b", a2_dialog, a2, number, None, a1_answer.body, allows_update=allows)
-    outer.sdp_to["a"] = a2_offer
-    agent._end(inner, "the call came back to this server: bridged here")
-    agent.tell_party(outer.id, number, "")
+    table.bye(outer, side)  # the leg toward the other server
+    table.bye(inner, Side.CALLER)  # the leg from it
+    table.detach(inner, Side.CALLEE)
+    table.replace_leg(outer, side, a2)
+    table.end(inner, "the call came back to this server: bridged here")
+    tell_party(table, outer, side.other, a2.number, a2.name)

@@ -22,7 +22,7 @@ from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.runtime.follow import RETRY_MAX, RETRY_MIN
 from services.sipgw import tracing
 from services.sipgw.b2bua import B2BUA
-from services.sipgw.call import ANSWERED, ENDED, RINGING, Call
+from services.sipgw.call import Call, Kind, Phase, Side
 
 _log = logging.getLogger(__name__)
 
@@ -93,40 +93,41 @@ class Reporter:
     def replay(self, call: Call) -> list[cs.CallEvent]:
         """The events that bring a callstate that knows nothing to this call's state."""
         events = [self.event(call, "created", call.started_at)]
-        if call.state in (RINGING, ANSWERED):
+        if call.phase in (Phase.RINGING, Phase.ANSWERED):
             events.append(self.event(call, "ringing", call.started_at))
-        if call.state == ANSWERED and call.answered_at is not None:
+        if call.phase == Phase.ANSWERED and call.answered_at is not None:
             events.append(self.event(call, "answered", call.answered_at))
             if call.held_by:
                 events.append(self.event(call, "held", call.answered_at))
         return events
 
     def event(self, call: Call, kind: str, at: float) -> cs.CallEvent:
-        caller = self._party(call.caller, call.caller_name, remote=call.trunk_in, peer=call.peer_server_id)
-        callee = self._party(
-            call.callee, call.callee_name, remote=call.trunk_out, peer=call.callee_server or call.peer_server_id
-        )
-        local, remote = (callee, caller) if call.trunk_in else (caller, callee)
-        # Side "a" is the caller: this server's party unless the call came in over the trunk.
-        by = "" if not call.held_by else ("local" if (call.held_by == "a") != call.trunk_in else "remote")
+        # The local party is this server's own (its home side); the remote one is on the other side.
+        local, remote = self._party(call, call.home), self._party(call, call.home.other)
+        peer = call.peer_server
+        by = "" if call.held_by is None else ("local" if call.held_by == call.home else "remote")
         message = cs.CallEvent(
             call_id=call.id,
             kind=KINDS[kind],
             local_party=local,
             remote_party=remote,
-            peer_server_id=call.peer_server_id if (call.trunk_in or call.trunk_out) else "",
-            outgoing=not call.trunk_in,
+            peer_server_id=peer,
+            outgoing=call.home == Side.CALLER,
             by=by,
-            reason=call.end_reason if call.state == ENDED else "",
+            reason=call.end_reason if call.phase == Phase.ENDED else "",
             path=[*call.path, self.server_id],
             traceparent=tracing.to_text(call.trace),
         )
         message.at.FromNanoseconds(int(at * 1e9))
         return message
 
-    def _party(self, number: str, name: str, remote: bool, peer: str) -> cs.Party:
+    def _party(self, call: Call, side: Side) -> cs.Party:
+        number, name = call.party(side)
+        leg = call.legs.get(side)
+        # A callee still ringing over the trunk is remote too; its server is known at the answer.
+        remote = leg.trunk if leg is not None else side == Side.CALLEE and call.kind == Kind.TRUNK_OUT
         if remote:
-            return cs.Party(number=number, display_name=name, server_id=peer)
+            return cs.Party(number=number, display_name=name, server_id=leg.server if leg is not None else "")
         own_name, department = self.numbering.get(number, ("", ""))
         return cs.Party(number=number, display_name=name or own_name, department=department, server_id=self.server_id)
 

@@ -1,71 +1,62 @@
-"""Transfers: a phone in a call sends REFER (RFC 3515) and the gateway connects the phone's other
+"""Transfers: a party in a call sends REFER (RFC 3515) and the gateway connects the party's other
 party to the target in its place.
 
-Blind: Refer-To names a number, which is rung. Attended: the phone first called the target itself
+Blind: Refer-To names a number, which is rung. Attended: the party first called the target itself
 (a consultation call through this gateway) and Refer-To carries Replaces (RFC 3891) naming that
-call's dialog as the phone sees it; the gateway then joins the consultation call's other party
+call's dialog as the party sees it; the gateway then joins the consultation call's other party
 to this call and ends the consultation call.
 
 The gateway answers the REFER with 202 and keeps the transferor informed with NOTIFYs carrying
 sipfrag status lines (100 Trying, then the target's final answer). The target is rung like any
 call (own phones, another server over the trunk) with an INVITE without SDP; its answer's offer
 goes to the other party in a re-INVITE, and the other party's answer comes back to the target in
-its ACK (RFC 3725 flow I, on one side). Then the target takes the transferor's place in the call
-and the transferor gets BYE. If the target fails, the transferor stays in the call and is told
-why. In an attended transfer the target has answered already: it is asked for a fresh offer with a
-re-INVITE without SDP instead.
+its ACK (RFC 3725 flow I, on one side). Then the target's leg takes the transferor's place and the
+transferor gets BYE. If the target fails, the transferor stays in the call and is told why. In an
+attended transfer the target has answered already: it is asked for a fresh offer with a re-INVITE
+without SDP instead.
 """
 
 from __future__ import annotations
 
-import logging
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 
 from services.runtime.telemetry import ATTR_TRANSFER_TARGET
-from services.sipgw import tracing
-from services.sipgw.call import ANSWERED, Call
+from services.sipgw import sdp, tracing
+from services.sipgw.call import Call, Leg, Phase, Side
+from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
-from services.sipgw.routing import Outgoing
+from services.sipgw.routing import Outgoing, Router
 from services.sipgw.sip import Request, Response, SipURI, parse_name_addr
 from services.sipgw.sip.dialog import Dialog
 from services.sipgw.sip.errors import ParseError
 from services.sipgw.sip.transaction import ServerTransaction
-from services.sipgw.sip.transport import response_to, sent_by
-
-if TYPE_CHECKING:
-    from services.sipgw.b2bua import B2BUA
-
-_log = logging.getLogger(__name__)
+from services.sipgw.sip.transport import response_to
 
 TARGET_RING = 25.0  # the target's answer must reach its ACK within its 32 s
 
 
-def other_side(side: str) -> str:
-    return "b" if side == "a" else "a"
-
-
 class Transfer:
-    def __init__(self, agent: B2BUA, call: Call, side: str, target: str):
-        self.agent = agent
+    def __init__(self, table: CallTable, call: Call, side: Side, target: str):
+        self.table = table
         self.call = call
         self.side = side  # the transferor's side, which the target takes
         self.target = target
-        self.old_dialog = call.a_dialog if side == "a" else call.b_dialog
-        self.old_peer = agent._peer(call, side)
-        self.target_dialog: Dialog | None = None
+        self.transferor = call.leg(side)  # kept: NOTIFYs go to it after it left the call
+        self.target_leg: Leg | None = None
         self.target_invite_cseq = 1
         self.target_ack: Request | None = None
         self.fork: Fork | None = None
-        # Attended: the consultation call and the transferor's side in it.
-        self.consultation: tuple[Call, str] | None = None
+        # Attended: the consultation call and the side of its target.
+        self.consultation: tuple[Call, Side] | None = None
         self.trace: tracing.Context | None = None  # the transfer's span, for what it sends later
 
     @classmethod
-    def start(cls, agent: B2BUA, call: Call, side: str, tx: ServerTransaction, request: Request) -> None:
-        if call.state != ANSWERED or call.transfer is not None:
+    def start(
+        cls, table: CallTable, router: Router, call: Call, side: Side, tx: ServerTransaction, request: Request
+    ) -> None:
+        if call.phase != Phase.ANSWERED or call.transfer is not None:
             tx.respond(response_to(request.headers, 491, "Request Pending"))
             return
         try:
@@ -79,12 +70,12 @@ class Transfer:
             return
         consultation = None
         if uri.headers:  # Replaces: an attended transfer
-            consultation = agent.replaced(_replaces(uri.headers))
-            if consultation is None or consultation[0] is call or consultation[0].state != ANSWERED:
+            consultation = table.replaced(_replaces(uri.headers))
+            if consultation is None or consultation[0] is call or consultation[0].phase != Phase.ANSWERED:
                 tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
                 return
         tx.respond(response_to(request.headers, 202, "Accepted"))
-        transfer = cls(agent, call, side, uri.user)
+        transfer = cls(table, call, side, uri.user)
         call.transfer = transfer
         transfer.notify("100 Trying", done=False)
         with tracing.tracer.start_as_current_span("sip transfer", context=call.trace) as span:
@@ -92,15 +83,16 @@ class Transfer:
             span.set_attribute("pbxmesh.transfer.attended", consultation is not None)
             transfer.trace = otel_context.get_current()
             if consultation is None:
-                transfer.ring()
+                transfer.ring(router)
             else:
-                transfer.take_over(*consultation)
+                consulted, transferor_side = consultation
+                transfer.take_over(consulted, transferor_side.other)
 
-    def ring(self) -> None:
-        call, other = self.call, other_side(self.side)
-        number, name = (call.caller, call.caller_name) if other == "a" else (call.callee, call.callee_name)
-        out = Outgoing(number, name or None, 70, call.id, path=call.path)
-        branches = self.agent.router.target(self.target, out)
+    def ring(self, router: Router) -> None:
+        call = self.call
+        number, name = call.party(self.side.other)
+        out = Outgoing(number, name or None, 70, call.id, path=call.passed())
+        branches = router.target(self.target, out)
         if isinstance(branches, tuple):
             self.finish(f"{branches[0]} {branches[1]}")
             return
@@ -108,134 +100,124 @@ class Transfer:
             if branch.over_trunk:
                 tracing.to_headers(branch.request.headers, self.trace)
         self.fork = Fork(
-            self.agent.transactions,
+            self.table.transactions,
             branches,
             lambda branch, response: None,
-            self.answered,
+            self.rung,
             lambda status, reason: self.finish(f"{status} {reason}"),
             ring_timeout=TARGET_RING,
         )
-        _log.info("call %s: transfer to %s", call.id, self.target)
+        self.table.log(call).info("transfer to %s", self.target)
         self.fork.start()
 
-    def take_over(self, consultation: Call, transferor_side: str) -> None:
-        """Attended: the consultation call's other party is the target, already answered."""
-        agent, side = self.agent, other_side(transferor_side)
-        dialog = consultation.a_dialog if side == "a" else consultation.b_dialog
-        if dialog is None:
+    def rung(self, branch: Branch, response: Response) -> None:
+        """A blind transfer's target answered (again, if its 2xx was resent)."""
+        if self.target_leg is not None:
+            if self.target_ack is not None:  # a retransmitted 2xx: our ACK was lost
+                self.table.transactions.send_direct(self.target_ack, branch.link, branch.address)
+            return
+        leg = Leg.from_branch(branch, Dialog.as_uac(branch.request, response), self.target)
+        leg.allows_update = sdp.allows_update(response)
+        self.target_leg, self.target_invite_cseq = leg, branch.request.cseq.number
+        self.offered(response)
+
+    def take_over(self, consultation: Call, target_side: Side) -> None:
+        """Attended: the consultation call's party on ``target_side`` is the target, answered already."""
+        leg = consultation.legs.get(target_side)
+        if leg is None or leg.dialog is None:
             self.finish("481 Call/Transaction Does Not Exist")
             return
-        link, address = agent._peer(consultation, side)
-        target = Branch(consultation.b.request if consultation.b else consultation_request(consultation), address, link)
-        number = consultation.caller if side == "a" else consultation.callee
-        self.target = number
-        self.consultation = (consultation, transferor_side)
-        ask = dialog.request("INVITE", sent_by(link))
-        _log.info("call %s: attended transfer to %s (call %s)", self.call.id, number, consultation.id)
+        self.target = leg.number
+        self.consultation = (consultation, target_side)
+        ask = self.table.request(leg, "INVITE")
+        self.table.log(self.call).info("attended transfer to %s (call %s)", leg.number, consultation.id)
 
-        def offered(response: Response) -> None:
+        def answered(response: Response) -> None:
             if response.status < 200:
                 return
             if response.status >= 300 or not response.body:
                 self.finish(f"{response.status} {response.reason}")
                 return
-            self.target_dialog = dialog
-            self.target_invite_cseq = ask.cseq.number
-            self.answered(target, response)
+            if self.target_leg is None:
+                self.target_leg, self.target_invite_cseq = leg, ask.cseq.number
+                self.offered(response)
 
-        agent.transactions.send_request(ask, link, address, offered, lambda: self.finish("408 Request Timeout"))
+        self.table.send(leg, ask, answered, lambda: self.finish("408 Request Timeout"))
 
-    def answered(self, branch: Branch, response: Response) -> None:
-        agent, call = self.agent, self.call
-        if self.target_dialog is not None and self.consultation is None:
-            if self.target_ack is not None:  # a retransmitted 2xx: our ACK was lost
-                agent.transactions.send_direct(self.target_ack, branch.link, branch.address)
-            return
-        if self.target_dialog is None:
-            self.target_dialog = Dialog.as_uac(branch.request, response)
-            self.target_invite_cseq = branch.request.cseq.number
+    def offered(self, response: Response) -> None:
+        """The target's offer goes to the other party; its answer comes back in the target's ACK."""
+        call, target = self.call, self.target_leg
+        assert target is not None
         offer = response.body
-        if not offer or call.state != ANSWERED:
-            self.ack_target(branch, b"", "")
-            agent.transactions.send_request(
-                self.target_dialog.request("BYE", sent_by(branch.link)),
-                branch.link,
-                branch.address,
-                lambda r: None,
-                lambda: None,
-            )
+        if not offer or call.phase != Phase.ANSWERED:
+            self._drop_target()
             self.finish("488 Not Acceptable Here" if not offer else "487 Request Terminated")
             return
-        other = other_side(self.side)
-        dialog = call.a_dialog if other == "a" else call.b_dialog
-        assert dialog is not None
-        link, address = agent._peer(call, other)
-        reinvite = dialog.request("INVITE", sent_by(link), offer, "application/sdp")
-        if agent.trunk is not None and agent.trunk.carries(link):
+        other = call.leg(self.side.other)
+        reinvite = self.table.request(other, "INVITE", offer, "application/sdp")
+        if other.trunk:
             tracing.to_headers(reinvite.headers, self.trace)
 
         def on_answer(answer: Response) -> None:
             if answer.status < 200:
                 return
             if answer.status >= 300:
-                self.ack_target(branch, b"", "")
-                bye = self.target_dialog.request("BYE", sent_by(branch.link)) if self.target_dialog else None
-                if bye is not None:
-                    agent.transactions.send_request(bye, branch.link, branch.address, lambda r: None, lambda: None)
+                self._drop_target()
                 self.finish(f"{answer.status} {answer.reason}")
                 return
-            dialog.refresh_target(answer)
-            via = sent_by(link)
-            agent.transactions.send_direct(dialog.ack(via, reinvite.cseq.number), link, address)
+            assert other.dialog is not None
+            other.dialog.refresh_target(answer)
+            self.table.ack(other, reinvite.cseq.number)
             if self.target_ack is None:
-                self.ack_target(branch, answer.body, answer.headers.get("Content-Type") or "application/sdp")
-                call.sdp_to[other] = offer
-                self.take_place(branch, response, answer.body)
+                content_type = answer.headers.get("Content-Type") or "application/sdp"
+                self.target_ack = self.table.ack(target, self.target_invite_cseq, answer.body, content_type)
+                other.sdp, target.sdp = offer, answer.body
+                self.take_place(target)
 
-        agent.transactions.send_request(reinvite, link, address, on_answer, lambda: self.finish("408 Request Timeout"))
+        self.table.send(other, reinvite, on_answer, lambda: self.finish("408 Request Timeout"))
 
-    def ack_target(self, branch: Branch, body: bytes, content_type: str) -> None:
-        assert self.target_dialog is not None
-        self.target_ack = self.target_dialog.ack(sent_by(branch.link), self.target_invite_cseq, body, content_type)
-        self.agent.transactions.send_direct(self.target_ack, branch.link, branch.address)
+    def _drop_target(self) -> None:
+        """The target answered but cannot be connected: its 2xx is ACKed and it is hung up."""
+        target = self.target_leg
+        if target is None or target.dialog is None:
+            return
+        self.target_ack = self.table.ack(target, self.target_invite_cseq)
+        self.table.send(target, self.table.request(target, "BYE"))
+        if self.consultation is None:
+            target.release_line()
 
-    def take_place(self, branch: Branch, target_answer: Response, sdp: bytes) -> None:
+    def take_place(self, target: Leg) -> None:
         """The target replaces the transferor in the call; the transferor is told and hung up."""
-        agent, call = self.agent, self.call
-        assert self.target_dialog is not None
+        call = self.call
         self.notify("200 OK", done=True)
-        if self.old_dialog is not None:
-            bye = self.old_dialog.request("BYE", sent_by(self.old_peer[0]))
-            agent.transactions.send_request(bye, *self.old_peer, lambda r: None, lambda: None)
+        if self.transferor.dialog is not None:
+            self.table.send(self.transferor, self.table.request(self.transferor, "BYE"))
         if self.consultation is not None:
-            consultation, transferor_side = self.consultation
-            agent.hand_over(consultation, other_side(transferor_side))
-            agent._bye(consultation, transferor_side)
-            agent._end(consultation, f"transferred: joined to call {call.id}")
-        agent.replace_side(call, self.side, self.target_dialog, branch, self.target, target_answer, sdp)
+            consultation, target_side = self.consultation
+            self.table.detach(consultation, target_side)
+            self.table.bye(consultation, target_side.other)
+            self.table.end(consultation, f"transferred: joined to call {call.id}")
+        self.table.replace_leg(call, self.side, target)
         call.transfer = None
-        _log.info("call %s: transferred to %s", call.id, self.target)
+        self.table.log(call).info("transferred to %s", self.target)
 
     def finish(self, status_line: str) -> None:
         """The transfer failed: the transferor stays in the call and learns why."""
         if self.call.transfer is self:
             self.call.transfer = None
             if status_line.split(maxsplit=1)[0] != "200":
-                _log.info("call %s: transfer to %s failed: %s", self.call.id, self.target, status_line)
+                self.table.log(self.call).info("transfer to %s failed: %s", self.target, status_line)
             self.notify(status_line, done=True)
 
     def notify(self, status_line: str, done: bool) -> None:
         """A NOTIFY of the implicit refer subscription (RFC 3515 2.4.4), with a sipfrag body."""
-        if self.old_dialog is None:
+        leg = self.transferor
+        if leg.dialog is None:
             return
-        link, address = self.old_peer
-        via = sent_by(link)
-        notify = self.old_dialog.request(
-            "NOTIFY", via, f"SIP/2.0 {status_line}\r\n".encode(), "message/sipfrag;version=2.0"
-        )
+        notify = self.table.request(leg, "NOTIFY", f"SIP/2.0 {status_line}\r\n".encode(), "message/sipfrag;version=2.0")
         notify.headers.add("Event", "refer")
         notify.headers.add("Subscription-State", "terminated;reason=noresource" if done else "active;expires=60")
-        self.agent.transactions.send_request(notify, link, address, lambda r: None, lambda: None)
+        self.table.send(leg, notify)
 
     def cancel(self) -> None:
         """The call ended while the target rang."""
@@ -244,6 +226,8 @@ class Transfer:
         if self.fork is not None:
             for branch in self.fork.branches:
                 branch.released()
+        if self.target_leg is not None and self.consultation is None and self.target_ack is None:
+            self.target_leg.release_line()
 
 
 def _replaces(headers: str) -> tuple[str, str, str]:
@@ -256,9 +240,3 @@ def _replaces(headers: str) -> tuple[str, str, str]:
         tags = dict(p.strip().partition("=")[::2] for p in params)
         return call_id.strip(), tags.get("to-tag", ""), tags.get("from-tag", "")
     return "", "", ""
-
-
-def consultation_request(call: Call) -> Request:
-    """The request that started a call's leg A (a Branch needs one; it is not sent again)."""
-    assert call.a_tx is not None
-    return call.a_tx.request

@@ -58,7 +58,7 @@ class Trunk:
         headers.set(IDENTITY, f"{shown}<sip:{caller}@{self.server_id}.pbxmesh.invalid>")
         headers.set(ORIGIN, self.server_id)
         headers.set(CORRELATION, correlation)
-        headers.set(PATH, ",".join([*path, self.server_id]))
+        headers.set(PATH, ",".join([*(p for p in path if p != self.server_id), self.server_id]))
 
     @staticmethod
     def caller_of(request: Request) -> tuple[str, str | None]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from services.sipgw.b2bua import _refusal
 from services.sipgw.fork import Branch, Fork
+from services.sipgw.sdp import refusal
 from services.sipgw.sip import Request, Response, parse
 from services.sipgw.sip.transaction import TransactionLayer, new_branch
 from tests.unit.sipgw.test_transaction import FakeLink, layer
@@ -129,6 +129,6 @@ def test_the_refusal_answer_keeps_every_stream_with_port_zero() -> None:
         b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         b"m=audio 4000 RTP/AVP 0 8\r\nm=video 4002 RTP/AVP 96\r\n"
     )
-    refused = _refusal(offer).decode()
+    refused = refusal(offer).decode()
     assert "m=audio 0 RTP/AVP 0 8\r\n" in refused and "m=video 0 RTP/AVP 96\r\n" in refused
-    assert _refusal(b"") == b""
+    assert refusal(b"") == b""

@@ -1,0 +1,111 @@
+"""Requests inside a call: what one leg says goes to the other in the gateway's dialog with it.
+
+ACK ends the gateway's resending of its 2xx (and, for a call that came back over the trunk, lets
+the loop be closed here); BYE from either side hangs up the other; a re-INVITE or UPDATE (hold,
+resume, a new codec) is offered to the other side and its answer carried back (RFC 3261 14,
+RFC 3311); REFER starts a transfer (``transfer.py``). An offer that stops sending holds the call,
+one that sends again resumes it. A late BYE on a dialog that left the call (a transfer) gets 200.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.sipgw import sdp
+from services.sipgw.call import Call, Phase, Side
+from services.sipgw.calls import CallTable
+from services.sipgw.sip import Request, Response
+from services.sipgw.sip.transaction import ServerTransaction
+from services.sipgw.sip.transport import response_to
+
+
+class InDialog:
+    def __init__(self, table: CallTable, transfers: Callable[[Call, Side, ServerTransaction, Request], None]):
+        self.table = table
+        self.transfers = transfers  # starts a transfer (REFER)
+        # Called when a call that came back over the trunk has its caller's side set up.
+        self.on_loop_ready: Callable[[Call], None] = lambda call: None
+
+    def receive(self, tx: ServerTransaction, request: Request) -> bool:
+        """ACK, BYE and the rest for an existing call; False if the request is not one of ours."""
+        key = (request.call_id, request.to_addr.tag or "", request.from_addr.tag or "")
+        found = self.table.find(key)
+        if found is None:
+            if self.table.retired(key) and request.method == "BYE":
+                tx.respond(response_to(request.headers, 200, "OK"))
+                return True
+            return self.table.retired(key)
+        call, side = found
+        leg = call.leg(side)
+        assert leg.dialog is not None
+        if request.method == "ACK":
+            leg.stop_resending()
+            if call.loop_of and side == Side.CALLER:  # the returning leg is set up: the other server is done
+                self.on_loop_ready(call)
+            return True
+        if not leg.dialog.receive(request):
+            tx.respond(response_to(request.headers, 500, "Server Internal Error"))
+            return True
+        if request.method == "BYE":
+            tx.respond(response_to(request.headers, 200, "OK"))
+            self.table.bye(call, side.other)
+            self.table.end(call, f"hung up by {side}")
+            return True
+        if request.method in ("INVITE", "UPDATE") and call.phase == Phase.ANSWERED:
+            self.relay_offer(call, side, tx, request)
+            return True
+        if request.method == "REFER":
+            self.transfers(call, side, tx, request)
+            return True
+        tx.respond(response_to(request.headers, 501, "Not Implemented"))
+        return True
+
+    def relay_offer(self, call: Call, side: Side, tx: ServerTransaction, request: Request) -> None:
+        """A re-INVITE or UPDATE: the other side gets the same offer in its own dialog, and its
+        answer comes back."""
+        if request.method == "INVITE":
+            tx.respond(response_to(request.headers, 100, "Trying"))
+        self._note_hold(call, side, request.body)
+        own, other = call.leg(side), call.leg(side.other)
+        assert own.dialog is not None and other.dialog is not None
+        offer = self.table.request(other, request.method, request.body, request.headers.get("Content-Type") or "")
+        if request.body:
+            other.sdp = request.body
+
+        def on_answer(response: Response) -> None:
+            if response.status < 200:
+                return
+            if 200 <= response.status < 300 and response.body:
+                own.sdp = response.body
+            if request.method == "INVITE" and response.status < 300:
+                assert other.dialog is not None
+                other.dialog.refresh_target(response)
+                self.table.ack(other, offer.cseq.number)
+            if tx.state not in ("Proceeding", "Trying"):
+                return  # an answer we already relayed (a retransmitted 2xx)
+            answer = response_to(request.headers, response.status, response.reason)
+            if response.status < 300:
+                assert own.dialog is not None
+                answer.headers.add("Contact", own.dialog.contact)
+            sdp.copy_body(response, answer)
+            tx.respond(answer)
+            if request.method == "INVITE" and response.status < 300:
+                self.table.keep_answering(call, side, answer.to_bytes())
+
+        def on_timeout() -> None:
+            tx.respond(response_to(request.headers, 408, "Request Timeout"))
+
+        self.table.send(other, offer, on_answer, on_timeout)
+
+    def _note_hold(self, call: Call, side: Side, offer: bytes) -> None:
+        """An offer that stops sending holds the call; one that sends again resumes it. Offers
+        without SDP change nothing."""
+        if not offer:
+            return
+        holding = sdp.holds(offer)
+        if holding and call.held_by is None:
+            call.held_by = side
+            self.table.changed(call, "held")
+        elif not holding and call.held_by == side:
+            call.held_by = None
+            self.table.changed(call, "resumed")
