@@ -17,7 +17,7 @@ from services.callstate.convert import call_pb, event_of, party_of, party_pb, sh
 from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.runtime.logs import call_traces, trace_id_of
+from services.runtime.logs import call_log, call_traces, trace_id_of
 from services.runtime.subscription import Subscription
 from services.runtime.telemetry import ATTR_CALL_ID
 from services.runtime.trace_context import current, from_text, to_text
@@ -98,7 +98,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         _log.info("the gateway reports %d live calls", len(live))
         gone = [c.call_id for c in self.book.active() if c.reported and c.call_id not in live]
         for call_id in gone:
-            _log.info("call %s: no longer on the gateway; ended", call_id)
+            call_log(_log, call_id).info("no longer on the gateway; ended")
             event = Event(call_id, "ended", time.time(), reason="the gateway no longer has the call")
             self._follow_up(call_id, self.book.apply(event))
 
@@ -112,7 +112,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
 
     def command(self, command: cs.ReportCallsResponse) -> None:
         if self.gateway is None:
-            _log.warning("call %s: no gateway connected; the command waits for it", command.call_id)
+            call_log(_log, command.call_id).warning("no gateway connected; the command waits for it")
             self.held.append(command)
             return
         self.gateway.put(command)

@@ -12,7 +12,6 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import MutableMapping
 from typing import Any
 
 from opentelemetry import trace
@@ -48,10 +47,10 @@ class JsonFormatter(logging.Formatter):
 class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger for one call's lines: "call <id>: ..." in the text, and the id with the record."""
 
-    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, MutableMapping[str, Any]]:
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         call_id = (self.extra or {}).get("call_id", "")
         kwargs["extra"] = {**kwargs.get("extra", {}), "call_id": call_id}
-        return f"call {str(call_id).replace('%', '%%')}: {msg}", kwargs
+        self.logger.log(level, f"call %s: {msg}", call_id, *args, **kwargs)
 
 
 def call_log(logger: logging.Logger, call_id: str) -> CallLog:

@@ -20,6 +20,7 @@ import grpc.aio
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.runtime.follow import RETRY_MAX, RETRY_MIN
+from services.runtime.logs import call_log
 from services.sipgw import tracing
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.call import Call, Kind, Phase, Side
@@ -135,7 +136,7 @@ class Reporter:
         which = command.WhichOneof("command")
         if which == "hang_up":
             if self.calls.hang_up(command.call_id, command.hang_up):
-                _log.info("call %s hung up: %s", command.call_id, command.hang_up)
+                call_log(_log, command.call_id).info("hung up: %s", command.hang_up)
         elif which == "new_party":
             party = command.new_party
             self.calls.tell_party(

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from services.runtime.config_calls import parse_target_uri
+from services.runtime.logs import call_log
 from services.sipgw.call import parse_address
 from services.sipgw.fork import Branch
 from services.sipgw.plan_feed import PlanFeed
@@ -74,7 +75,7 @@ class Router:
         if address is None:
             return (503, f"Service Unavailable (server {route.server_id}'s trunk address is not resolved)")
         host, port = address
-        _log.info("call %s goes to server %s over the trunk", out.correlation, route.server_id)
+        call_log(_log, out.correlation).info("goes to server %s over the trunk", route.server_id)
         branches = self._trunk(number, host, port, out)
         if isinstance(branches, list):
             branches[0].peer_server_id = route.server_id
