@@ -1,0 +1,96 @@
+"""Calls that cross servers more than they need to: known by their correlation id wherever they
+come back, and closed to the shortest path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc.aio
+import pytest
+
+from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
+from tests.integration.test_callstate import (
+    ALICE,
+    BOB,
+    CAROL,
+    Site,
+    Spec,
+    get_call,
+    list_calls,
+    logs_of,
+    place,
+    running_sites,
+    usage,
+)
+from tests.integration.test_sipgw import phones_done, register_phone, start_phone, stop_phones
+from tests.support import Group, wait_for
+
+
+@pytest.fixture
+async def pair_with_bob(group: Group) -> AsyncIterator[dict[str, Site]]:
+    """alpha with Alice and Bob, beta with Carol only."""
+    specs = {"alpha": Spec(ALICE, "sales", (BOB,)), "beta": Spec(CAROL, "support")}
+    async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100", "101"}}) as made:
+        yield made
+
+
+async def test_a_call_from_another_server_transferred_back_here_is_closed_here(
+    pair_with_bob: dict[str, Site], tmp_path: Path
+) -> None:
+    """Carol (beta) calls Alice (alpha) and transfers her to Bob, on alpha too: the call never
+    started on alpha, yet alpha knows it by its correlation id, bridges Alice and Bob itself and
+    tells Alice (not Bob) of her new party."""
+    alpha, beta = pair_with_bob["alpha"], pair_with_bob["beta"]
+    traces = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
+    phones: list[asyncio.subprocess.Process] = []
+    try:
+        alice, bob = await register_phone(alpha.gateway, ALICE), await register_phone(alpha.gateway, BOB)
+        carol = await register_phone(beta.gateway, CAROL)
+        phones = [
+            await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0], "-trace_msg", "-message_file",
+                              str(traces["alice"])),
+            await start_phone(alpha.gateway, "talker.xml", bob, BOB[0], "-trace_msg", "-message_file",
+                              str(traces["bob"])),
+            await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", BOB[0]),
+        ]  # fmt: skip
+        await asyncio.sleep(0.5)
+        call = await place(beta.gateway, CAROL[0], ALICE[0])  # Carol's phone rings first, then Alice's
+        assert await phones_done(phones[2]) == [0], logs_of(alpha, beta)  # Carol's part ended
+
+        async def closed() -> bool:
+            calls = await list_calls(alpha.gateway)
+            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
+            return lines == [0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+                (BOB[0], ALICE[0], pb.CALL_KIND_LOCAL)
+            ]
+
+        await wait_for(closed, timeout=15, what="one local call Bob-Alice on alpha, no trunk line in use")
+        assert await list_calls(beta.gateway) == []
+
+        async def local_on_callstate() -> bool:
+            record = await get_call(alpha.callstate, call.call_id)
+            remote = record.remote_party
+            return (record.local_party.number, remote.number, remote.server_id, record.cross_server) == (
+                ALICE[0],
+                BOB[0],
+                "alpha",
+                False,
+            )
+
+        await wait_for(local_on_callstate, timeout=5, what="alpha's callstate: Alice talks to Bob, on alpha")
+        log = "".join(alpha.gateway.log)
+        assert "it came back over the trunk (path alpha,beta)" in log, log
+        assert log.count(f"phone told its party is now {BOB[0]}") == 1, log
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(*phones[:2]) == [0, 0]  # both still in the call until the hang-up
+    finally:
+        await stop_phones(*phones)
+    told_alice, told_bob = (traces[name].read_text() for name in ("alice", "bob"))
+    assert f"P-Asserted-Identity: <sip:{BOB[0]}@" in told_alice
+    assert "P-Asserted-Identity" not in told_bob
