@@ -31,6 +31,7 @@ from pbxmesh.callstate.v1 import callstate_pb2 as cs  # noqa: E402
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc  # noqa: E402
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb  # noqa: E402
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc  # noqa: E402
+from services.runtime.addresses import parse_host_port  # noqa: E402
 from services.runtime.embedded_etcd import free_port  # noqa: E402
 
 A1, B1, B2, B3 = ("100", "bench-pw-100"), ("200", "bench-pw-200"), ("201", "bench-pw-201"), ("202", "bench-pw-202")
@@ -158,8 +159,7 @@ async def main() -> int:
         sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
 
         def at(name: str) -> tuple[str, int]:
-            host, port = sip[name].rsplit(":", 1)
-            return host, int(port)
+            return parse_host_port(sip[name])
 
         a1, b1 = Phone(*A1, at("alpha")), Phone(*B1, at("beta"), refer_to=B2[0])
         b2, b3 = Phone(*B2, at("beta")), Phone(*B3, at("beta"))

@@ -21,6 +21,7 @@ from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.runtime.backoff import Backoff
 from services.runtime.follow import follow
 from services.runtime.trace_context import Context
 
@@ -81,7 +82,7 @@ class Peers:
 
     async def _share(self, server_id: str, request: cs.SharePartyRequest) -> None:
         deadline = asyncio.get_running_loop().time() + SHARE_PATIENCE
-        delay, attempt = RETRY_FIRST, 0
+        backoff, attempt = Backoff(RETRY_FIRST, RETRY_LAST), 0
         while True:
             attempt += 1
             member = self.members.get(server_id)
@@ -99,7 +100,7 @@ class Peers:
                     return
             else:
                 why = "not a member" if member is None else "no callstate address"
-            if asyncio.get_running_loop().time() + delay > deadline:
+            if asyncio.get_running_loop().time() + backoff.delay > deadline:
                 _log.warning(
                     "call %s: gave up sharing with server %s after %d attempts (%s)",
                     request.call_id, server_id, attempt, why,
@@ -107,8 +108,7 @@ class Peers:
                 return
             if attempt == 1 or attempt % 5 == 0:
                 _log.info("call %s: sharing with server %s failed (%s), retrying", request.call_id, server_id, why)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_LAST)
+            await backoff.sleep()
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

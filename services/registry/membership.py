@@ -32,6 +32,7 @@ from services.registry.records import (
     encode_member,
     encode_number,
 )
+from services.runtime.backoff import Backoff
 from services.runtime.config import NUMBER_RE
 from services.runtime.etcd import (
     EtcdAuthFailed,
@@ -162,10 +163,9 @@ class GroupLink:
                     self._retry_task = asyncio.create_task(self._retry_pending(session))
 
     async def _retry_pending(self, session: LeaseSession) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while (self._pending_puts or self._pending_deletes) and self._session is session:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            await backoff.sleep()
             await self._flush_pending()
 
     # -- join and follow ---------------------------------------------------------------------
@@ -210,7 +210,7 @@ class GroupLink:
             self._pending_deletes.clear()
 
     async def _run(self, revision: int) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             if self._session is None:
                 try:
@@ -221,10 +221,9 @@ class GroupLink:
                     continue
                 except EtcdUnavailable as exc:
                     _log.debug("rejoin failed: %s", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    await backoff.sleep()
                     continue
-            delay = RETRY_MIN
+            backoff.reset()
             session = self._session
             assert session is not None
             follow = asyncio.create_task(self._follow(session, revision), name="group-follow")
@@ -247,21 +246,20 @@ class GroupLink:
 
     async def _follow(self, session: LeaseSession, revision: int) -> None:
         """Watches from ``revision`` (0: read everything first), reading again whenever the watch ends."""
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             try:
                 if not revision:
                     revision = await self._resync(session)
                 await self._set_connected(True)
-                delay = RETRY_MIN
+                backoff.reset()
                 start, revision = revision + 1, 0
                 async for events in self.etcd.watch(self.layout.prefix, start):
                     self._apply(events, session)
             except (WatchLost, EtcdUnavailable) as exc:
                 revision = 0
                 _log.info("group feed interrupted (%s): reading the group again", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                await backoff.sleep()
 
     async def _set_connected(self, connected: bool) -> None:
         if self.view.connected == connected:

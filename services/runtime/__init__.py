@@ -1,6 +1,9 @@
-"""The runtime every pbxmesh service shares: config, gRPC skeleton, errors, telemetry, etcd."""
+"""The runtime every pbxmesh service shares: config, gRPC skeleton, errors, telemetry, etcd,
+retry delays and host:port addresses."""
 
 from services.runtime._loader import ConfigError, Secret
+from services.runtime.addresses import join_host_port, parse_host_port
+from services.runtime.backoff import Backoff
 from services.runtime.config import Config, load_config
 from services.runtime.errors import (
     FailedPrecondition,
@@ -16,6 +19,7 @@ from services.runtime.logs import setup_logging
 from services.runtime.telemetry import Telemetry, setup_telemetry
 
 __all__ = [
+    "Backoff",
     "Config",
     "ConfigError",
     "EtcdAuthFailed",
@@ -32,7 +36,9 @@ __all__ = [
     "Unavailable",
     "WatchLost",
     "error_info",
+    "join_host_port",
     "load_config",
+    "parse_host_port",
     "run_until_signal",
     "setup_logging",
     "setup_telemetry",

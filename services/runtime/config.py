@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from services.runtime._loader import ConfigError, Secret, load
+from services.runtime.addresses import parse_host_port
 from services.runtime.config_calls import (
     AccountEntry,
     RuleMatch,
@@ -230,11 +231,10 @@ def _validate_numbering(numbering: NumberingSection) -> None:
 
 def check_host_port(value: str, key: str) -> tuple[str, int]:
     """Splits ``host:port`` (``[v6]:port`` too); raises ConfigError naming ``key`` if it is not one."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        raise ConfigError(f"{key}: {value!r} is not host:port")
-    return host, int(port)
+    try:
+        return parse_host_port(value)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
 
 
 def _match(pattern: re.Pattern[str], value: str, key: str) -> None:

@@ -8,13 +8,14 @@ logged once per outage, not at every retry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable
 from typing import TypeVar
 
 import grpc
 import grpc.aio
+
+from services.runtime.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
@@ -31,18 +32,18 @@ async def follow(
     on_connect: Callable[[], None] = lambda: None,
     on_break: Callable[[], None] = lambda: None,
 ) -> None:
-    delay, said = RETRY_MIN, False
+    backoff, said = Backoff(RETRY_MIN, RETRY_MAX), False
     while True:
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 on_connect()
                 async for message in open_stream(channel):
-                    delay, said = RETRY_MIN, False
+                    backoff.reset()
+                    said = False
                     on_message(message)
         except grpc.aio.AioRpcError as exc:
             if not said:
                 _log.info("%s interrupted (%s); retrying", name, exc.code().name)
                 said = True
         on_break()
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RETRY_MAX)
+        await backoff.sleep()

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime.addresses import join_host_port, parse_host_port
 from services.runtime.errors import ErrorInterceptor
 
 _log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ class GrpcHost:
 
     @property
     def address(self) -> str:
-        host = self.listen.rpartition(":")[0]
-        return f"{host}:{self.port}"
+        host, _ = parse_host_port(self.listen)
+        return join_host_port(host, self.port)
 
     def bind(self) -> str:
         """Takes the port now (before ``start``), so that the address can be advertised; returns it."""

@@ -6,26 +6,18 @@ import asyncio
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable
 
-import grpc.aio
-
-from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
-from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config import Config, ConfigError, check_host_port
-from services.runtime.config_calls import TARGET_RE, parse_target_uri
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from services.runtime.grpc_server import GrpcHost
 from services.runtime.metrics import Metrics
-from services.runtime.subscription import Subscription
 from services.sipgw.auth.trunk_proof import TrunkProof
-from services.sipgw.b2bua import PlaceError
-from services.sipgw.call import Call, Kind
+from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
 from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
+from services.sipgw.service import SipGatewayService
 from services.sipgw.sip.transport import Receiver, TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
@@ -35,134 +27,6 @@ _log = logging.getLogger(__name__)
 DRAIN_SECONDS = 2.0
 GC_THRESHOLD = 20_000
 SIP_PORT_TRIES = 5  # listen.sip with port 0: ports tried for one free on both UDP and TCP
-
-Ctx = grpc.aio.ServicerContext
-
-
-class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
-    def __init__(self, core: SipCore, lines: TrunkLines):
-        self.core = core
-        self.lines = lines
-
-    def register(self, server: grpc.aio.Server) -> Iterable[str]:
-        pb_grpc.add_SipGatewayServiceServicer_to_server(self, server)
-        return [pb.DESCRIPTOR.services_by_name["SipGatewayService"].full_name]
-
-    async def ListRegistrations(
-        self,
-        request: pb.ListRegistrationsRequest,
-        context: Ctx[pb.ListRegistrationsRequest, pb.ListRegistrationsResponse],
-    ) -> pb.ListRegistrationsResponse:
-        bindings = self.core.registrar.bindings
-        now = bindings.now()
-        return pb.ListRegistrationsResponse(
-            registrations=[
-                pb.Registration(
-                    number=number,
-                    contacts=[
-                        pb.Contact(uri=b.contact, source=b.source, expires_in=b.remaining(now))
-                        for b in bindings.lookup(number)
-                    ],
-                )
-                for number in bindings.numbers()
-            ]
-        )
-
-    async def ListCalls(
-        self, request: pb.ListCallsRequest, context: Ctx[pb.ListCallsRequest, pb.ListCallsResponse]
-    ) -> pb.ListCallsResponse:
-        return pb.ListCallsResponse(calls=[call_pb(c) for c in self.core.calls.active()])
-
-    async def WatchCalls(
-        self, request: pb.WatchCallsRequest, context: Ctx[pb.WatchCallsRequest, pb.WatchCallsResponse]
-    ) -> AsyncIterator[pb.WatchCallsResponse]:
-        changes: Subscription[pb.Call] = Subscription()
-        calls = self.core.calls
-
-        def listen(call: Call) -> None:
-            changes.put(call_pb(call))  # converted now: the call changes on
-
-        calls.listeners.add(listen)
-        try:
-            yield pb.WatchCallsResponse(calls=[call_pb(c) for c in calls.active()], synced=True)
-            while True:
-                yield pb.WatchCallsResponse(calls=[await changes.get()], synced=True)
-        finally:
-            calls.listeners.discard(listen)
-
-    async def HangUpCall(
-        self, request: pb.HangUpCallRequest, context: Ctx[pb.HangUpCallRequest, pb.HangUpCallResponse]
-    ) -> pb.HangUpCallResponse:
-        if not request.call_id or len(request.call_id) > 64:
-            raise InvalidArgument("call_id is required (at most 64 characters)", reason="INVALID_CALL_ID")
-        if not self.core.calls.hang_up(request.call_id):
-            raise NotFound(f"no call in progress has id {request.call_id}", reason="CALL_NOT_FOUND")
-        return pb.HangUpCallResponse()
-
-    async def PlaceCall(
-        self, request: pb.PlaceCallRequest, context: Ctx[pb.PlaceCallRequest, pb.PlaceCallResponse]
-    ) -> pb.PlaceCallResponse:
-        for field in ("from_number", "caller_id", "called_id"):
-            value = getattr(request, field)
-            if (value or field == "from_number") and not TARGET_RE.fullmatch(value):
-                raise InvalidArgument(f"{field}: {value!r} is not a number", reason="INVALID_NUMBER")
-        if not TARGET_RE.fullmatch(request.to) and parse_target_uri(request.to) is None:
-            raise InvalidArgument(
-                f"to: {request.to!r} is neither a number nor sip:number@ip:port", reason="INVALID_TARGET"
-            )
-        try:
-            call = self.core.calls.place(request.from_number, request.to, request.caller_id, request.called_id)
-        except PlaceError as error:
-            raise _place_error(error) from None
-        return pb.PlaceCallResponse(call=call_pb(call))
-
-    async def GetTrunkUsage(
-        self, request: pb.GetTrunkUsageRequest, context: Ctx[pb.GetTrunkUsageRequest, pb.GetTrunkUsageResponse]
-    ) -> pb.GetTrunkUsageResponse:
-        usage = self.lines.usage
-        return pb.GetTrunkUsageResponse(
-            lines=usage.lines,
-            in_use=usage.in_use,
-            incoming=usage.incoming,
-            outgoing=usage.outgoing,
-            rejected=usage.rejected,
-        )
-
-
-def _place_error(error: PlaceError) -> ServiceError:
-    if error.status == 404:
-        return NotFound(error.reason, reason="NUMBER_NOT_FOUND")
-    if error.status == 480:
-        return FailedPrecondition(error.reason, reason="NOT_REGISTERED")
-    if error.status == 503:
-        return ResourceExhausted(error.reason, reason="NO_TRUNK_LINE")
-    return FailedPrecondition(f"{error.status} {error.reason}", reason="CANNOT_CALL")
-
-
-_STATES = {
-    "dialing": pb.CALL_STATE_DIALING,
-    "ringing": pb.CALL_STATE_RINGING,
-    "answered": pb.CALL_STATE_ANSWERED,
-    "ended": pb.CALL_STATE_ENDED,
-}
-
-
-_KINDS = {Kind.LOCAL: pb.CALL_KIND_LOCAL, Kind.TRUNK_IN: pb.CALL_KIND_TRUNK_IN, Kind.TRUNK_OUT: pb.CALL_KIND_TRUNK_OUT}
-
-
-def call_pb(call: Call) -> pb.Call:
-    message = pb.Call(
-        call_id=call.id,
-        caller=call.caller,
-        callee=call.callee,
-        state=_STATES.get(call.phase, pb.CALL_STATE_UNSPECIFIED),
-        kind=_KINDS[call.kind],
-        end_reason=call.end_reason,
-    )
-    message.started_at.FromNanoseconds(int(call.started_at * 1e9))
-    if call.answered_at is not None:
-        message.answered_at.FromNanoseconds(int(call.answered_at * 1e9))
-    return message
 
 
 def departments_of(config: Config) -> dict[str, list[str]]:
@@ -175,6 +39,8 @@ def departments_of(config: Config) -> dict[str, list[str]]:
 
 
 class SipGatewayApp:
+    """The gateway's parts built from one config; the process skeleton starts and stops it."""
+
     def __init__(self, config: Config):
         for key in ("sip", "sipgw"):
             if not getattr(config.listen, key):

@@ -185,9 +185,3 @@ class Call:
 def called_number(request: Request) -> str:
     """The number dialed: the Request-URI's user part."""
     return request.uri.user if isinstance(request.uri, SipURI) and request.uri.user else ""
-
-
-def parse_address(text: str) -> Address:
-    """``host:port`` (``[v6]:port`` too) as the sockets want it."""
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)

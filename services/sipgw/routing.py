@@ -15,9 +15,9 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 
+from services.runtime.addresses import parse_host_port
 from services.runtime.config_calls import parse_target_uri
 from services.runtime.logs import call_log
-from services.sipgw.call import parse_address
 from services.sipgw.fork import Branch
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Bindings
@@ -101,7 +101,7 @@ class Router:
                 if link is None:
                     continue
                 request = self.invite(number, binding.contact, link, out)
-                branches.append(Branch(request, parse_address(binding.source), link))
+                branches.append(Branch(request, parse_host_port(binding.source), link))
         return branches or UNAVAILABLE
 
     def _trunk(self, number: str, host: str, port: int, out: Outgoing) -> list[Branch] | Failure:

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 
-from services.sipgw.call import parse_address
+from services.runtime.addresses import parse_host_port
 from services.sipgw.sip.transport import Address
 
 _log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class TrunkAddresses:
         known = self._known.get(advertised)
         if known is not None:
             return known
-        host, port = parse_address(advertised)
+        host, port = parse_host_port(advertised)
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -50,7 +50,7 @@ class TrunkAddresses:
         """Starts resolving an advertised address (a route just named it)."""
         if not advertised or advertised in self._known or advertised in self._pending:
             return
-        host, _ = parse_address(advertised)
+        host, _ = parse_host_port(advertised)
         try:
             ipaddress.ip_address(host)
             return
@@ -62,7 +62,7 @@ class TrunkAddresses:
             self._refresh = asyncio.create_task(self._refresh_now_and_then())
 
     async def _resolve(self, advertised: str) -> None:
-        host, port = parse_address(advertised)
+        host, port = parse_host_port(advertised)
         try:
             found = await asyncio.get_running_loop().getaddrinfo(host, port, family=self.family, type=socket.SOCK_DGRAM)
         except OSError as error:
