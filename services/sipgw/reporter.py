@@ -19,6 +19,7 @@ import grpc.aio
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+from services.runtime.backoff import Backoff
 from services.runtime.follow import RETRY_MAX, RETRY_MIN
 from services.runtime.logs import call_log
 from services.sipgw import tracing
@@ -64,7 +65,7 @@ class Reporter:
             self._queue.put_nowait(self.event(call, call.event, time.time()))
 
     async def _run(self) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             queue: asyncio.Queue[cs.CallEvent] = asyncio.Queue()
             self._queue = queue  # from now on changes queue up behind the replay
@@ -73,15 +74,14 @@ class Reporter:
                     stream = cs_grpc.CallStateServiceStub(channel).ReportCalls(self._requests(queue))
                     self.connected.set()
                     async for command in stream:
-                        delay = RETRY_MIN
+                        backoff.reset()
                         self._command(command)
             except grpc.aio.AioRpcError as exc:
-                log = _log.info if self.connected.is_set() or delay == RETRY_MIN else _log.debug
-                log("callstate stream interrupted (%s); retrying", exc.code().name)
+                quiet = not self.connected.is_set() and backoff.delay > RETRY_MIN  # said once per outage
+                (_log.debug if quiet else _log.info)("callstate stream interrupted (%s); retrying", exc.code().name)
             self._queue = None
             self.connected.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            await backoff.sleep()
 
     async def _requests(self, queue: asyncio.Queue[cs.CallEvent]) -> AsyncIterator[cs.ReportCallsRequest]:
         yield cs.ReportCallsRequest(events=[e for call in self.calls.active() for e in self.replay(call)], replay=True)
