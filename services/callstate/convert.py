@@ -23,6 +23,7 @@ EVENT_KINDS = {
     cs.EVENT_KIND_RESUMED: "resumed",
     cs.EVENT_KIND_TRANSFERRED: "transferred",
     cs.EVENT_KIND_ENDED: "ended",
+    cs.EVENT_KIND_REROUTED: "rerouted",
 }
 
 

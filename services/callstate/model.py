@@ -163,9 +163,9 @@ class CallBook:
         elif call.phase == ENDED:
             return Outcome()
         else:
+            if event.kind in ("transferred", "rerouted") and event.peer_server_id != call.peer_server_id:
+                call.peer_end = None  # the peer that ended is no longer in this call
             if event.kind == "transferred":
-                if event.peer_server_id != call.peer_server_id:
-                    call.peer_end = None  # the peer that ended is no longer in this call
                 call.local, call.remote = local, event.remote
             else:
                 # Details of the same parties only: after a transfer on the other server this
@@ -173,9 +173,8 @@ class CallBook:
                 call.local = _same_party(call.local, local)
                 call.remote = _same_party(call.remote, event.remote)
             # A transfer may bring the call home (its other party now on this server, no peer).
-            call.peer_server_id = (
-                event.peer_server_id if event.kind == "transferred" else call.peer_server_id or event.peer_server_id
-            )
+            moved = event.kind in ("transferred", "rerouted")
+            call.peer_server_id = event.peer_server_id if moved else call.peer_server_id or event.peer_server_id
             call.path = event.path or call.path
         call.far_server_id = local.server_id if local.server_id != self.server_id else ""
         told = call.strangers.pop(call.far_server_id, None) if call.far_server_id else None
@@ -212,6 +211,13 @@ class CallBook:
         elif kind == "transferred" and call.phase in (ANSWERED, HELD):
             self._begin_segment(call, event.at)
             return self._share(call, event.at)
+        elif kind == "rerouted" and call.phase in (ANSWERED, HELD):
+            # The same parties through another server: no new segment; the new peer learns this
+            # server's party (and answers with its own).
+            for segment in call.segments:
+                if segment.ended_at is None:
+                    segment.local, segment.remote = call.local, call.remote
+            return self._share(call, call.segments[-1].started_at if call.segments else event.at)
         elif kind == "ended":
             at = min(event.at, call.peer_end[0]) if call.peer_end else event.at
             self._end(call, at, event.reason)

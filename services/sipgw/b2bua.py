@@ -10,6 +10,7 @@ module and changes calls only through the table's operations (``calls.py``):
     identity.py  telling a phone who it now talks to
     transfer.py  REFER, blind and attended
     loops.py     a call that came back to this server, closed here
+    handover.py  a server left in the middle of a call steps out of it
     sdp.py       what the core reads in SDP
 
 Media goes directly between the phones; each leg's packets go to the address the party's packets
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.sipgw import tracing
+from services.sipgw import handover, tracing
 from services.sipgw.call import Call, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.identity import tell_party
@@ -52,7 +53,6 @@ class B2BUA:
         self.relay.on_loop_ready = lambda call: close_loop(self.table, call)
         # What the SIP core hands over.
         self.invite = self.setup.invite
-        self.trunk_invite = self.setup.trunk_invite
         self.cancel = self.setup.cancel
         self.in_dialog = self.relay.receive
         # What the API and the callstate reporter use.
@@ -82,5 +82,20 @@ class B2BUA:
         call = self.table.live(call_id)
         return call is not None and tell_party(self.table, call, call.home, number, display, parent)
 
+    def trunk_invite(self, tx: ServerTransaction, request: Request) -> None:
+        """A new INVITE over the trunk: a call, or (with Replaces) a hand-over from another server."""
+        if request.headers.get("Replaces") is not None and self.router.trunk is not None:
+            handover.take(self.table, self.router.trunk, tx, request)
+        else:
+            self.setup.trunk_invite(tx, request)
+
     def _refer(self, call: Call, side: Side, tx: ServerTransaction, request: Request) -> None:
-        Transfer.start(self.table, self.router, call, side, tx, request)
+        """A phone's REFER is a transfer; another server's is a hand-over (``handover.py``)."""
+        if call.leg(side).trunk:
+            handover.accept(self.table, self.router, call, side, tx, request)
+        else:
+            Transfer.start(self.table, self.router, call, side, tx, request, self._transferred)
+
+    def _transferred(self, call: Call, side: Side) -> None:
+        """A transfer is done: if it left this server in the middle, it asks to be left out."""
+        handover.offer(self.table, call, asked=side.other)

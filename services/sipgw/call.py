@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from services.sipgw.fork import Branch, Fork
+    from services.sipgw.handover import HandOver
     from services.sipgw.transfer import Transfer
 
 
@@ -127,6 +128,8 @@ class Call:
     path: tuple[str, ...] = ()  # the servers the call passed before this one, oldest first
     held_by: Side | None = None  # the side whose offer put the call on hold
     transfer: Transfer | None = None  # a REFER being carried out
+    handover: HandOver | None = None  # this server was asked to call the server behind a leg directly
+    handing_over: bool = False  # this server, in the middle, asked to be left out of the call
     loop_of: str = ""  # this call came back over the trunk as part of that call: closed once set up
     # The call's trace: its setup span (open until the answer) and the context later spans join.
     trace: Context | None = None

@@ -151,9 +151,10 @@ class CallTable:
 
     # -- legs changing hands ----------------------------------------------------------------------------
 
-    def replace_leg(self, call: Call, side: Side, leg: Leg) -> None:
-        """A new party takes ``side``'s place (the old one was hung up or handed on): the old
-        dialog's late requests are still answered, its trunk line goes back."""
+    def replace_leg(self, call: Call, side: Side, leg: Leg, event: str = "transferred") -> None:
+        """A new leg takes ``side``'s place (the old one was hung up or handed on): the old
+        dialog's late requests are still answered, its trunk line goes back. ``event`` says why:
+        "transferred" (a new party) or "rerouted" (the same party through another server)."""
         old = call.legs.get(side)
         if old is not None:
             self._let_go(old)
@@ -164,8 +165,9 @@ class CallTable:
         far = call.legs.get(side.other)
         if side == call.home and leg.trunk and far is not None and not far.trunk:
             call.home = side.other  # this server's own party is the one on the other side now
-        call.held_by = None
-        self.changed(call, "transferred")
+        if event == "transferred":
+            call.held_by = None
+        self.changed(call, event)
 
     def detach(self, call: Call, side: Side) -> Leg:
         """The party on ``side`` leaves the call for another one (an attended transfer): its
@@ -173,6 +175,15 @@ class CallTable:
         leg = call.legs.pop(side)
         self._let_go(leg)
         return leg
+
+    def drop(self, call: Call, side: Side) -> None:
+        """The party on ``side`` hung up its leg and nothing is passed on (a hand-over): the leg
+        leaves the call, its late requests still answered, its trunk line given back."""
+        leg = call.legs.pop(side)
+        self._let_go(leg)
+        if leg.dialog is not None:
+            self._retired[leg.dialog.key] = call
+        leg.release_line()
 
     def _let_go(self, leg: Leg) -> None:
         """The leg's dialog no longer routes to its call and its 2xx is no longer resent."""
@@ -197,6 +208,9 @@ class CallTable:
         if call.transfer is not None:
             call.transfer.cancel()
             call.transfer = None
+        if call.handover is not None:
+            call.handover.cancel()
+            call.handover = None
         for leg in call.legs.values():
             leg.release_line()
             leg.stop_resending()

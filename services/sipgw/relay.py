@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.sipgw import sdp
+from services.sipgw import handover, sdp
 from services.sipgw.call import Call, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.sip import Request, Response
@@ -48,14 +48,27 @@ class InDialog:
             return True
         if request.method == "BYE":
             tx.respond(response_to(request.headers, 200, "OK"))
+            if call.handing_over:
+                # Each side's server hangs up its own leg once it has swapped it: no BYE is
+                # passed across (it could reach a server before its swap and end the call there).
+                self.table.drop(call, side)
+                if not call.legs:
+                    self.table.end(call, "handed over: the servers on both sides talk directly")
+                return True
             self.table.bye(call, side.other)
             self.table.end(call, f"hung up by {side}")
+            return True
+        if side.other not in call.legs:
+            tx.respond(response_to(request.headers, 491, "Request Pending"))
             return True
         if request.method in ("INVITE", "UPDATE") and call.phase == Phase.ANSWERED:
             self.relay_offer(call, side, tx, request)
             return True
         if request.method == "REFER":
             self.transfers(call, side, tx, request)
+            return True
+        if request.method == "NOTIFY" and call.handing_over:
+            handover.notified(self.table, call, tx, request)
             return True
         tx.respond(response_to(request.headers, 501, "Not Implemented"))
         return True

@@ -36,6 +36,7 @@ KINDS = {
     "resumed": cs.EVENT_KIND_RESUMED,
     "transferred": cs.EVENT_KIND_TRANSFERRED,
     "ended": cs.EVENT_KIND_ENDED,
+    "rerouted": cs.EVENT_KIND_REROUTED,
 }
 
 

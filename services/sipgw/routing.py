@@ -81,6 +81,26 @@ class Router:
             branches[0].peer_server_id = route.server_id
         return branches
 
+    def server(self, server_id: str, number: str, out: Outgoing) -> list[Branch] | Failure:
+        """``number`` on the group's server ``server_id``, over the trunk to the address the
+        registry's plan gives for that server (never one named in a message)."""
+        plan = self.plan
+        advertised = next(
+            (
+                r.trunk_address
+                for r in (plan.routes.values() if plan else ())
+                if r.server_id == server_id and not r.local
+            ),
+            "",
+        )
+        address = plan.trunks.address(advertised) if plan is not None and advertised else None
+        if address is None:
+            return (404, f"Not Found (no trunk address of server {server_id})")
+        branches = self._trunk(number, *address, out)
+        if isinstance(branches, list):
+            branches[0].peer_server_id = server_id
+        return branches
+
     def department(self, department: str, out: Outgoing) -> list[Branch] | Failure:
         numbers = self.departments.get(department, ())
         return self._phones(list(numbers), out) if numbers else NOT_FOUND

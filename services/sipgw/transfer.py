@@ -19,6 +19,7 @@ without SDP instead.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 
 from opentelemetry import context as otel_context
 
@@ -36,10 +37,13 @@ from services.sipgw.sip.transport import response_to
 
 TARGET_RING = 25.0  # the target's answer must reach its ACK within its 32 s
 
+Done = Callable[[Call, Side], None]
+
 
 class Transfer:
-    def __init__(self, table: CallTable, call: Call, side: Side, target: str):
+    def __init__(self, table: CallTable, call: Call, side: Side, target: str, done: Done | None = None):
         self.table = table
+        self.done = done  # told once the target has taken the transferor's place
         self.call = call
         self.side = side  # the transferor's side, which the target takes
         self.target = target
@@ -54,7 +58,14 @@ class Transfer:
 
     @classmethod
     def start(
-        cls, table: CallTable, router: Router, call: Call, side: Side, tx: ServerTransaction, request: Request
+        cls,
+        table: CallTable,
+        router: Router,
+        call: Call,
+        side: Side,
+        tx: ServerTransaction,
+        request: Request,
+        done: Done | None = None,
     ) -> None:
         if call.phase != Phase.ANSWERED or call.transfer is not None:
             tx.respond(response_to(request.headers, 491, "Request Pending"))
@@ -75,7 +86,7 @@ class Transfer:
                 tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
                 return
         tx.respond(response_to(request.headers, 202, "Accepted"))
-        transfer = cls(table, call, side, uri.user)
+        transfer = cls(table, call, side, uri.user, done)
         call.transfer = transfer
         transfer.notify("100 Trying", done=False)
         with tracing.tracer.start_as_current_span("sip transfer", context=call.trace) as span:
@@ -200,6 +211,8 @@ class Transfer:
         self.table.replace_leg(call, self.side, target)
         call.transfer = None
         self.table.log(call).info("transferred to %s", self.target)
+        if self.done is not None:
+            self.done(call, self.side)
 
     def finish(self, status_line: str) -> None:
         """The transfer failed: the transferor stays in the call and learns why."""

@@ -23,6 +23,7 @@ CORRELATION = "X-Pbxmesh-Call"
 PATH = "X-Pbxmesh-Path"  # the servers the call has passed, comma-separated, oldest first
 TRACEPARENT = "traceparent"  # W3C trace context (services/sipgw/tracing.py)
 IDENTITY = "P-Asserted-Identity"
+REPLACES = "Replaces"  # RFC 3891, in a hand-over's INVITE
 
 
 class Trunk:
@@ -73,5 +74,8 @@ def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes, st
     cseq = request.cseq
     names = (IDENTITY, ORIGIN, CORRELATION, PATH, TRACEPARENT)
     asserted = "\n".join(request.headers.get(name) or "" for name in names)
+    replaces = request.headers.get(REPLACES)
+    if replaces is not None:  # a hand-over names the dialog it takes: covered too (older requests unchanged)
+        asserted += f"\n{REPLACES}: {replaces}"
     return (request.method, str(request.uri), request.call_id, f"{cseq.number} {cseq.method}",
             request.from_addr.tag or "", request.body, asserted)  # fmt: skip

@@ -94,3 +94,71 @@ async def test_a_call_from_another_server_transferred_back_here_is_closed_here(
     told_alice, told_bob = (traces[name].read_text() for name in ("alice", "bob"))
     assert f"P-Asserted-Identity: <sip:{BOB[0]}@" in told_alice
     assert "P-Asserted-Identity" not in told_bob
+
+
+ERIN = ("201", "erin-pw-201")  # on gamma
+
+
+@pytest.fixture
+async def trio(group: Group) -> AsyncIterator[dict[str, Site]]:
+    specs = {"alpha": Spec(ALICE, "sales", (BOB,)), "beta": Spec(CAROL, "support"), "gamma": Spec(ERIN, "service")}
+    plans = {"alpha": {"200", "201"}, "beta": {"100", "201"}, "gamma": {"100", "200"}}
+    async with running_sites(group, specs, plans) as made:
+        yield made
+
+
+async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, Site]) -> None:
+    """Alice (alpha) talks to Carol (beta), who transfers her to Erin (gamma): beta steps out,
+    alpha and gamma talk over one direct trunk leg, beta's lines are free, and neither phone
+    notices anything but its new party."""
+    alpha, beta, gamma = trio["alpha"], trio["beta"], trio["gamma"]
+    phones: list[asyncio.subprocess.Process] = []
+    try:
+        alice, carol = await register_phone(alpha.gateway, ALICE), await register_phone(beta.gateway, CAROL)
+        erin = await register_phone(gamma.gateway, ERIN)
+        phones = [
+            await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+            await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", ERIN[0]),
+            await start_phone(gamma.gateway, "talker.xml", erin, ERIN[0]),
+        ]
+        await asyncio.sleep(0.5)
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        assert await phones_done(phones[1]) == [0], logs_of(alpha, beta, gamma)  # Carol's part ended
+
+        async def direct() -> bool:
+            lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
+            on_alpha = [(c.caller, c.callee, c.kind) for c in await list_calls(alpha.gateway)]
+            on_gamma = [(c.caller, c.callee, c.kind) for c in await list_calls(gamma.gateway)]
+            return (
+                lines == [1, 0, 1]
+                and on_alpha == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_OUT)]
+                and on_gamma == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_IN)]
+                and await list_calls(beta.gateway) == []
+            )
+
+        await wait_for(direct, timeout=15, what="alpha and gamma direct, beta out of the call")
+
+        async def callstates_follow() -> bool:
+            a, g = await get_call(alpha.callstate, call.call_id), await get_call(gamma.callstate, call.call_id)
+            return (a.peer_server_id, a.remote_party.number, a.remote_party.server_id) == (
+                "gamma",
+                ERIN[0],
+                "gamma",
+            ) and (g.peer_server_id, g.remote_party.number, g.remote_party.server_id) == ("alpha", ALICE[0], "alpha")
+
+        await wait_for(callstates_follow, timeout=5, what="alpha's and gamma's callstates name each other")
+        on_alpha = await get_call(alpha.callstate, call.call_id)
+        # The hand-over is no commutation: Alice-Carol, then Alice-Erin, and no third segment.
+        assert [s.remote_party.number for s in on_alpha.segments] == [CAROL[0], ERIN[0]]
+        assert on_alpha.remote_party.display_name == "gamma phone 201"
+        assert "handed over: now directly to server gamma" in "".join(alpha.gateway.log)
+        assert "handed over: the servers on both sides talk directly" in "".join(beta.gateway.log)
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(phones[0], phones[2]) == [0, 0]  # both talked on until the hang-up
+        lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
+        assert lines == [0, 0, 0]
+    finally:
+        await stop_phones(*phones)

@@ -57,6 +57,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_RESUMED: _EventKind.ValueType  # 5
     EVENT_KIND_TRANSFERRED: _EventKind.ValueType  # 6
     EVENT_KIND_ENDED: _EventKind.ValueType  # 7
+    EVENT_KIND_REROUTED: _EventKind.ValueType  # 8
+    """The call now runs through another server (a server left in the middle handed it over):
+    the same parties, a new peer; no new segment.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
@@ -68,6 +72,10 @@ EVENT_KIND_HELD: EventKind.ValueType  # 4
 EVENT_KIND_RESUMED: EventKind.ValueType  # 5
 EVENT_KIND_TRANSFERRED: EventKind.ValueType  # 6
 EVENT_KIND_ENDED: EventKind.ValueType  # 7
+EVENT_KIND_REROUTED: EventKind.ValueType  # 8
+"""The call now runs through another server (a server left in the middle handed it over):
+the same parties, a new peer; no new segment.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
