@@ -162,3 +162,50 @@ async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, S
         assert lines == [0, 0, 0]
     finally:
         await stop_phones(*phones)
+
+
+FRANK = ("301", "frank-pw-301")  # on delta
+
+
+async def test_a_chain_through_four_servers_closes_to_the_direct_pair(group: Group) -> None:
+    """Alice (alpha) -> Carol (beta), transferred to Erin (gamma), transferred to Frank (delta):
+    each server left in the middle hands the call over; alpha and delta end up direct."""
+    specs = {
+        "alpha": Spec(ALICE, "sales"),
+        "beta": Spec(CAROL, "support"),
+        "gamma": Spec(ERIN, "service"),
+        "delta": Spec(FRANK, "field"),
+    }
+    plans = {"alpha": {"200", "201", "301"}, "beta": {"201"}, "gamma": {"301"}, "delta": {"100"}}
+    async with running_sites(group, specs, plans) as sites:
+        alpha, beta, gamma, delta = (sites[name] for name in ("alpha", "beta", "gamma", "delta"))
+        phones: list[asyncio.subprocess.Process] = []
+        try:
+            alice, carol = await register_phone(alpha.gateway, ALICE), await register_phone(beta.gateway, CAROL)
+            erin, frank = await register_phone(gamma.gateway, ERIN), await register_phone(delta.gateway, FRANK)
+            phones = [
+                await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+                await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", ERIN[0]),
+                await start_phone(gamma.gateway, "callee_refer.xml", erin, ERIN[0], "-key", "refer_to", FRANK[0]),
+                await start_phone(delta.gateway, "talker.xml", frank, FRANK[0]),
+            ]
+            await asyncio.sleep(0.5)
+            call = await place(alpha.gateway, ALICE[0], CAROL[0])
+            assert await phones_done(*phones[1:3]) == [0, 0], logs_of(alpha, beta, gamma, delta)
+
+            async def direct() -> bool:
+                lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma, delta)]
+                on_alpha = [(c.caller, c.callee) for c in await list_calls(alpha.gateway)]
+                return lines == [1, 0, 0, 1] and on_alpha == [(ALICE[0], FRANK[0])]
+
+            await wait_for(direct, timeout=20, what="alpha and delta direct, beta and gamma out of the call")
+            record = await get_call(alpha.callstate, call.call_id)
+            assert record.peer_server_id == "delta"
+            assert [s.remote_party.number for s in record.segments] == [CAROL[0], ERIN[0], FRANK[0]]
+            async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+                await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                    pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+                )
+            assert await phones_done(phones[0], phones[3]) == [0, 0]
+        finally:
+            await stop_phones(*phones)
