@@ -96,6 +96,6 @@ class B2BUA:
         else:
             Transfer.start(self.table, self.router, call, side, tx, request, self._transferred)
 
-    def _transferred(self, call: Call, side: Side) -> None:
+    def _transferred(self, call: Call, side: Side, attended: bool) -> None:
         """A transfer is done: if it left this server in the middle, it asks to be left out."""
-        handover.offer(self.table, call, asked=side.other)
+        handover.offer(self.table, call, asked=side.other, attended=attended)

@@ -21,6 +21,7 @@ from services.sipgw import sdp
 from services.sipgw.call import Call, Leg, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
+from services.sipgw.loops import bridge
 from services.sipgw.routing import Outgoing, Router
 from services.sipgw.setup import answer_caller
 from services.sipgw.sip import Request, Response, SipURI, parse_name_addr
@@ -50,13 +51,17 @@ class HandOver:
             branch.released()
 
 
-def offer(table: CallTable, call: Call, asked: Side) -> None:
-    """On the server in the middle (B): if both legs are trunk legs to two other servers, asks the
-    one on ``asked`` to take over the other leg directly."""
+def offer(table: CallTable, call: Call, asked: Side, attended: bool = False) -> None:
+    """On the server in the middle (B): if both legs are trunk legs to other servers of the group,
+    asks the one on ``asked`` to take over the other leg directly. Two legs to one server come of
+    an attended transfer (that server then joins its two calls itself); after a blind transfer
+    that server knows the returning call by its correlation id and closes the loop unasked."""
     keep, moving = call.legs.get(asked), call.legs.get(asked.other)
     if call.phase != Phase.ANSWERED or call.handing_over or keep is None or moving is None:
         return
-    if not (keep.trunk and moving.trunk and keep.server and moving.server and keep.server != moving.server):
+    if not (keep.trunk and moving.trunk and keep.server and moving.server):
+        return
+    if keep.server == moving.server and not attended:
         return
     if keep.dialog is None or moving.dialog is None:
         return
@@ -109,6 +114,9 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
         tx.respond(response_to(request.headers, 400, "Bad Request (Refer-To names no server of the group)"))
         return
     number, server, replaces = target
+    if router.trunk is not None and server == router.trunk.server_id:
+        _join_here(table, call, side, tx, request, replaces)
+        return
     old = call.leg(side)
     staying = call.party(side.other)
     out = Outgoing(staying[0], staying[1] or None, 70, call.id, old.sdp, "application/sdp", call.passed())
@@ -146,6 +154,27 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
     fork = Fork(table.transactions, branches, lambda b, r: None, answered, failed, ring_timeout=ANSWER_WAIT)
     call.handover = HandOver(fork)
     fork.start()
+
+
+def _join_here(
+    table: CallTable, call: Call, side: Side, tx: ServerTransaction, request: Request, replaces: str
+) -> None:
+    """On A, asked to call itself: the dialog named is a trunk leg of another call here (an
+    attended transfer on B joined A's two calls through B); A joins that call's own party to
+    this one in place of ``side``'s leg, and both legs to B are hung up."""
+    found = table.replaced(_replaces_value(replaces))
+    if found is None or found[0] is call or found[0].phase != Phase.ANSWERED or not found[0].leg(found[1]).trunk:
+        tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
+        return
+    inner, trunk_side = found
+    tx.respond(response_to(request.headers, 202, "Accepted"))
+    old = call.leg(side)
+    table.log(call).info("handed over: joining call %s here", inner.id)
+
+    def done(joined: bool) -> None:
+        _notify(table, old, "200 OK" if joined else "500 Server Internal Error")
+
+    bridge(table, call, side, inner, trunk_side.other, f"joined to call {call.id} here", done)
 
 
 def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request) -> None:

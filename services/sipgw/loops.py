@@ -13,7 +13,9 @@ place in the first call, and A1 is told its new party.
 
 from __future__ import annotations
 
-from services.sipgw.call import Call, Leg, Phase, Side
+from collections.abc import Callable
+
+from services.sipgw.call import Call, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.identity import tell_party
 from services.sipgw.sip import Response
@@ -27,21 +29,37 @@ def close_loop(table: CallTable, inner: Call) -> None:
     if outer is None or outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
         return
     side = _looping_side(outer, inner.leg(Side.CALLER).server)
-    a2 = inner.legs.get(Side.CALLEE)
-    if side is None or a2 is None or a2.dialog is None:
+    if side is None:
         table.log(outer).info("came back over the trunk, but no leg of it can be bridged here")
         return
-    a1 = outer.leg(side.other)
-    if a1.dialog is None:
-        return
     table.log(outer).info("the call came back over the trunk (path %s); bridging here", ",".join(inner.path))
+    bridge(table, outer, side, inner, Side.CALLEE, "the call came back to this server: bridged here")
+
+
+def bridge(
+    table: CallTable,
+    outer: Call,
+    side: Side,
+    inner: Call,
+    joining: Side,
+    reason: str,
+    done: Callable[[bool], None] = lambda joined: None,
+) -> None:
+    """Joins ``inner``'s party on ``joining`` (A2) to ``outer`` in place of ``outer``'s trunk leg
+    on ``side``: A2 offers afresh, ``outer``'s own party (A1) answers, both calls' legs toward the
+    other server are hung up and ``inner`` ends with ``reason``. ``done`` is told whether it worked."""
+    a2, a1 = inner.legs.get(joining), outer.legs.get(side.other)
+    if a2 is None or a2.dialog is None or a1 is None or a1.dialog is None:
+        done(False)
+        return
     ask = table.request(a2, "INVITE")
 
     def a2_offered(response: Response) -> None:
         if response.status < 200:
             return
         if response.status >= 300 or not response.body:
-            table.log(outer).info("the returning party gave no offer (%s); the loop stays", response.status)
+            table.log(outer).info("the joining party gave no offer (%s); the calls stay", response.status)
+            done(False)
             return
         offer = response.body
         reoffer = table.request(a1, "INVITE", offer, "application/sdp")
@@ -55,13 +73,21 @@ def close_loop(table: CallTable, inner: Call) -> None:
             ok = 200 <= answer.status < 300
             body = answer.body if ok else b""
             table.ack(a2, ask.cseq.number, body, "application/sdp")
-            if ok:
-                a1.sdp, a2.sdp = offer, answer.body
-                _bridge(table, outer, side, inner, a2)
+            if not ok or outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
+                done(False)
+                return
+            a1.sdp, a2.sdp = offer, answer.body
+            done(True)
+            table.bye(outer, side)  # the leg toward the other server
+            table.bye(inner, joining.other)  # the leg from it
+            table.detach(inner, joining)
+            table.replace_leg(outer, side, a2)
+            table.end(inner, reason)
+            tell_party(table, outer, side.other, a2.number, a2.name)
 
-        table.send(a1, reoffer, a1_answered)
+        table.send(a1, reoffer, a1_answered, lambda: done(False))
 
-    table.send(a2, ask, a2_offered)
+    table.send(a2, ask, a2_offered, lambda: done(False))
 
 
 def _looping_side(outer: Call, origin: str) -> Side | None:
@@ -72,13 +98,3 @@ def _looping_side(outer: Call, origin: str) -> Side | None:
         return trunk[0]
     toward = [side for side in trunk if outer.leg(side).server == origin]
     return toward[0] if len(toward) == 1 else None
-
-
-def _bridge(table: CallTable, outer: Call, side: Side, inner: Call, a2: Leg) -> None:
-    """A2 takes the trunk leg's place in ``outer``; both trunk legs are hung up."""
-    table.bye(outer, side)  # the leg toward the other server
-    table.bye(inner, Side.CALLER)  # the leg from it
-    table.detach(inner, Side.CALLEE)
-    table.replace_leg(outer, side, a2)
-    table.end(inner, "the call came back to this server: bridged here")
-    tell_party(table, outer, side.other, a2.number, a2.name)

@@ -37,7 +37,7 @@ from services.sipgw.sip.transport import response_to
 
 TARGET_RING = 25.0  # the target's answer must reach its ACK within its 32 s
 
-Done = Callable[[Call, Side], None]
+Done = Callable[[Call, Side, bool], None]  # the call, the side that changed, whether attended
 
 
 class Transfer:
@@ -212,7 +212,7 @@ class Transfer:
         call.transfer = None
         self.table.log(call).info("transferred to %s", self.target)
         if self.done is not None:
-            self.done(call, self.side)
+            self.done(call, self.side, self.consultation is not None)
 
     def finish(self, status_line: str) -> None:
         """The transfer failed: the transferor stays in the call and learns why."""
