@@ -16,21 +16,10 @@ from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime import error_info
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import (
-    ALICE,
-    BOB,
-    CallWatch,
-    Gateway,
-    lone_gateway_config,
-    phones_done,
-    register_phone,
-    run,
-    sipp_args,
-    start_gateway,
-    start_phone,
-    stop_gateway,
-    stop_phones,
-)
+from tests.harness.config import lone_gateway_config
+from tests.harness.servers import Gateway, start_gateway, stop_gateway
+from tests.harness.sipp import phones_done, register_phone, run, sipp_args, start_phone, stop_phones
+from tests.integration.test_sipgw import ALICE, BOB, CallWatch
 from tests.support import wait_for
 
 DAVE = ("102", "dave-secret-33")  # registered nowhere
@@ -53,7 +42,6 @@ async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled
         await start_phone(gateway, "callee.xml", answering, BOB[0]),
         await start_phone(gateway, "callee_cancel.xml", ringing, BOB[0]),
     ]
-    await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
     )
@@ -67,7 +55,6 @@ async def test_a_call_nobody_answers_ends_at_the_ring_timeout(tmp_path: Path) ->
     phones: list[asyncio.subprocess.Process] = []
     try:
         phones.append(await start_phone(gateway, "callee_cancel.xml", await register_phone(gateway, BOB), BOB[0]))
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gateway, "caller_noanswer.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
         )
@@ -99,7 +86,6 @@ async def test_a_placed_call_rings_the_first_phone_then_connects_it_to_the_secon
     ]
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         dial = await asyncio.to_thread(
             run, sys.executable, "-m", "services.cli", "dial", ALICE[0], BOB[0], "--sipgw", gateway.api, "--json"
         )
@@ -131,7 +117,6 @@ async def test_a_placed_call_whose_second_party_is_busy_hangs_up_the_first(gatew
         await start_phone(gateway, "callee_busy.xml", bob_port, BOB[0]),
     ]
     try:
-        await asyncio.sleep(0.5)
         await place(gateway, pb.PlaceCallRequest(from_number=ALICE[0], to=BOB[0]))
         # Alice answered, Bob was busy: Alice's 2xx is ACKed (refusing her media) and she gets BYE.
         assert await phones_done(*phones) == [0, 0]
@@ -175,7 +160,6 @@ async def test_a_phone_calls_over_tcp(gateway: Gateway) -> None:
     bob_port = await register_phone(gateway, BOB)
     callee = await start_phone(gateway, "callee.xml", bob_port, BOB[0])
     try:
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1], "-t", "t1")
         )
@@ -293,7 +277,6 @@ async def test_json_logs_carry_the_call_id_and_trace_id_on_call_lines(tmp_path: 
     try:
         bob = await register_phone(gw, BOB)
         callee = await start_phone(gw, "callee.xml", bob, BOB[0])
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gw, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
         )
