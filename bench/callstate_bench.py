@@ -153,8 +153,7 @@ async def main() -> int:
     try:
         alpha = server_config("alpha", "ETCD", [A1], f"127.0.0.1:{free_port()}", callstate=True)
         beta = server_config("beta", "ETCD", [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
-        rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
-        await asyncio.sleep(4)
+        await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
         sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
 
         def at(name: str) -> tuple[str, int]:
@@ -175,7 +174,7 @@ async def main() -> int:
     finally:
         for phone in phones:
             phone.close()
-        rig.close()
+        await rig.close()
     return 0
 
 

@@ -136,6 +136,8 @@ class ServiceProcess:
 
     def spawn(self) -> ServiceProcess:
         """Starts the process and its log reader; does not wait for anything."""
+        if self.returncode is None and self.popen is not None:
+            raise ServiceError(f"{self.name} runs already (pid {self.popen.pid})")
         argv = [*self.python, "-m", "services.cli", "serve", self.service, "-c", str(self.config)]
         out: IO[bytes] | int
         if self.log_file is not None:
@@ -182,22 +184,13 @@ class ServiceProcess:
         except ConfigError as exc:
             await self.wait_exit(timeout)
             raise ServiceError(f"{self.name}: {exc}\n{self.log_tail()}") from None
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service=HEALTH_NAMES[self.service])
-            while True:
-                if self.returncode is not None:
-                    await self._drain_log()
-                    raise ServiceError(f"{self.name} exited with {self.returncode}:\n{self.log_tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ServiceError(f"{self.name} not serving at {address} after {timeout} s:\n{self.log_tail()}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    answer = await stub.Check(request, timeout=min(1.0, left))
-                    if answer.status == SERVING:
-                        return time.perf_counter()
-                await asyncio.sleep(0.01)
+        try:
+            return await wait_serving(address, HEALTH_NAMES[self.service], lambda: self.returncode is None, timeout)
+        except ServiceError as exc:
+            await self._drain_log()
+            code = self.returncode
+            why = f"exited with {code}" if code is not None else str(exc)
+            raise ServiceError(f"{self.name} {why}:\n{self.log_tail()}") from None
 
     def send(self, sig: signal.Signals) -> None:
         if self.returncode is None:
@@ -239,6 +232,29 @@ class ServiceProcess:
         return stop_popen(self.popen, grace)
 
 
+async def wait_serving(
+    address: str, health_name: str = "", alive: Callable[[], bool] = lambda: True, timeout: float = 15.0
+) -> float:
+    """Polls Health/Check for ``health_name`` at ``address`` until SERVING; returns
+    time.perf_counter() when it was seen. Raises ServiceError once ``alive()`` is false (the
+    process exited) or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=health_name)
+        while True:
+            if not alive():
+                raise ServiceError(f"the process serving {address} exited")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceError(f"not serving at {address} after {timeout} s")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await stub.Check(request, timeout=min(1.0, left))
+                if answer.status == SERVING:
+                    return time.perf_counter()
+            await asyncio.sleep(0.01)
+
+
 def stop_popen(popen: subprocess.Popen[Any], grace: float = STOP_GRACE) -> int:
     """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; returns the exit code."""
     if popen.poll() is None:
@@ -253,10 +269,15 @@ def stop_popen(popen: subprocess.Popen[Any], grace: float = STOP_GRACE) -> int:
 
 
 async def start_all(processes: Sequence[ServiceProcess], timeout: float = 15.0) -> None:
-    """Starts the processes together and waits until all serve (the first failure is raised)."""
-    for process in processes:
-        process.spawn()
-    await asyncio.gather(*(p.wait_ready(timeout) for p in processes))
+    """Starts the processes together and waits until all serve; if one fails, all are stopped
+    and its error raised."""
+    try:
+        for process in processes:
+            process.spawn()
+        await asyncio.gather(*(p.wait_ready(timeout) for p in processes))
+    except BaseException:
+        await stop_all(processes)
+        raise
 
 
 async def stop_all(processes: Sequence[ServiceProcess], grace: float = STOP_GRACE) -> None:

@@ -124,6 +124,21 @@ async def member_ids_are(server: Server, ids: list[str]) -> bool:
     return await server.member_ids() == ids
 
 
+async def registry_has_numbers(address: str, numbers: set[str]) -> bool:
+    """Whether the registry at ``address`` resolves every one of ``numbers`` (for code without a
+    ``Server``: a bench, a script)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RegistryServiceStub(channel)
+        for number in numbers:
+            try:
+                await stub.ResolveNumber(pb.ResolveNumberRequest(number=number), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+    return True
+
+
 class Group:
     """Registry processes of one group, each with a config file written by the test."""
 
