@@ -18,6 +18,7 @@ from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
 from tests.harness.servers import CallState, Gateway, Group
+from tests.harness.sipmsg import header, response
 from tests.harness.sipp import phones_done, register_phone, run, sipp_args, start_phone, stop_phones
 from tests.harness.site import SECRET, Site, Spec, logs_of, running_sites
 from tests.otlp import ExportedSpan, otlp_receiver
@@ -365,19 +366,12 @@ class Transferor:
 
     @staticmethod
     def _field(message: str, name: str) -> str:
-        found = re.search(rf"\r\n{name}: ([^\r]*)", message)
-        assert found is not None, (name, message)
-        return found.group(1)
+        value = header(message, name)
+        assert value, (name, message)
+        return value
 
     def _reply(self, request: str, status: str, extra: str = "", body: str = "") -> None:
-        vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", request))
-        to = self._field(request, "To")
-        to = to if "tag=" in to else f"{to};tag=carol-1"
-        self._send(
-            f"SIP/2.0 {status}\r\n{vias}From: {self._field(request, 'From')}\r\nTo: {to}\r\n"
-            f"Call-ID: {self._field(request, 'Call-ID')}\r\nCSeq: {self._field(request, 'CSeq')}\r\n"
-            f"{extra}Content-Length: {len(body)}\r\n\r\n{body}"
-        )
+        self._send(response(request, status, to_tag="carol-1", extra=extra, body=body))
 
     def _request(self, first_line: str, headers: str, body: str = "") -> None:
         self._send(f"{first_line}\r\n{headers}Content-Length: {len(body)}\r\n\r\n{body}")
