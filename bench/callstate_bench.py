@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc.aio
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
 from bench._phones import Phone  # noqa: E402

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
 from services.runtime.config import load_config  # noqa: E402

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
 from services.runtime.config import Config, load_config  # noqa: E402

@@ -64,6 +64,13 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def with_own_code(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this checkout's code first on PYTHONPATH: its services and its generated
+    ``pbxmesh`` stubs, whatever checkout the virtualenv was installed from."""
+    paths = [str(REPO), str(REPO / "gen"), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 def grpc_address(service: str, config: Path, env: Mapping[str, str]) -> str:
     """Where ``service`` serves gRPC with this config (and the PBXMESH_* overrides in ``env``)."""
     listen = load_config(config, environ=env).listen
@@ -97,7 +104,7 @@ class ServiceProcess:
         self.service = service
         self.config = Path(config)
         self.name = name or f"{self.config.stem} {service}"
-        self.env = dict(env) if env is not None else child_env()
+        self.env = with_own_code(env if env is not None else child_env())
         self.log_file = log_file
         self.keep_log = keep_log
         self.on_line = on_line

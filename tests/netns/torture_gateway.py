@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "gen"))
 sys.path.insert(0, str(REPO))
 
 from tests.harness.process import ServiceProcess, child_env  # noqa: E402
