@@ -3,18 +3,21 @@
 It answers with the same messages as ResolveNumber, on the same event loop (uvloop) as the
 registry, but with no interceptors, tracing or lookup: what Python gRPC alone costs per call.
 
-Run by the bench as ``python -m bench._bare_server``; prints "listening on HOST:PORT", stops on
-SIGTERM or SIGINT.
+Run by the bench as ``python -m bench._bare_server HOST:PORT``; serves gRPC health (the empty
+name) so that the bench sees it ready as it sees the services; stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import grpc
 import grpc.aio
 import uvloop
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
 
@@ -39,7 +42,7 @@ async def resolve(
     return ANSWER
 
 
-async def serve() -> None:
+async def serve(address: str) -> None:
     server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(
         resolve,
@@ -48,9 +51,10 @@ async def serve() -> None:
     )
     service, method = METHOD.strip("/").split("/")
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
-    port = server.add_insecure_port("127.0.0.1:0")
+    health = HealthServicer()  # answers SERVING for "" from the start
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(address)
     await server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,4 +64,4 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(serve())
+    uvloop.run(serve(sys.argv[1]))

@@ -6,22 +6,21 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc.aio
-import yaml
+
+from tests.harness.config import write_config
+from tests.harness.process import ServiceError, ServiceProcess, wait_serving
 
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTEN_RE = re.compile(rb"listening on (127\.0\.0\.1):(\d+)")
 RPC_TIMEOUT = 5.0
 STOP_WAIT = 6.0  # a registry drains for 2 s on SIGTERM
 
@@ -101,6 +100,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     log: Path
     spawned: float  # perf_counter at Popen
+    service: ServiceProcess | None = None  # a pbxmesh service (the harness's process), else None
 
     @property
     def pid(self) -> int:
@@ -144,6 +144,15 @@ class Supervisor:
                 start_new_session=True,
             )
         child = Child(name, proc, log, spawned)
+        self.children.append(child)
+        return child
+
+    def spawn_service(self, name: str, service: str, config: Path) -> Child:
+        """``pbxmesh serve SERVICE -c CONFIG`` through the test harness, its output in NAME.log."""
+        log = self.workdir / f"{name}.log"
+        process = ServiceProcess(service, config, name=name, env=self.env, log_file=log).spawn()
+        assert process.popen is not None
+        child = Child(name, process.popen, log, process.spawned, process)
         self.children.append(child)
         return child
 
@@ -221,21 +230,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def wait_for_listen(child: Child, wait_s: float) -> tuple[str, float]:
-    """The address from the child's "listening on" log line, and when the bench saw that line."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            match = LISTEN_RE.search(child.log.read_bytes())
-        except OSError:
-            match = None
-        if match:
-            return f"{match.group(1).decode()}:{int(match.group(2))}", time.perf_counter()
-        if child.proc.poll() is not None:
-            raise BenchError(f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{child.name}: no 'listening on' line after {wait_s} s:\n{child.log_tail()}")
-        await asyncio.sleep(0.002)
+async def wait_ready(child: Child, wait_s: float) -> tuple[str, float]:
+    """A service's gRPC address, and when the bench saw it serving (its gRPC health)."""
+    assert child.service is not None, f"{child.name} is not a pbxmesh service"
+    try:
+        seen = await child.service.wait_ready(wait_s)
+    except ServiceError as exc:
+        raise BenchError(str(exc)) from None
+    return child.service.address, seen
+
+
+async def wait_health(child: Child, address: str, wait_s: float) -> float:
+    """When the bench saw ``address`` serving (gRPC health, the empty service name)."""
+    try:
+        return await wait_serving(address, "", lambda: child.proc.poll() is None, wait_s)
+    except ServiceError as exc:
+        raise BenchError(f"{child.name}: {exc}:\n{child.log_tail()}") from None
 
 
 # -- registries ---------------------------------------------------------------------------------
@@ -246,7 +256,7 @@ class Registry:
     server_id: str
     child: Child
     address: str
-    listening_after: float  # seconds from Popen until the bench saw the "listening" line
+    listening_after: float  # seconds from Popen until the bench saw it serving (its gRPC health)
     numbers: list[str]
 
     @property
@@ -264,7 +274,8 @@ def spawn_registry(
     numbers: Sequence[str],
     listen: str = "127.0.0.1:0",
 ) -> Child:
-    """Writes the server's config and starts ``pbxmesh serve registry`` on it; does not wait."""
+    """Writes the server's config (a port 0 given a free port) and starts ``pbxmesh serve
+    registry`` on it; does not wait."""
     config = {
         "server": {"id": server_id, "name": f"Bench {server_id}"},
         "connector": {"endpoints": [etcd_endpoint], "group": group, "lease_ttl": ttl},
@@ -272,15 +283,14 @@ def spawn_registry(
         "numbering": {"numbers": [{"number": n, "name": f"User {n}"} for n in numbers]},
         "telemetry": {"log_level": "info"},
     }
-    path = sup.workdir / f"{server_id}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return sup.spawn(server_id, [sys.executable, "-m", "services.cli", "serve", "registry", "-c", str(path)])
+    path = write_config(sup.workdir / f"{server_id}.yaml", config)
+    return sup.spawn_service(server_id, "registry", path)
 
 
 async def start_registry(
     sup: Supervisor, etcd_endpoint: str, server_id: str, *, group: str, ttl: int, numbers: Sequence[str]
 ) -> Registry:
-    """Starts a registry and waits for its "listening" line, logged once it has read the group."""
+    """Starts a registry and waits until it serves, which it does once it has read the group."""
     child = spawn_registry(sup, etcd_endpoint, server_id, group=group, ttl=ttl, numbers=numbers)
-    address, seen = await wait_for_listen(child, 30)
+    address, seen = await wait_ready(child, 30)
     return Registry(server_id, child, address, seen - child.spawned, list(numbers))

@@ -10,20 +10,17 @@ scenario per call and cannot time events across processes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections.abc import Callable
+
+from tests.harness.sipmsg import digest_authorization, response
+from tests.harness.sipmsg import header as field
 
 SDP = "v=0\r\no=bench 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 CRLF = "\r\n"
 ALLOW = "Allow: INVITE, ACK, BYE, CANCEL, UPDATE, REFER, NOTIFY\r\n"
 Listener = Callable[[str, str, float], None]  # (what, call id as the phone sees it, when)
-
-
-def field(message: str, name: str) -> str:
-    found = re.search(rf"\r\n{name}: ([^\r]*)", message, re.IGNORECASE)
-    return found.group(1) if found else ""
 
 
 class Phone(asyncio.DatagramProtocol):
@@ -67,20 +64,8 @@ class Phone(asyncio.DatagramProtocol):
         )
 
     def _authorize(self, challenge: str) -> str:
-        realm = re.search(r'realm="([^"]+)"', challenge)
-        nonce = re.search(r'nonce="([^"]+)"', challenge)
-        assert realm and nonce, challenge
         uri = f"sip:{self.gateway[0]}"
-
-        def md5(text: str) -> str:
-            return hashlib.md5(text.encode()).hexdigest()
-
-        ha1 = md5(f"{self.number}:{realm.group(1)}:{self.password}")
-        response = md5(f"{ha1}:{nonce.group(1)}:00000001:bench:auth:{md5(f'REGISTER:{uri}')}")
-        return (
-            f'Authorization: Digest username="{self.number}", realm="{realm.group(1)}", nonce="{nonce.group(1)}", '
-            f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, cnonce="bench"\r\n'
-        )
+        return digest_authorization(challenge, "REGISTER", uri, self.number, self.password, "bench")
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         at = time.perf_counter()
@@ -127,15 +112,8 @@ class Phone(asyncio.DatagramProtocol):
                 self._registered.set_exception(RuntimeError(f"{self.number} could not register: {first}"))
 
     def _reply(self, request: str, status: str, extra: str = "", body: str = "") -> None:
-        vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", request))
-        to = field(request, "To")
-        if "tag=" not in to:
-            to += f";tag=p{self.number}x{abs(hash(field(request, 'Call-ID'))) % 10**8}"
-        self.send(
-            f"SIP/2.0 {status}\r\n{vias}From: {field(request, 'From')}\r\nTo: {to}\r\n"
-            f"Call-ID: {field(request, 'Call-ID')}\r\nCSeq: {field(request, 'CSeq')}\r\n{extra}"
-            f"Content-Length: {len(body)}\r\n\r\n{body}"
-        )
+        tag = f"p{self.number}x{abs(hash(field(request, 'Call-ID'))) % 10**8}"
+        self.send(response(request, status, to_tag=tag, extra=extra, body=body))
 
     def _refer(self, invite: str) -> None:
         self._refers += 1

@@ -14,10 +14,11 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import _bare_server
-from bench._harness import RPC_TIMEOUT, Params, Registry, Supervisor, bounded, channel, cpu_seconds, wait_for_listen
+from bench._harness import RPC_TIMEOUT, Params, Registry, Supervisor, bounded, channel, cpu_seconds, wait_health
 from bench._report import Report, section
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.runtime.embedded_etcd import free_port
 
 Call = Callable[[int], Awaitable[Any]]
 
@@ -132,9 +133,10 @@ async def bench_resolve(report: Report, params: Params, sup: Supervisor, reg: Re
 
 async def bare_baseline(report: Report, params: Params, sup: Supervisor) -> None:
     """The same client and messages against a server process that does nothing else."""
-    child = sup.spawn("bare-grpc", [sys.executable, "-m", "bench._bare_server"])
+    address = f"127.0.0.1:{free_port()}"
+    child = sup.spawn("bare-grpc", [sys.executable, "-m", "bench._bare_server", address])
     try:
-        address, _ = await wait_for_listen(child, 30)
+        await wait_health(child, address, 30)
         ch = channel(address)
         try:
             method = ch.unary_unary(

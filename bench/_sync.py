@@ -29,7 +29,7 @@ from bench._harness import (
     channel,
     proc_status,
     spawn_registry,
-    wait_for_listen,
+    wait_ready,
 )
 from bench._report import Report, pct, section
 from bench._sim import close_sim, populate, sim_number
@@ -90,7 +90,7 @@ class SyncRun:
     child: Child
     address: str
     answered_after: float  # s from Popen to the port's first health answer
-    listening_after: float  # s from Popen to the "listening" line (the group has been read)
+    listening_after: float  # s from Popen to serving (gRPC health; the group has been read)
     synced_after: float  # s from Popen until the main watcher held every number, connected
     snapshot: Snapshot  # of the main watcher
     main: NumbersFeed
@@ -131,7 +131,7 @@ async def sync_once(
         feed.start()
     main = NumbersFeed(address, target=expected)
     try:
-        _, seen = await wait_for_listen(child, SYNC_WAIT)
+        _, seen = await wait_ready(child, SYNC_WAIT)
         main.start()
         late_feeds = [(f"late watcher {k + 1}", NumbersFeed(address, target=expected)) for k in range(late)]
         for _, feed in late_feeds:

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc.aio
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
 from bench._phones import Phone  # noqa: E402
@@ -154,8 +155,7 @@ async def main() -> int:
     try:
         alpha = server_config("alpha", "ETCD", [A1], f"127.0.0.1:{free_port()}", callstate=True)
         beta = server_config("beta", "ETCD", [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
-        rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
-        await asyncio.sleep(4)
+        await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
         sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
 
         def at(name: str) -> tuple[str, int]:
@@ -175,7 +175,7 @@ async def main() -> int:
     finally:
         for phone in phones:
             phone.close()
-        rig.close()
+        await rig.close()
     return 0
 
 

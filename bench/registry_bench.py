@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 # Run as a script, Python puts bench/ on the path; the bench package needs the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gen"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse

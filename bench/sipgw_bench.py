@@ -20,6 +20,7 @@ BENCH_LOGS=DIR keeps the services' logs there; BENCH_PROFILE=DIR writes a cProfi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
 import re
@@ -27,19 +28,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
+from services.runtime.config import load_config  # noqa: E402
 from services.runtime.embedded_etcd import EmbeddedEtcd, free_port  # noqa: E402
+from tests.harness.process import ServiceProcess, start_all, stop_all, stop_popen  # noqa: E402
+from tests.harness.servers import registry_has_numbers  # noqa: E402
+from tests.harness.sipp import wait_phone_bound  # noqa: E402
+from tests.harness.wait import wait_for  # noqa: E402
 
 SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
 SECRET = "bench-trunk-secret-0123456789"
 CALLER = ("100", "bench-pw-100")
 CALLEE = ("101", "bench-pw-101")
-READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\)")
 
 
 def server_config(
@@ -160,43 +165,58 @@ class Rig:
     """The processes one section runs; all stopped by ``close``."""
 
     def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.services: list[ServiceProcess] = []
+        self.phones: list[subprocess.Popen[bytes]] = []
         self.gateways: list[int] = []  # pids whose CPU time each call costs
         self.callstates: list[int] = []
         self.etcd: EmbeddedEtcd | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
 
-    def serve(self, service: str, config: str, name: str) -> None:
+    def serve(self, service: str, config: str, name: str) -> ServiceProcess:
+        """``pbxmesh serve SERVICE`` on ``config`` (text), to be started."""
         path = self.tmp / f"{name}.yaml"
         path.write_text(config)
         # Logs are kept only when asked (BENCH_LOGS=dir): writing them costs the services time.
         logs = os.environ.get("BENCH_LOGS")
-        stderr = open(Path(logs) / f"{name}.log", "w") if logs else subprocess.DEVNULL  # noqa: SIM115
         # A CPU profile of each service when asked (BENCH_PROFILE=dir; read with pstats): where a
         # call's time goes. Profiling slows the services down: its figures are not the real ones.
         profiles = os.environ.get("BENCH_PROFILE")
         profile = ["-m", "cProfile", "-o", str(Path(profiles) / f"{name}.prof")] if profiles else []
-        process = subprocess.Popen(
-            [sys.executable, *profile, "-m", "services.cli", "serve", service, "-c", str(path)],
-            cwd=ROOT,
-            stderr=stderr,
+        process = ServiceProcess(
+            service,
+            path,
+            name=name,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PBXMESH_")},
+            log_file=Path(logs) / f"{name}.log" if logs else None,
+            keep_log=False,
+            python=[sys.executable, *profile],
         )
-        self.processes.append(process)
-        if service == "sipgw":
-            self.gateways.append(process.pid)
-        if service == "callstate":
-            self.callstates.append(process.pid)
+        self.services.append(process)
+        return process
 
-    def servers(self, configs: dict[str, str], services: tuple[str, ...]) -> None:
-        """An embedded etcd, then ``services`` for each named config (one group)."""
+    async def servers(self, configs: dict[str, str], services: tuple[str, ...]) -> None:
+        """An embedded etcd, then ``services`` for each named config (one group); returns once all
+        serve and each registry has every server's numbers."""
         self.etcd = EmbeddedEtcd()
         self.etcd.start()
+        started = []
         for name, config in configs.items():
             for service in services:
-                self.serve(service, config.replace("ETCD", self.etcd.endpoint), f"{name}-{service}")
+                started.append(self.serve(service, config.replace("ETCD", self.etcd.endpoint), f"{name}-{service}"))
+        await start_all(started, timeout=30)
+        self.gateways += [p.pid for p in started if p.service == "sipgw"]
+        self.callstates += [p.pid for p in started if p.service == "callstate"]
+        numbers = {n.number for p in started for n in load_config(p.config, environ={}).numbering.numbers}
+        for registry in (p for p in started if p.service == "registry"):
+            await wait_for(
+                lambda address=registry.address: registry_has_numbers(address, numbers),  # type: ignore[misc]
+                timeout=30,
+                what=f"the whole plan on {registry.name}",
+            )
 
     def answering_phone(self, target: str, number: tuple[str, str] | None) -> None:
-        """A SIPp phone answering every call; registered on ``target`` first when ``number`` is given."""
+        """A SIPp phone answering every call, returned once it holds its port; registered on
+        ``target`` first when ``number`` is given."""
         uas_port = free_port()
         uas_file = self.tmp / "uas.xml"
         uas_file.write_text(UAS)
@@ -208,36 +228,20 @@ class Rig:
             if registered.returncode != 0:
                 raise SystemExit("the answering phone could not register: " + registered.stdout[-500:])
         self.uas_port = uas_port
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    "sipp",
-                    "-sf",
-                    str(uas_file),
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    str(uas_port),
-                    "-s",
-                    "101",
-                    "-nostdin",
-                    "-buff_size",
-                    "4194304",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=tempfile.gettempdir(),
-            )
-        )
-        time.sleep(0.5)
+        phone = subprocess.Popen(
+            [
+                shutil.which("sipp") or "sipp", "-sf", str(uas_file), "-i", "127.0.0.1", "-p", str(uas_port),
+                "-s", "101", "-nostdin", "-buff_size", "4194304",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
+        )  # fmt: skip
+        self.phones.append(phone)
+        wait_phone_bound(phone.pid, uas_port)
 
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    async def close(self) -> None:
+        for phone in self.phones:
+            stop_popen(phone)
+        await stop_all(self.services)
         if self.etcd is not None:
             self.etcd.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -283,7 +287,7 @@ def table(
     print(f"highest rate with no failed call: {clean or 'none'} calls/s")
 
 
-def main() -> int:
+async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
@@ -309,13 +313,12 @@ def main() -> int:
                 [],
             )
         finally:
-            rig.close()
+            await rig.close()
     if "2" in sections:
         rig = Rig()
         try:
             config = server_config("bench", "ETCD", [CALLER, CALLEE])
-            rig.servers({"bench": config}, ("registry", "sipgw"))
-            time.sleep(3)
+            await rig.servers({"bench": config}, ("registry", "sipgw"))
             target = listen_of(config, "sip")
             rig.answering_phone(target, CALLEE)
             table(
@@ -328,14 +331,13 @@ def main() -> int:
                 rig.gateways,
             )
         finally:
-            rig.close()
+            await rig.close()
     if "3" in sections:
         rig = Rig()
         try:
             alpha = server_config("alpha", "ETCD", [CALLER], trunk=f"127.0.0.1:{free_port()}")
             beta = server_config("beta", "ETCD", [CALLEE], trunk=f"127.0.0.1:{free_port()}")
-            rig.servers({"alpha": alpha, "beta": beta}, ("registry", "sipgw"))
-            time.sleep(4)  # both registries joined, each gateway has the other's numbers
+            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "sipgw"))
             rig.answering_phone(listen_of(beta, "sip"), CALLEE)
             table(
                 "3. trunk calls: alpha's gateway -> trunk -> beta's gateway",
@@ -347,7 +349,7 @@ def main() -> int:
                 rig.gateways,
             )
         finally:
-            rig.close()
+            await rig.close()
     return 0
 
 
@@ -359,4 +361,4 @@ def listen_of(config: str, key: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(asyncio.run(main()))

@@ -1,57 +1,76 @@
-"""`make up`: a local group on an embedded etcd: per config file given, a registry and (when the
-file has listen.sip) a SIP gateway.
+"""`make up`: a local group on an embedded etcd: per config file given, a registry, (when the
+file has listen.callstate) a callstate and (when it has listen.sip) a SIP gateway.
 
+Each service is started through the test harness's process layer (tests/harness/process.py):
+ready once its gRPC health says SERVING, stopped with SIGTERM, a bounded wait, then SIGKILL.
 Prints where each server listens; Ctrl-C (or SIGTERM) stops everything: each server leaves the
 group, then etcd stops and its data folder is removed.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import contextlib
+import os
 import signal
-import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from services.runtime.config import load_config
-from services.runtime.embedded_etcd import EmbeddedEtcd
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
+sys.path.insert(0, str(ROOT))
+
+from services.runtime.config import Config, load_config  # noqa: E402
+from services.runtime.embedded_etcd import EmbeddedEtcd  # noqa: E402
+from tests.harness.process import ServiceError, ServiceProcess, stop_all  # noqa: E402
 
 ETCD_PORT = 2379
-READY = {
-    "registry": re.compile(r"listening on (\S+), group"),
-    "sipgw": re.compile(r"SIP on (\S+) \(UDP, TCP\)"),
-    "callstate": re.compile(r"callstate of \S+ listening on (\S+)"),
-}
+LABELS = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   "}
 
 
-def main(paths: list[str]) -> int:
+def services_of(config: Config) -> list[str]:
+    # callstate before sipgw: the gateway's report stream finds it at once.
+    services = ["registry"] + (["callstate"] if config.listen.callstate else [])
+    return services + (["sipgw"] if config.listen.sip else [])
+
+
+def shown_address(service: str, config: Config) -> str:
+    """What a user reaches: the gateway's SIP address, the others' gRPC address."""
+    return str(config.listen.sip if service == "sipgw" else getattr(config.listen, service))
+
+
+def relay(prefix: str) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        sys.stderr.write(f"[{prefix}] {line}")
+
+    return write
+
+
+async def main(paths: list[str]) -> int:
+    """Runs the group of these config files (absolute paths) until a signal or a server's exit."""
     configs = [load_config(p, environ={}) for p in paths]
     etcd = EmbeddedEtcd(client_port=ETCD_PORT, peer_port=ETCD_PORT + 1)
-    stop = threading.Event()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    processes: list[subprocess.Popen[str]] = []
+        loop.add_signal_handler(sig, stop.set)
+    processes: list[ServiceProcess] = []
     try:
         etcd.start()
         print(f"etcd            {etcd.endpoint}  (embedded, data in {etcd.data_dir})")
         for path, config in zip(paths, configs, strict=True):
-            # callstate before sipgw: the gateway's report stream finds it at once.
-            services = ["registry"] + (["callstate"] if config.listen.callstate else [])
-            services += ["sipgw"] if config.listen.sip else []
-            for service in services:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "serve", service, "-c", path],
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    start_new_session=True,
-                )
+            for service in services_of(config):
+                name = f"{config.server.id} {service}"
+                process = ServiceProcess(service, Path(path), name=name, env=os.environ, on_line=relay(name))
                 processes.append(process)
-                address = _wait_ready(process, READY[service])
-                what = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   "}[service]
-                print(f"{config.server.id:<15} {what} {address}  ({config.server.name})")
-                threading.Thread(target=_relay, args=(f"{config.server.id} {service}", process), daemon=True).start()
+                try:
+                    await process.start(timeout=30)
+                except ServiceError as exc:
+                    print(f"a server could not start: {exc}", file=sys.stderr)
+                    return 1
+                where = shown_address(service, config)
+                print(f"{config.server.id:<15} {LABELS[service]} {where}  ({config.server.name})")
             if config.sip.accounts:
                 # Demo accounts from the example files: what a softphone needs to register here.
                 for account in config.sip.accounts:
@@ -59,6 +78,8 @@ def main(paths: list[str]) -> int:
                         f"{'':<15} phone    user {account.number}, password {account.password.value}, "
                         f"registrar sip:{config.listen.sip} (UDP or TCP)"
                     )
+            if stop.is_set():
+                return 0
         print()
         print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
@@ -66,42 +87,21 @@ def main(paths: list[str]) -> int:
         print("      .venv/bin/pbxmesh parties --watch --callstate 127.0.0.1:50071")
         print("      a softphone registered as 100 on alpha can call 200 on beta (over the trunk)")
         print("      make demo    (in another terminal: a scripted call alpha -> beta with hold and transfer)")
-        print("Ctrl-C stops the group.")
-        while not stop.wait(0.5):
-            for process in processes:
-                if process.poll() is not None:
-                    print(f"a server exited with code {process.returncode}; stopping", file=sys.stderr)
-                    return 1
+        print("Ctrl-C stops the group.", flush=True)
+        while not stop.is_set():
+            exited = [p for p in processes if p.returncode is not None]
+            if exited:
+                print(f"{exited[0].name} exited with code {exited[0].returncode}; stopping", file=sys.stderr)
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
         return 0
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+        await stop_all(processes)
         etcd.close()
         print("stopped")
 
 
-def _wait_ready(process: subprocess.Popen[str], ready: re.Pattern[str]) -> str:
-    assert process.stderr is not None
-    for line in process.stderr:
-        sys.stderr.write(line)
-        match = ready.search(line)
-        if match:
-            return match.group(1)
-    raise SystemExit(f"a server exited before it was ready (code {process.wait()})")
-
-
-def _relay(name: str, process: subprocess.Popen[str]) -> None:
-    assert process.stderr is not None
-    for line in process.stderr:
-        sys.stderr.write(f"[{name}] {line}")
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or [str(p) for p in sorted(Path("examples").glob("*.yaml"))]))
+    given = sys.argv[1:] or sorted(str(p) for p in Path("examples").glob("*.yaml"))
+    sys.exit(asyncio.run(main([str(Path(p).resolve()) for p in given])))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.embedded_etcd import EmbeddedEtcd
-from tests.support import Group
+from tests.harness.servers import Group
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for
+from tests.harness.wait import wait_for
 
 MODULES = "/usr/lib/baresip/modules"
 # RTP ports: a thousand per test process (below the ephemeral range), a hundred per phone.

@@ -16,21 +16,11 @@ from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime import error_info
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import (
-    ALICE,
-    BOB,
-    CallWatch,
-    Gateway,
-    lone_gateway_config,
-    phones_done,
-    register_phone,
-    run,
-    sipp_args,
-    start_gateway,
-    start_phone,
-    stop_gateway,
-    stop_phones,
-)
+from tests.harness.config import lone_gateway_config
+from tests.harness.servers import Gateway, start_gateway, stop_gateway
+from tests.harness.sipmsg import digest_authorization, response
+from tests.harness.sipp import phones_done, register_phone, run, sipp_args, start_phone, stop_phones
+from tests.integration.test_sipgw import ALICE, BOB, CallWatch
 from tests.support import wait_for
 
 DAVE = ("102", "dave-secret-33")  # registered nowhere
@@ -53,7 +43,6 @@ async def test_a_number_rings_on_every_phone_and_the_ones_that_lose_are_canceled
         await start_phone(gateway, "callee.xml", answering, BOB[0]),
         await start_phone(gateway, "callee_cancel.xml", ringing, BOB[0]),
     ]
-    await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
     )
@@ -67,7 +56,6 @@ async def test_a_call_nobody_answers_ends_at_the_ring_timeout(tmp_path: Path) ->
     phones: list[asyncio.subprocess.Process] = []
     try:
         phones.append(await start_phone(gateway, "callee_cancel.xml", await register_phone(gateway, BOB), BOB[0]))
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gateway, "caller_noanswer.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
         )
@@ -99,7 +87,6 @@ async def test_a_placed_call_rings_the_first_phone_then_connects_it_to_the_secon
     ]
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         dial = await asyncio.to_thread(
             run, sys.executable, "-m", "services.cli", "dial", ALICE[0], BOB[0], "--sipgw", gateway.api, "--json"
         )
@@ -131,7 +118,6 @@ async def test_a_placed_call_whose_second_party_is_busy_hangs_up_the_first(gatew
         await start_phone(gateway, "callee_busy.xml", bob_port, BOB[0]),
     ]
     try:
-        await asyncio.sleep(0.5)
         await place(gateway, pb.PlaceCallRequest(from_number=ALICE[0], to=BOB[0]))
         # Alice answered, Bob was busy: Alice's 2xx is ACKed (refusing her media) and she gets BYE.
         assert await phones_done(*phones) == [0, 0]
@@ -175,7 +161,6 @@ async def test_a_phone_calls_over_tcp(gateway: Gateway) -> None:
     bob_port = await register_phone(gateway, BOB)
     callee = await start_phone(gateway, "callee.xml", bob_port, BOB[0])
     try:
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gateway, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1], "-t", "t1")
         )
@@ -189,7 +174,6 @@ async def test_a_phone_calls_over_tcp(gateway: Gateway) -> None:
 def _tcp_phone_answers_one_call(sip: str, registered: asyncio.Event, loop: asyncio.AbstractEventLoop) -> list[str]:
     """A phone that keeps one TCP connection, as RFC 5626-less TCP phones do: it registers on it
     (answering the digest challenge) and is then called on the same connection."""
-    import hashlib
 
     host, port = sip.split(":")
     conn = socket.create_connection((host, int(port)), timeout=10)
@@ -216,52 +200,23 @@ def _tcp_phone_answers_one_call(sip: str, registered: asyncio.Event, loop: async
         return read()[0]
 
     challenge = register("", 1)
-    realm = re.search(r'realm="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
-    nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    uri = f"sip:{host}"
-    digest = md5(f"{md5(f'{BOB[0]}:{realm}:{BOB[1]}')}:{nonce}:00000001:abc:auth:{md5(f'REGISTER:{uri}')}")
-    ok = register(
-        f'Authorization: Digest username="{BOB[0]}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-        f'response="{digest}", algorithm=MD5, qop=auth, nc=00000001, cnonce="abc"\r\n',
-        2,
-    )
+    ok = register(digest_authorization(challenge, "REGISTER", f"sip:{host}", *BOB, cnonce="abc"), 2)
     assert ok.startswith("SIP/2.0 200"), ok
     loop.call_soon_threadsafe(registered.set)
     seen = []
     invite, offer = read()
     seen.append(invite.split("\r\n", 1)[0])
 
-    def header(message: str, name: str) -> str:
-        return re.search(rf"\r\n{name}: ([^\r]*)", message).group(1)  # type: ignore[union-attr]
-
-    sdp = b"v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n"
-    vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", invite))
-    ringing = (
-        f"SIP/2.0 180 Ringing\r\n{vias}From: {header(invite, 'From')}\r\nTo: {header(invite, 'To')};tag=tcpbob\r\n"
-        f"Call-ID: {header(invite, 'Call-ID')}\r\nCSeq: {header(invite, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
-    conn.sendall(ringing.encode())
-    answer = (
-        f"SIP/2.0 200 OK\r\n{vias}From: {header(invite, 'From')}\r\nTo: {header(invite, 'To')};tag=tcpbob\r\n"
-        f"Call-ID: {header(invite, 'Call-ID')}\r\nCSeq: {header(invite, 'CSeq')}\r\n"
-        f"Contact: <sip:{BOB[0]}@{local};transport=tcp>\r\nContent-Type: application/sdp\r\n"
-        f"Content-Length: {len(sdp)}\r\n\r\n"
-    ).encode() + sdp
+    sdp = "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n"
+    conn.sendall(response(invite, "180 Ringing", to_tag="tcpbob").encode())
+    contact = f"Contact: <sip:{BOB[0]}@{local};transport=tcp>\r\nContent-Type: application/sdp\r\n"
+    answer = response(invite, "200 OK", to_tag="tcpbob", extra=contact, body=sdp).encode()
     conn.sendall(answer)
     ack, _ = read()
     seen.append(ack.split("\r\n", 1)[0])
     bye, _ = read()
     seen.append(bye.split("\r\n", 1)[0])
-    bye_ok = (
-        "SIP/2.0 200 OK\r\n"
-        + "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", bye))
-        + f"From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
-        f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
+    bye_ok = response(bye, "200 OK")
     conn.sendall(bye_ok.encode())
     seen.append("offer carried" if b"m=audio" in offer else "no offer")
     conn.close()
@@ -293,7 +248,6 @@ async def test_json_logs_carry_the_call_id_and_trace_id_on_call_lines(tmp_path: 
     try:
         bob = await register_phone(gw, BOB)
         callee = await start_phone(gw, "callee.xml", bob, BOB[0])
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(gw, "caller.xml", free_port(), BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
         )

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
 
 import grpc.aio
 import pytest
@@ -21,140 +17,24 @@ from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import (
-    Gateway,
-    phones_done,
-    register_phone,
-    run,
-    sipp_args,
-    spawn_service,
-    start_gateway,
-    start_phone,
-    stop_gateway,
-    stop_phones,
-)
+from tests.harness.servers import CallState, Gateway, Group
+from tests.harness.sipmsg import header, response
+from tests.harness.sipp import phones_done, register_phone, run, sipp_args, start_phone, stop_phones
+from tests.harness.site import SECRET, Site, Spec, logs_of, running_sites
 from tests.otlp import ExportedSpan, otlp_receiver
-from tests.support import Group, Server, has_numbers, wait_for
+from tests.support import wait_for
 
-SECRET = "the-group-trunk-secret-2026"
+__all__ = ["ALICE", "CAROL", "DAVE", "SECRET", "Site", "Spec", "Watch", "running_sites"]
+
 ALICE = ("100", "alice-pw-100")  # on alpha, department sales
 CAROL = ("200", "carol-pw-200")  # on beta, department support
 DAVE = ("201", "dave-pw-201")  # on beta, department support
-CALLSTATE_READY = re.compile(r"callstate of \S+ listening on (\S+)")
-
-
-@dataclass
-class CallState:
-    path: Path
-    process: asyncio.subprocess.Process | None = None
-    address: str = ""
-    log: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-    env: dict[str, str] | None = None
-
-    async def start(self) -> None:
-        self.process, match, self.log, self.reader = await spawn_service(
-            "callstate", self.path, CALLSTATE_READY, self.env
-        )
-        self.address = match.group(1)
-
-    async def stop(self, kill: bool = False) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill() if kill else self.process.terminate()
-            await self.process.wait()
-        if self.reader is not None:
-            self.reader.cancel()
-
-
-@dataclass
-class Site:
-    registry: Server
-    gateway: Gateway
-    callstate: CallState
-    trunk: str
 
 
 def screen(stdout: str) -> str:
     """SIPp's last scenario screen (each message's counts: where the phone waited)."""
     start = stdout.rfind("Scenario Screen")
     return stdout[start : start + 3000] if start >= 0 else stdout[-3000:]
-
-
-def logs_of(*sites: Site, lines: int = 30) -> str:
-    """The last lines each site's gateway and callstate logged, for a failing test's message."""
-    return "".join(line for site in sites for line in site.gateway.log[-lines:] + site.callstate.log[-lines:])
-
-
-async def make_site(
-    group: Group,
-    server_id: str,
-    account: tuple[str, str],
-    department: str,
-    more: tuple[tuple[str, str], ...] = (),
-    env: dict[str, str] | None = None,
-) -> Site:
-    trunk = f"127.0.0.1:{free_port()}"
-    listen = {
-        "registry": f"127.0.0.1:{free_port()}",
-        "sip": "127.0.0.1:0",
-        "sipgw": "127.0.0.1:0",
-        "trunk": trunk,
-        "callstate": f"127.0.0.1:{free_port()}",
-    }
-    extra = {
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in (account, *more)]},
-        "trunk": {"secret": SECRET, "lines": 4},
-    }
-    server = group.server(
-        server_id,
-        [{"number": n, "name": f"{server_id} phone {n}", "department": department} for n, _ in (account, *more)],
-        departments=[{"id": department, "name": department.title()}],
-        listen=listen,
-        extra=extra,
-        lease_ttl=2,
-        env=env,
-    )
-    await server.start()
-    callstate = CallState(server.config_path, env=env)
-    await callstate.start()
-    try:
-        return Site(server, await start_gateway(server.config_path, env), callstate, trunk)
-    except BaseException:
-        await callstate.stop()
-        raise
-
-
-async def stop_sites(*sites: Site) -> None:
-    """Stops what make_site started beside the registry (the group fixture stops the registries)."""
-    for site in sites:
-        await stop_gateway(site.gateway)
-        await site.callstate.stop()
-
-
-class Spec(NamedTuple):
-    """A site to make: its first phone account, its department, more accounts, its environment."""
-
-    account: tuple[str, str]
-    department: str
-    more: tuple[tuple[str, str], ...] = ()
-    env: dict[str, str] | None = None
-
-
-@contextlib.asynccontextmanager
-async def running_sites(
-    group: Group, specs: dict[str, Spec], plans: dict[str, set[str]] | None = None
-) -> AsyncIterator[dict[str, Site]]:
-    """The sites, made in order; once each named in ``plans`` has those numbers of the others in
-    its plan, they are handed over, and stopped afterwards."""
-    made: dict[str, Site] = {}
-    try:
-        for name, spec in specs.items():
-            made[name] = await make_site(group, name, spec.account, spec.department, spec.more, spec.env)
-        for name, numbers in (plans or {}).items():
-            await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
-        yield made
-    finally:
-        await stop_sites(*made.values())
 
 
 @pytest.fixture
@@ -221,7 +101,6 @@ async def test_each_server_knows_who_is_behind_the_other_and_the_segments_line_u
     phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
     try:
         await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in watches.values())), 5)
-        await asyncio.sleep(0.5)
         calling = await asyncio.to_thread(
             run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
         )
@@ -262,7 +141,6 @@ async def test_a_hold_on_the_other_server_shows_on_this_servers_stream(sites: di
     phone = await start_phone(alpha.gateway, "callee_hold.xml", alice, ALICE[0])
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         # Carol on beta calls Alice on alpha, holds, resumes, hangs up.
         calling = await asyncio.to_thread(
             run, *sipp_args(beta.gateway, "caller_hold.xml", free_port(), ALICE[0], "-au", CAROL[0], "-ap", CAROL[1])
@@ -298,7 +176,6 @@ async def test_a_restarted_callstate_gets_the_live_calls_back(sites: dict[str, S
         await start_phone(beta.gateway, "callee.xml", carol, CAROL[0]),
     ]
     try:
-        await asyncio.sleep(0.5)
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         await wait_for(lambda: _answered_call(alpha, call.call_id), what="answered on alpha's callstate")
         await alpha.callstate.stop(kill=True)
@@ -339,7 +216,6 @@ async def test_a_call_whose_other_server_dies_is_ended_cleanly(sites: dict[str, 
     watch = Watch(alpha.callstate)
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         await wait_for(lambda: _answered_call(alpha, call.call_id), what="answered on alpha's callstate")
         assert beta.registry.process is not None
@@ -368,7 +244,6 @@ async def test_a_blind_transfer_on_the_other_server_tells_the_phone_and_the_stre
     ]
     try:
         await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in watches.values())), 5)
-        await asyncio.sleep(0.5)
         # Alice on alpha calls Carol on beta; Carol transfers her to Dave; Alice is told, then hangs up.
         calling = await asyncio.to_thread(
             run,
@@ -433,7 +308,6 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_wit
             await start_phone(alpha.gateway, "talker.xml", bob, BOB[0]),
             await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", BOB[0]),
         ]
-        await asyncio.sleep(0.5)
         # Alice (alpha) talks to Carol (beta); Carol transfers her to Bob, on alpha again:
         # alpha -> trunk -> beta -> trunk -> alpha, which alpha collapses into a call of its own.
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
@@ -492,19 +366,12 @@ class Transferor:
 
     @staticmethod
     def _field(message: str, name: str) -> str:
-        found = re.search(rf"\r\n{name}: ([^\r]*)", message)
-        assert found is not None, (name, message)
-        return found.group(1)
+        value = header(message, name)
+        assert value, (name, message)
+        return value
 
     def _reply(self, request: str, status: str, extra: str = "", body: str = "") -> None:
-        vias = "".join(f"Via: {v}\r\n" for v in re.findall(r"\r\nVia: ([^\r]*)", request))
-        to = self._field(request, "To")
-        to = to if "tag=" in to else f"{to};tag=carol-1"
-        self._send(
-            f"SIP/2.0 {status}\r\n{vias}From: {self._field(request, 'From')}\r\nTo: {to}\r\n"
-            f"Call-ID: {self._field(request, 'Call-ID')}\r\nCSeq: {self._field(request, 'CSeq')}\r\n"
-            f"{extra}Content-Length: {len(body)}\r\n\r\n{body}"
-        )
+        self._send(response(request, status, to_tag="carol-1", extra=extra, body=body))
 
     def _request(self, first_line: str, headers: str, body: str = "") -> None:
         self._send(f"{first_line}\r\n{headers}Content-Length: {len(body)}\r\n\r\n{body}")
@@ -590,7 +457,6 @@ async def test_an_attended_transfer_on_the_other_server_tells_the_phone_and_the_
     transferor = Transferor(beta.gateway, carol)
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         carols_side = asyncio.create_task(asyncio.to_thread(transferor.run))
         calling = await asyncio.to_thread(
             run,
@@ -637,7 +503,6 @@ async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site
     ]
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         # Alice (alpha) calls Carol (beta), who transfers her to Erin on gamma; Alice is told.
         calling = await asyncio.to_thread(
             run,
@@ -685,7 +550,6 @@ async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: 
         await start_phone(gamma.gateway, "callee_refer.xml", erin, ERIN[0], "-key", "refer_to", BOB[0]),
     ]
     try:
-        await asyncio.sleep(0.5)
         # Alice -> Carol (beta) -> transferred to Erin (gamma) -> transferred to Bob, back on alpha.
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         assert await phones_done(*phones[2:]) == [0, 0]  # Carol's and Erin's parts ended
@@ -724,7 +588,6 @@ async def test_one_call_is_one_trace_across_both_servers(group: Group) -> None:
                     await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", DAVE[0]),
                     await start_phone(beta.gateway, "callee.xml", dave, DAVE[0]),
                 ]
-                await asyncio.sleep(0.5)
                 calling = await asyncio.to_thread(
                     run,
                     *sipp_args(
@@ -799,7 +662,6 @@ async def test_each_service_serves_its_metrics(group: Group) -> None:
         try:
             carol = await register_phone(beta.gateway, CAROL)
             phone = await start_phone(beta.gateway, "callee.xml", carol, CAROL[0])
-            await asyncio.sleep(0.5)
             calling = await asyncio.to_thread(
                 run, *sipp_args(alpha.gateway, "caller.xml", free_port(), CAROL[0], "-au", ALICE[0], "-ap", ALICE[1])
             )
@@ -836,7 +698,6 @@ async def test_the_demo_call_hold_resume_and_transfer_as_alphas_stream_shows_it(
     ]
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        await asyncio.sleep(0.5)
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         assert await phones_done(phones[2]) == [0]  # Carol: answered, held, resumed, transferred
         await watch.seen(lambda c: c.remote_party.number == DAVE[0], "Dave on alpha's stream")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,101 +12,31 @@ from pathlib import Path
 
 import grpc.aio
 import pytest
-import yaml
 
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.support import REPO, child_env, wait_for
+from tests.harness.config import lone_gateway_config
+from tests.harness.process import REPO, child_env
+from tests.harness.servers import Gateway, start_gateway, stop_gateway
+from tests.harness.sipp import (
+    SIPP_DIR,
+    phones_done,
+    register_phone,
+    run,
+    sipp_args,
+    sipp_call,
+    spawn_sipp,
+    start_phone,
+    stop_phones,
+    tool,
+)
+from tests.harness.wait import wait_for
 
-READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\), API on (\S+)")
-SIPP_DIR = Path(__file__).parent / "sipp"
+# Helpers other test files take from here (they live in tests.harness now).
+__all__ = ["Gateway", "lone_gateway_config", "phones_done", "register_phone", "start_phone", "stop_gateway"]
+
 ALICE, BOB = ("100", "alice-secret-1"), ("101", "bob-secret-22")
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path is not None, f"{name} is not installed: `make test` installs it (Debian package)"
-    return path
-
-
-class Gateway:
-    def __init__(self, process: asyncio.subprocess.Process, sip_port: int, api: str):
-        self.process = process
-        self.sip = f"127.0.0.1:{sip_port}"
-        self.sip_port = sip_port
-        self.api = api
-        self.log: list[str] = []
-        self.reader: asyncio.Task[None] | None = None
-
-    async def registrations(self) -> dict[str, list[pb.Contact]]:
-        async with grpc.aio.insecure_channel(self.api) as channel:
-            stub = pb_grpc.SipGatewayServiceStub(channel)
-            response = await stub.ListRegistrations(pb.ListRegistrationsRequest(), timeout=5)
-        return {r.number: list(r.contacts) for r in response.registrations}
-
-
-async def spawn_service(
-    service: str, path: Path, ready: re.Pattern[str], env: dict[str, str] | None = None
-) -> tuple[asyncio.subprocess.Process, re.Match[str], list[str], asyncio.Task[None]]:
-    """``pbxmesh serve SERVICE -c PATH``, once its log says it is ready: (process, the ready
-    line's match, its log so far and on, the task that keeps reading the log)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "serve", service, "-c", str(path),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(env), cwd=REPO,
-    )  # fmt: skip
-    assert process.stderr is not None
-    log: list[str] = []
-    match = None
-    async with asyncio.timeout(15):
-        while match is None:
-            line = (await process.stderr.readline()).decode()
-            assert line, f"{service} exited:\n" + "".join(log)
-            log.append(line)
-            match = ready.search(line)
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            log.append(raw.decode(errors="replace"))
-
-    return process, match, log, asyncio.create_task(drain())
-
-
-async def start_gateway(path: Path, env: dict[str, str] | None = None) -> Gateway:
-    process, match, log, reader = await spawn_service("sipgw", path, READY, env)
-    gw = Gateway(process, int(match.group(2)), match.group(3))
-    gw.log, gw.reader = log, reader
-    return gw
-
-
-async def stop_gateway(gw: Gateway) -> None:
-    if gw.process.returncode is None:
-        gw.process.terminate()
-        try:
-            await asyncio.wait_for(gw.process.wait(), 10)
-        except TimeoutError:
-            gw.process.kill()
-            await gw.process.wait()
-    if gw.reader is not None:
-        gw.reader.cancel()
-
-
-def lone_gateway_config(
-    tmp_path: Path, accounts: tuple[tuple[str, str], ...], sip: dict[str, object] | None = None, **extra: object
-) -> Path:
-    """The config of a gateway of its own (server alpha) with these phone accounts; ``sip`` adds
-    keys to the sip section."""
-    config = {
-        "server": {"id": "alpha", "name": "Alpha office"},
-        "listen": {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0"},
-        "numbering": {"numbers": [{"number": n} for n, _ in accounts]},
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in accounts], **(sip or {})},
-        **extra,
-    }
-    path = tmp_path / "alpha.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture
@@ -117,10 +46,6 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await stop_gateway(gw)
-
-
-def run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 async def test_sipsak_options_and_register_with_digest(gateway: Gateway) -> None:
@@ -168,94 +93,12 @@ def test_the_gateway_refuses_to_start_without_its_addresses(tmp_path: Path) -> N
     assert result.returncode == 2 and "listen.sip: required to run the SIP gateway" in result.stderr
 
 
-async def register_phone(gateway: Gateway, account: tuple[str, str], *extra: str) -> int:
-    """One SIPp REGISTER for ``account``; returns the port it registered from."""
-    port = free_port()
-    done = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", port, account[0], "-au", account[0], "-ap", account[1], *extra)
-    )
-    assert done.returncode == 0, done.stdout[-1500:]
-    return port
-
-
-async def start_phone(
-    gateway: Gateway, scenario: str, port: int, number: str, *extra: str
-) -> asyncio.subprocess.Process:
-    """A SIPp phone waiting on ``port`` (the port it registered from) with ``scenario``."""
-    return await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, scenario, port, number, *extra),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-async def stop_phones(*processes: asyncio.subprocess.Process) -> None:
-    """Ends SIPp phones still running. SIGTERM, as `timeout` passes it on to SIPp; SIGKILL would
-    end only `timeout` and leave SIPp running."""
-    for process in processes:
-        if process.returncode is None:
-            process.terminate()
-    for process in processes:
-        try:
-            await asyncio.wait_for(process.wait(), 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def phones_done(*processes: asyncio.subprocess.Process, seconds: float = 40) -> list[int]:
-    """Each SIPp phone's exit code once it has finished its scenario (stopped if it has not by then)."""
-    try:
-        return [await asyncio.wait_for(p.wait(), seconds) for p in processes]
-    finally:
-        await stop_phones(*processes)
-
-
-def sipp_args(gateway: Gateway, scenario: str, port: int, service: str, *extra: str) -> list[str]:
-    """SIPp running ``scenario`` once; a caller's number ([caller] in the scenarios) is the user it
-    authenticates as (``-au``)."""
-    caller = extra[extra.index("-au") + 1] if "-au" in extra else "100"
-    return [
-        "timeout", "40", tool("sipp"), gateway.sip, "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
-        "-p", str(port), "-m", "1", "-s", service, "-nostdin", "-timeout", "30s", "-key", "caller", caller, *extra,
-    ]  # fmt: skip
-
-
 CALLS = {
     "plain": ("caller.xml", "callee.xml", "hung up by caller"),
     "hold-and-resume": ("caller_hold.xml", "callee_hold.xml", "hung up by caller"),
     "callee-hangs-up": ("caller_hungup.xml", "callee_hangup.xml", "hung up by callee"),
     "callee-busy": ("caller_busy.xml", "callee_busy.xml", "ended: 486 Busy Here"),
 }
-
-
-async def sipp_call(
-    caller_gw: Gateway,
-    callee_gw: Gateway,
-    caller: tuple[str, str],
-    callee: tuple[str, str],
-    caller_xml: str,
-    callee_xml: str,
-) -> None:
-    """The callee phone registers on ``callee_gw`` and waits; the caller dials it through ``caller_gw``."""
-    callee_port, caller_port = free_port(), free_port()
-    registered = await asyncio.to_thread(
-        run, *sipp_args(callee_gw, "register.xml", callee_port, callee[0], "-au", callee[0], "-ap", callee[1])
-    )
-    assert registered.returncode == 0, registered.stdout[-1500:]
-    # The callee answers on the port it registered from.
-    answering = await asyncio.create_subprocess_exec(
-        *sipp_args(callee_gw, callee_xml, callee_port, callee[0]),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await asyncio.sleep(0.5)
-        calling = await asyncio.to_thread(
-            run, *sipp_args(caller_gw, caller_xml, caller_port, callee[0], "-au", caller[0], "-ap", caller[1])
-        )
-        assert calling.returncode == 0, calling.stdout[-2000:] + calling.stderr[-2000:]
-        assert await asyncio.wait_for(answering.wait(), 30) == 0
-    finally:
-        await stop_phones(answering)
 
 
 @pytest.mark.parametrize("flow", list(CALLS))
@@ -386,17 +229,7 @@ async def test_calls_need_credentials_and_those_that_cannot_connect_get_404_480_
 
 
 async def test_cancel_before_the_answer_reaches_the_ringing_phone(gateway: Gateway) -> None:
-
-    callee_port = free_port()
-    registered = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
-    )
-    assert registered.returncode == 0, registered.stdout[-1500:]
-    callee = await asyncio.create_subprocess_exec(
-        *sipp_args(gateway, "callee_cancel.xml", callee_port, BOB[0]),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await asyncio.sleep(0.5)
+    callee = await start_phone(gateway, "callee_cancel.xml", await register_phone(gateway, BOB), BOB[0])
     phone = RawPhone(gateway.sip)
 
     def caller() -> list[bytes]:
@@ -476,25 +309,14 @@ async def _sync(value: bool) -> bool:
 async def test_hang_up_through_the_api_sends_bye_to_both_phones(gateway: Gateway) -> None:
     from services.runtime import error_info
 
-    callee_port, caller_port = free_port(), free_port()
-    registered = await asyncio.to_thread(
-        run, *sipp_args(gateway, "register.xml", callee_port, BOB[0], "-au", BOB[0], "-ap", BOB[1])
-    )
-    assert registered.returncode == 0
+    callee_port, caller_port = await register_phone(gateway, BOB), free_port()
     watch = CallWatch(gateway)
     phones = []
     try:
         await asyncio.wait_for(watch.synced.wait(), 5)
-        for args in (
-            sipp_args(gateway, "callee.xml", callee_port, BOB[0]),
-            sipp_args(gateway, "caller_hungup.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1]),
-        ):
-            phones.append(
-                await asyncio.create_subprocess_exec(
-                    *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-                )
-            )
-            await asyncio.sleep(0.3)
+        phones.append(await start_phone(gateway, "callee.xml", callee_port, BOB[0]))
+        caller = sipp_args(gateway, "caller_hungup.xml", caller_port, BOB[0], "-au", ALICE[0], "-ap", ALICE[1])
+        phones.append(await spawn_sipp(*caller))
         await wait_for(lambda: _sync("ANSWERED" in watch.states()), what="the answer")
         call_id = watch.events[-1].call_id
         async with grpc.aio.insecure_channel(gateway.api) as channel:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
@@ -14,73 +13,25 @@ import pytest
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import free_port
-from tests.integration.test_sipgw import (
-    CallWatch,
-    Gateway,
-    _invite,
-    phones_done,
-    register_phone,
-    run,
-    sipp_args,
-    sipp_call,
-    start_gateway,
-    start_phone,
-    stop_gateway,
-    stop_phones,
-)
-from tests.support import Group, Server, has_numbers, wait_for
+from tests.harness.servers import Gateway, Group
+from tests.harness.sipp import phones_done, register_phone, run, sipp_args, sipp_call, start_phone, stop_phones
+from tests.harness.site import SECRET, Site, Spec, make_site, running_sites, stop_sites
+from tests.integration.test_sipgw import CallWatch, _invite
+from tests.support import has_numbers, wait_for
 
-SECRET = "the-group-trunk-secret-2026"
 ALICE = ("100", "alice-pw-100")  # on alpha
 CAROL = ("200", "carol-pw-200")  # on beta
 
 
-@dataclass
-class Site:
-    registry: Server
-    gateway: Gateway
-    trunk: str
-
-
-async def make_site(
-    group: Group,
-    server_id: str,
-    account: tuple[str, str],
-    lines: int = 4,
-    more: tuple[tuple[str, str], ...] = (),
-    numbers: list[str | dict[str, str]] | None = None,
-    departments: list[dict[str, str]] | None = None,
-    scenarios: dict[str, Any] | None = None,
-    trunk: str = "",
-    advertise: str = "",
-) -> Site:
-    trunk = trunk or f"127.0.0.1:{free_port()}"
-    listen = {"registry": f"127.0.0.1:{free_port()}", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0", "trunk": trunk}
-    extra: dict[str, Any] = {
-        "sip": {"accounts": [{"number": n, "password": p} for n, p in (account, *more)]},
-        "trunk": {"secret": SECRET, "lines": lines},
-    }
-    if scenarios:
-        extra["scenarios"] = scenarios
-    if advertise:
-        extra["advertise"] = {"trunk": advertise}
-    own: list[str | dict[str, str]] = list(numbers) if numbers is not None else [n for n, _ in (account, *more)]
-    server = group.server(server_id, own, departments=departments, listen=listen, extra=extra)
-    await server.start()
-    return Site(server, await start_gateway(server.config_path), trunk)
+def spec(account: tuple[str, str], **more: Any) -> Spec:
+    """A server with its registry and gateway (no callstate) and a 5 s lease."""
+    return Spec(account, callstate=False, lease_ttl=5, **more)
 
 
 @pytest.fixture
 async def sites(group: Group) -> AsyncIterator[dict[str, Site]]:
-    made: dict[str, Site] = {}
-    try:
-        made["alpha"] = await make_site(group, "alpha", ALICE)
-        made["beta"] = await make_site(group, "beta", CAROL)
-        await wait_for(lambda: has_numbers(made["alpha"].registry, {"200"}), what="beta's 200 on alpha")
+    async with running_sites(group, {"alpha": spec(ALICE), "beta": spec(CAROL)}, {"alpha": {"200"}}) as made:
         yield made
-    finally:
-        for site in made.values():
-            await stop_gateway(site.gateway)
 
 
 async def usage(gateway: Gateway) -> pb.GetTrunkUsageResponse:
@@ -161,22 +112,14 @@ def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
 
 
 async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(group: Group) -> None:
-    site = await make_site(group, "beta", CAROL, lines=1)
+    site = await make_site(group, "beta", spec(CAROL, lines=1))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(3)
     host, port = site.trunk.split(":")
     try:
-        callee_port = free_port()
-        registered = await asyncio.to_thread(
-            run, *sipp_args(site.gateway, "register.xml", callee_port, CAROL[0], "-au", CAROL[0], "-ap", CAROL[1])
-        )
-        assert registered.returncode == 0
-        callee = await asyncio.create_subprocess_exec(
-            *sipp_args(site.gateway, "callee_cancel.xml", callee_port, CAROL[0]),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await asyncio.sleep(0.5)
+        callee_port = await register_phone(site.gateway, CAROL)
+        callee = await start_phone(site.gateway, "callee_cancel.xml", callee_port, CAROL[0])
 
         def first_final(data: bytes) -> bytes:
             sock.sendto(data, (host, int(port)))
@@ -201,7 +144,7 @@ async def test_calls_above_the_trunk_lines_get_503_and_the_count_stays_exact(gro
         await stop_phones(callee)
     finally:
         sock.close()
-        await stop_gateway(site.gateway)
+        await stop_sites(site)
 
 
 BOB = ("101", "bob-pw-101")  # on alpha
@@ -213,12 +156,9 @@ async def office(group: Group) -> AsyncIterator[dict[str, Site]]:
     """alpha (100, 101) and beta (200, 201 in department support, dialed as 250; 299 forwards to
     alpha's 101 by a full URI on alpha's trunk)."""
     alpha_trunk = f"127.0.0.1:{free_port()}"
-    made: dict[str, Site] = {}
-    try:
-        made["alpha"] = await make_site(group, "alpha", ALICE, more=(BOB,), trunk=alpha_trunk)
-        made["beta"] = await make_site(
-            group,
-            "beta",
+    specs = {
+        "alpha": spec(ALICE, more=(BOB,), trunk=alpha_trunk),
+        "beta": spec(
             CAROL,
             more=(ERIN,),
             departments=[{"id": "support", "name": "Support"}],
@@ -235,12 +175,10 @@ async def office(group: Group) -> AsyncIterator[dict[str, Site]]:
                     {"match": {"called": "2.."}, "dial": "${called}"},
                 ]
             },
-        )
-        await wait_for(lambda: has_numbers(made["alpha"].registry, {"250", "299"}), what="beta's numbers on alpha")
+        ),
+    }
+    async with running_sites(group, specs, {"alpha": {"250", "299"}}) as made:
         yield made
-    finally:
-        for site in made.values():
-            await stop_gateway(site.gateway)
 
 
 async def test_a_department_number_rings_every_phone_of_the_department(office: dict[str, Site]) -> None:
@@ -250,7 +188,6 @@ async def test_a_department_number_rings_every_phone_of_the_department(office: d
         await start_phone(beta, "callee.xml", carol, CAROL[0]),
         await start_phone(beta, "callee_cancel.xml", erin, ERIN[0]),
     ]
-    await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(alpha, "caller.xml", free_port(), "250", "-au", ALICE[0], "-ap", ALICE[1])
     )
@@ -263,7 +200,6 @@ async def test_a_scenario_forwards_a_call_to_a_full_uri(office: dict[str, Site])
     alpha, beta = office["alpha"].gateway, office["beta"].gateway
     bob = await register_phone(alpha, BOB)
     phone = await start_phone(alpha, "callee.xml", bob, BOB[0])
-    await asyncio.sleep(0.5)
     calling = await asyncio.to_thread(
         run, *sipp_args(alpha, "caller.xml", free_port(), "299", "-au", ALICE[0], "-ap", ALICE[1])
     )
@@ -283,7 +219,6 @@ async def test_a_call_placed_to_a_full_uri_crosses_the_trunk(office: dict[str, S
     ]
     watch = CallWatch(beta)
     try:
-        await asyncio.sleep(0.5)
         async with grpc.aio.insecure_channel(alpha.api) as channel:
             stub = pb_grpc.SipGatewayServiceStub(channel)
             request = pb.PlaceCallRequest(
@@ -320,14 +255,15 @@ async def test_a_trunk_advertised_by_name_is_resolved_and_called(group: Group) -
     would be): alpha's gateway resolves the name and the call goes through."""
     made: list[Site] = []
     try:
-        made.append(await make_site(group, "alpha", ALICE))
+        made.append(await make_site(group, "alpha", spec(ALICE)))
         port = free_port()
-        made.append(await make_site(group, "beta", CAROL, trunk=f"127.0.0.1:{port}", advertise=f"localhost:{port}"))
+        made.append(
+            await make_site(group, "beta", spec(CAROL, trunk=f"127.0.0.1:{port}", advertise=f"localhost:{port}"))
+        )
         await wait_for(lambda: has_numbers(made[0].registry, {"200"}), what="beta's 200 on alpha")
         route = await made[0].registry.resolve("200")
         assert route is not None and route.trunk_address == f"localhost:{port}"
         await sipp_call(made[0].gateway, made[1].gateway, ALICE, CAROL, "caller.xml", "callee.xml")
         assert f"trunk address localhost:{port} is 127.0.0.1:{port}" in "".join(made[0].gateway.log)
     finally:
-        for site in made:
-            await stop_gateway(site.gateway)
+        await stop_sites(*made)

@@ -8,20 +8,19 @@ or dropped, and the gateway must still answer OPTIONS at the end. Exit code 0 me
 
 from __future__ import annotations
 
-import re
+import asyncio
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "gen"))
 sys.path.insert(0, str(REPO))
 
+from tests.harness.process import ServiceProcess, child_env  # noqa: E402
 from tests.unit.sipgw.test_rfc4475 import INVALID, VALID  # noqa: E402
 
-READY = re.compile(r"SIP on (\S+):(\d+) \(UDP, TCP\)")
 CONFIG = """
 server: {id: torture}
 listen: {registry: "127.0.0.1:50051", sip: "127.0.0.1:5060", sipgw: "127.0.0.1:50061"}
@@ -45,15 +44,12 @@ def answers(sock: socket.socket, data: bytes, wait: float) -> list[bytes]:
 def main() -> int:
     path = Path(tempfile.mkdtemp()) / "torture.yaml"
     path.write_text(CONFIG)
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "sipgw", "-c", str(path)],
-        cwd=REPO, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert gateway.stderr is not None
-    deadline = time.monotonic() + 20
-    for line in gateway.stderr:
-        if READY.search(line) or time.monotonic() > deadline:
-            break
+    gateway = ServiceProcess("sipgw", path, env=child_env()).spawn()
+    try:
+        asyncio.run(gateway.wait_ready(20))
+    except BaseException:
+        gateway.stop_blocking()
+        raise
     failures: list[str] = []
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -67,7 +63,7 @@ def main() -> int:
                 failures.append(f"{name}: expected no answer, got {got[0][:30]!r}")
         for name, message in VALID.items():
             answers(sock, message, 0.1)
-            if gateway.poll() is not None:
+            if gateway.returncode is not None:
                 failures.append(f"{name}: the gateway died")
                 break
         ping = (
@@ -79,8 +75,7 @@ def main() -> int:
             failures.append("the gateway no longer answers OPTIONS")
     finally:
         sock.close()
-        gateway.terminate()
-        gateway.wait(10)
+        gateway.stop_blocking()
     for failure in failures:
         print("FAILED", failure)
     print(f"torture: {len(INVALID)} invalid and {len(VALID)} valid RFC 4475 messages, {len(failures)} failures")

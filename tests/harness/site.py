@@ -1,0 +1,119 @@
+"""A server "site" for tests: its registry, its SIP gateway and (by default) its callstate, on
+one config file written for the test, every port fixed and free."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from tests.harness.config import accounts_section, loopback
+from tests.harness.servers import CallState, Gateway, Group, Server, has_numbers, start_gateway, stop_gateway
+from tests.harness.wait import wait_for
+
+SECRET = "the-group-trunk-secret-2026"
+
+
+class Spec(NamedTuple):
+    """A site to make: its first phone account, its department, more accounts, its environment,
+    and what else its config says. Without ``department`` its numbers carry none; ``numbers``
+    and ``departments``, when given, replace the ones made from the accounts."""
+
+    account: tuple[str, str]
+    department: str = ""
+    more: tuple[tuple[str, str], ...] = ()
+    env: dict[str, str] | None = None
+    callstate: bool = True
+    lines: int = 4
+    numbers: list[str | dict[str, str]] | None = None
+    departments: list[dict[str, str]] | None = None
+    scenarios: dict[str, Any] | None = None
+    trunk: str = ""
+    advertise: str = ""
+    lease_ttl: int = 2
+
+
+@dataclass
+class Site:
+    registry: Server
+    gateway: Gateway
+    optional_callstate: CallState | None
+    trunk: str
+
+    @property
+    def callstate(self) -> CallState:
+        assert self.optional_callstate is not None, f"{self.registry.id} runs no callstate"
+        return self.optional_callstate
+
+
+async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
+    """Writes the site's config, then starts its registry, its callstate and its gateway in that
+    order (the gateway's call reports find the callstate at once), each once the one before serves."""
+    phones = (spec.account, *spec.more)
+    trunk = spec.trunk or loopback()
+    listen = {"registry": "127.0.0.1:0", "sip": "127.0.0.1:0", "sipgw": "127.0.0.1:0", "trunk": trunk}
+    if spec.callstate:
+        listen["callstate"] = "127.0.0.1:0"
+    extra: dict[str, Any] = {"sip": accounts_section(phones), "trunk": {"secret": SECRET, "lines": spec.lines}}
+    if spec.scenarios:
+        extra["scenarios"] = spec.scenarios
+    if spec.advertise:
+        extra["advertise"] = {"trunk": spec.advertise}
+    numbers: list[str | dict[str, str]]
+    departments = spec.departments
+    if spec.numbers is not None:
+        numbers = list(spec.numbers)
+    elif spec.department:
+        numbers = [{"number": n, "name": f"{server_id} phone {n}", "department": spec.department} for n, _ in phones]
+        departments = departments or [{"id": spec.department, "name": spec.department.title()}]
+    else:
+        numbers = [n for n, _ in phones]
+    server = group.server(
+        server_id, numbers, departments=departments, listen=listen, extra=extra, lease_ttl=spec.lease_ttl, env=spec.env
+    )
+    await server.start()
+    callstate = CallState(server.config_path, env=spec.env) if spec.callstate else None
+    try:
+        if callstate is not None:
+            await callstate.start()
+        return Site(server, await start_gateway(server.config_path, spec.env), callstate, trunk)
+    except BaseException:
+        if callstate is not None:
+            await callstate.stop()
+        raise
+
+
+async def stop_sites(*sites: Site) -> None:
+    """Stops what make_site started beside the registry (the group stops the registries)."""
+    for site in sites:
+        await stop_gateway(site.gateway)
+        if site.optional_callstate is not None:
+            await site.optional_callstate.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_sites(
+    group: Group, specs: dict[str, Spec], plans: dict[str, set[str]] | None = None
+) -> AsyncIterator[dict[str, Site]]:
+    """The sites, made in order; once each named in ``plans`` has those numbers of the others in
+    its plan, they are handed over, and stopped afterwards."""
+    made: dict[str, Site] = {}
+    try:
+        for name, spec in specs.items():
+            made[name] = await make_site(group, name, spec)
+        for name, numbers in (plans or {}).items():
+            await wait_for(functools.partial(has_numbers, made[name].registry, numbers), what=f"the plan on {name}")
+        yield made
+    finally:
+        await stop_sites(*made.values())
+
+
+def logs_of(*sites: Site, lines: int = 30) -> str:
+    """The last lines each site's gateway and callstate logged, for a failing test's message."""
+    return "".join(
+        line
+        for site in sites
+        for line in site.gateway.log[-lines:] + (site.callstate.log[-lines:] if site.optional_callstate else [])
+    )
