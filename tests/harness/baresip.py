@@ -112,6 +112,15 @@ class Baresip:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=self.folder,
         )  # fmt: skip
         self._tasks.append(asyncio.create_task(self._read_output()))
+        try:
+            await self._connect_and_register(registered, timeout)
+        except BaseException:
+            await self.stop()  # a phone that did not start leaves nothing running
+            raise
+        return self
+
+    async def _connect_and_register(self, registered: bool, timeout: float) -> None:
+        assert self._process is not None
         async with asyncio.timeout(timeout):
             while True:
                 with contextlib.suppress(OSError):
@@ -126,7 +135,6 @@ class Baresip:
                 return "OK" in (await self.command("reginfo")).get("data", "")
 
             await wait_for(registered_now, timeout, f"baresip {self.number} registered at {self.registrar}")
-        return self
 
     async def _read_output(self) -> None:
         assert self._process is not None and self._process.stdout is not None
@@ -175,17 +183,22 @@ class Baresip:
         return sorted(self.folder.glob("dump-*-dec.wav"))
 
     async def stop(self) -> None:
+        """Asks the phone to quit, then SIGTERM, then SIGKILL (baresip was seen to ignore SIGTERM)."""
+        process = self._process
+        if process is not None and process.returncode is None and self._writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.command("quit"), 1)
         if self._writer is not None:
             self._writer.close()
         for task in self._tasks:
             task.cancel()
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            try:
-                await asyncio.wait_for(self._process.wait(), 5)
-            except TimeoutError:
-                self._process.kill()
-                await self._process.wait()
+        for signal_it in ("terminate", "kill"):
+            if process is None or process.returncode is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                getattr(process, signal_it)()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 3)
 
     def log(self) -> str:
         return "".join(self.output[-60:])

@@ -12,21 +12,11 @@ import pytest
 
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
-from tests.integration.test_callstate import (
-    ALICE,
-    BOB,
-    CAROL,
-    Site,
-    Spec,
-    get_call,
-    list_calls,
-    logs_of,
-    place,
-    running_sites,
-    usage,
-)
-from tests.integration.test_sipgw import phones_done, register_phone, start_phone, stop_phones
-from tests.support import Group, wait_for
+from tests.harness.servers import Group
+from tests.harness.sipp import phones_done, register_phone, start_phone, stop_phones
+from tests.harness.site import Site, Spec, logs_of, running_sites
+from tests.harness.wait import wait_for
+from tests.integration.test_callstate import ALICE, BOB, CAROL, get_call, list_calls, place, usage
 
 
 @pytest.fixture
@@ -56,7 +46,6 @@ async def test_a_call_from_another_server_transferred_back_here_is_closed_here(
                               str(traces["bob"])),
             await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", BOB[0]),
         ]  # fmt: skip
-        await asyncio.sleep(0.5)
         call = await place(beta.gateway, CAROL[0], ALICE[0])  # Carol's phone rings first, then Alice's
         assert await phones_done(phones[2]) == [0], logs_of(alpha, beta)  # Carol's part ended
 
@@ -121,7 +110,6 @@ async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, S
             await start_phone(beta.gateway, "callee_refer.xml", carol, CAROL[0], "-key", "refer_to", ERIN[0]),
             await start_phone(gamma.gateway, "talker.xml", erin, ERIN[0]),
         ]
-        await asyncio.sleep(0.5)
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         assert await phones_done(phones[1]) == [0], logs_of(alpha, beta, gamma)  # Carol's part ended
 
@@ -189,7 +177,6 @@ async def test_a_chain_through_four_servers_closes_to_the_direct_pair(group: Gro
                 await start_phone(gamma.gateway, "callee_refer.xml", erin, ERIN[0], "-key", "refer_to", FRANK[0]),
                 await start_phone(delta.gateway, "talker.xml", frank, FRANK[0]),
             ]
-            await asyncio.sleep(0.5)
             call = await place(alpha.gateway, ALICE[0], CAROL[0])
             assert await phones_done(*phones[1:3]) == [0, 0], logs_of(alpha, beta, gamma, delta)
 

@@ -11,8 +11,10 @@ import pytest
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from tests.harness.baresip import Baresip, samples, tone_level
-from tests.integration.test_callstate import ALICE, CAROL, DAVE, Site, Spec, Watch, running_sites
-from tests.support import Group, wait_for
+from tests.harness.servers import Group
+from tests.harness.site import Site, Spec, running_sites
+from tests.harness.wait import wait_for
+from tests.integration.test_callstate import ALICE, CAROL, DAVE, Watch
 
 ALICE_TONE, CAROL_TONE = 440, 1000  # Hz: what each phone sends
 
