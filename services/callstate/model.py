@@ -81,6 +81,10 @@ class CallRecord:
     early_shares: list[Share] = dataclasses.field(default_factory=list)
     # Whether this server's gateway has reported the call (a record can begin with a share).
     reported: bool = False
+    # The call was rerouted to this peer (a server in the middle handed it over): the peer's first
+    # word may carry the call's segment numbering, which this server, brought in by a transfer
+    # elsewhere, did not know.
+    renumber_from: str = ""
     # The peer ended its part (time, reason) before this server's gateway reported an end: the
     # gateway's own end follows (the BYE crosses the trunk) unless the call left that peer
     # meanwhile (a loop collapsed here, a transfer), in which case it is no end of this call.
@@ -92,7 +96,11 @@ class CallRecord:
 
     @property
     def segment_count(self) -> int:
-        return len(self.segments)
+        """The number of the current segment (a server brought in late starts past 1)."""
+        return self.segments[-1].n if self.segments else 0
+
+    def segment(self, n: int) -> Segment | None:
+        return next((s for s in self.segments if s.n == n), None)
 
     def servers(self) -> tuple[str, ...]:
         return tuple(s for s in (self.local.server_id, self.peer_server_id) if s)
@@ -149,6 +157,7 @@ class CallBook:
     def apply(self, event: Event) -> Outcome:
         call = self.calls.get(event.call_id)
         local = self._own(event.local)
+        missed = False
         if call is None:
             call = CallRecord(
                 event.call_id,
@@ -165,6 +174,13 @@ class CallBook:
         else:
             if event.kind in ("transferred", "rerouted") and event.peer_server_id != call.peer_server_id:
                 call.peer_end = None  # the peer that ended is no longer in this call
+            if event.kind == "rerouted" and event.remote.number not in ("", call.remote.number):
+                # Rerouted to another party: the transfer behind it was never told here (its
+                # server stepped out first). It is a commutation of this call all the same.
+                event = dataclasses.replace(event, kind="transferred")
+                missed = True
+            if event.kind == "rerouted":
+                call.renumber_from = event.peer_server_id
             if event.kind == "transferred":
                 call.local, call.remote = local, event.remote
             else:
@@ -183,7 +199,7 @@ class CallBook:
         call.reported = True
         share = self._step(call, event)
         self._changed(call)
-        new_party = None
+        new_party = call.remote if missed and call.phase in (ANSWERED, HELD) else None
         # The peer spoke before this server's gateway named it: what it said counts now.
         for waiting in call.strangers.pop(call.peer_server_id, []) if call.peer_server_id else []:
             new_party = self.shared(waiting).new_party or new_party
@@ -213,7 +229,7 @@ class CallBook:
             return self._share(call, event.at)
         elif kind == "rerouted" and call.phase in (ANSWERED, HELD):
             # The same parties through another server: no new segment; the new peer learns this
-            # server's party (and answers with its own).
+            # server's party and segment (and answers with its own).
             for segment in call.segments:
                 if segment.ended_at is None:
                     segment.local, segment.remote = call.local, call.remote
@@ -251,6 +267,11 @@ class CallBook:
             return Outcome()
         new_party = None
         changed_number = bool(call.remote.number) and share.party.number not in ("", call.remote.number)
+        if call.renumber_from == share.server_id and share.phase != ENDED:
+            call.renumber_from = ""
+            if share.segment > call.segment_count and not changed_number and call.segments:
+                # This server joined late: its open segment is the peer's, under the peer's number.
+                call.segments[-1].n, call.segments[-1].started_at = share.segment, share.at
         call.remote = call.remote.merged(share.party)
         call.peer_server_id = call.peer_server_id or share.server_id
         if share.phase == ENDED:
@@ -327,24 +348,26 @@ class CallBook:
     # -- segments ---------------------------------------------------------------------------------
 
     def _begin_segment(self, call: CallRecord, at: float) -> None:
-        at = min(at, call.early_starts.pop(len(call.segments) + 1, at))
+        n = call.segment_count + 1
+        at = min(at, call.early_starts.pop(n, at))
         if not call.segments and call.answered_at is not None:
             call.answered_at = at
         if call.segments and call.segments[-1].ended_at is None:
             call.segments[-1].ended_at = at
-        call.segments.append(Segment(len(call.segments) + 1, at, call.local, call.remote, call.servers()))
+        call.segments.append(Segment(n, at, call.local, call.remote, call.servers()))
 
     def _align_start(self, call: CallRecord, n: int, at: float) -> None:
         """Segment ``n`` began at the earlier of the two servers' times; so did the end of ``n-1``."""
-        if n > call.segment_count:
+        segment = call.segment(n)
+        if segment is None:
             return
-        segment = call.segments[n - 1]
         if at < segment.started_at:
             segment.started_at = at
-            if n == 1:
+            if segment is call.segments[0]:
                 call.answered_at = at
-            if n >= 2:
-                call.segments[n - 2].ended_at = at
+            previous = call.segment(n - 1)
+            if previous is not None:
+                previous.ended_at = at
 
     def _end(self, call: CallRecord, at: float, reason: str) -> None:
         call.phase = ENDED

@@ -217,3 +217,60 @@ def test_the_gateway_naming_the_first_party_does_not_undo_a_transfer_there() -> 
     book.shared(Share("c1", "beta", DAVE, ANSWERED, 20.0, 2))
     book.apply(Event("c1", "ended", 30.0, ALICE, Party("200", server_id="beta"), "beta", reason="hung up"))
     assert book.calls["c1"].remote == DAVE
+
+
+ERIN = Party("201", "Erin", "service", "gamma", "Gamma office")
+
+
+def transferred_to_gamma(book: CallBook) -> None:
+    """alpha's Alice talks to Carol on beta; beta's transfer to Erin on gamma is shared at t=20."""
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", ERIN, ANSWERED, 20.0, 2))
+
+
+def test_a_hand_over_changes_the_peer_without_a_new_segment() -> None:
+    book = CallBook("alpha", "Alpha office")
+    transferred_to_gamma(book)
+    outcome = book.apply(Event("c1", "rerouted", 20.3, ALICE, Party("201", server_id="gamma"), "gamma"))
+    call = book.calls["c1"]
+    assert call.peer_server_id == "gamma" and call.remote == ERIN and outcome.new_party is None
+    assert [(s.n, s.started_at, s.ended_at) for s in call.segments] == [(1, 10.2, 20.0), (2, 20.0, None)]
+    # gamma, the new peer, is told of this server's party and the current segment.
+    assert outcome.share is not None and (outcome.share.segment, outcome.share.at) == (2, 20.0)
+    # beta, out of the call now, ends its part: that is no end of this call.
+    assert book.shared(Share("c1", "beta", ERIN, ENDED, 20.4, 2, reason="handed over")) == Outcome()
+    book.shared(Share("c1", "gamma", ERIN, ANSWERED, 20.0, 2))
+    assert call.phase == ANSWERED and call.segment_count == 2
+
+
+def test_a_hand_over_that_overtook_the_transfers_news_still_cuts_the_segment() -> None:
+    """beta stepped out before its callstate told alpha of the transfer: alpha's gateway names
+    Erin first, and alpha cuts the segment and tells Alice itself."""
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    outcome = book.apply(Event("c1", "rerouted", 20.3, ALICE, Party("201", server_id="gamma"), "gamma"))
+    call = book.calls["c1"]
+    assert outcome.new_party is not None and outcome.new_party.number == "201"
+    assert [(s.n, s.remote.number) for s in call.segments] == [(1, "200"), (2, "201")]
+    assert call.peer_server_id == "gamma"
+
+
+def test_a_server_brought_in_by_a_transfer_takes_the_calls_numbering_from_its_new_peer() -> None:
+    """gamma's Erin answered beta's transfer: gamma counted that as its segment 1. Once the call is
+    handed over to alpha, alpha's word numbers it 2, as everywhere else; nothing is cut."""
+    book = CallBook("gamma", "Gamma office")
+    alice = Party("100", "Alice", "sales", "alpha", "Alpha office")
+    via_beta = Party("100", server_id="beta")
+    book.apply(Event("c1", "created", 19.8, ERIN, via_beta, "beta", outgoing=False))
+    book.apply(Event("c1", "answered", 19.9, ERIN, via_beta, "beta", outgoing=False))
+    book.apply(Event("c1", "rerouted", 20.3, ERIN, Party("100", server_id="alpha"), "alpha", outgoing=False))
+    outcome = book.shared(Share("c1", "alpha", alice, ANSWERED, 20.0, 2))
+    call = book.calls["c1"]
+    assert outcome.new_party is None and call.remote == alice and call.peer_server_id == "alpha"
+    assert [(s.n, s.started_at, s.ended_at) for s in call.segments] == [(2, 20.0, None)]
+    # A transfer on alpha later is segment 3 here as there.
+    dave = Party("101", "Dave", "sales", "alpha", "Alpha office")
+    assert book.shared(Share("c1", "alpha", dave, ANSWERED, 30.0, 3)).new_party == dave
+    assert [s.n for s in call.segments] == [2, 3]
