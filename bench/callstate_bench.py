@@ -7,8 +7,12 @@
 2. Cost of callstate: --concurrent cross-server calls held open with a WatchCalls stream open on
    alpha; CPU seconds both callstates spent setting the calls up, holding them and ending them,
    and their RSS.
+3. Hand-over: alpha's 100 talks to beta's 203, who transfers it blind to gamma's 300; beta, left
+   in the middle, hands the call over. Timed on beta's WatchCalls stream from the transfer (the
+   call's callee becomes 300) to the call's end there (its trunk lines free), and from 203's
+   REFER; p50/p99 over --handovers, one at a time.
 
-    .venv/bin/python bench/callstate_bench.py [--transfers 1000] [--concurrent 200]
+    .venv/bin/python bench/callstate_bench.py [--transfers 1000] [--concurrent 200] [--handovers 200]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from services.runtime.addresses import parse_host_port  # noqa: E402
 from services.runtime.embedded_etcd import free_port  # noqa: E402
 
 A1, B1, B2, B3 = ("100", "bench-pw-100"), ("200", "bench-pw-200"), ("201", "bench-pw-201"), ("202", "bench-pw-202")
+B4, C1 = ("203", "bench-pw-203"), ("300", "bench-pw-300")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -144,26 +149,82 @@ async def concurrent(count: int, alpha_api: str, rig: Rig, a1: Phone, b3: Phone)
     print(f"callstate RSS (both servers): {before_rss:.0f} MiB idle, {held_rss:.0f} MiB with {count} calls")
 
 
+class BetaCalls:
+    """beta's gateway WatchCalls: when each call was first seen transferred to 300, and ended."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.transferred: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.synced = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            async for message in pb_grpc.SipGatewayServiceStub(channel).WatchCalls(pb.WatchCallsRequest()):
+                at = time.perf_counter()
+                for call in message.calls:
+                    if call.callee == C1[0]:
+                        self.transferred.setdefault(call.call_id, at)
+                    if call.state == pb.CALL_STATE_ENDED:
+                        self.ended.setdefault(call.call_id, at)
+                self.synced.set()
+
+
+async def handovers(count: int, alpha_api: str, beta: BetaCalls, b4: Phone) -> None:
+    print(f"\n== 3. hand-over: alpha -> beta, transferred on beta to gamma; beta steps out ({count}, one at a time)")
+    refers: list[float] = []
+    b4.listeners.append(lambda what, call, at: refers.append(at) if what == "refer" else None)
+    to_free: list[float] = []
+    from_refer: list[float] = []
+    lost = 0
+    async with grpc.aio.insecure_channel(alpha_api) as channel:
+        stub = pb_grpc.SipGatewayServiceStub(channel)
+        for _ in range(count):
+            refers.clear()
+            call = (await stub.PlaceCall(pb.PlaceCallRequest(from_number=A1[0], to=B4[0]), timeout=5)).call
+            key = call.call_id
+            if await wait_until(lambda key=key: key in beta.ended and key in beta.transferred and refers, 5):
+                to_free.append((beta.ended[key] - beta.transferred[key]) * 1000)
+                from_refer.append((beta.ended[key] - refers[0]) * 1000)
+            else:
+                lost += 1
+            await stub.HangUpCall(pb.HangUpCallRequest(call_id=call.call_id), timeout=5)
+            await asyncio.sleep(0.005)
+    print(f"{'measure':<38} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, values in (("transfer done -> beta's lines free", to_free), ("REFER -> beta's lines free", from_refer)):
+        if values:
+            print(
+                f"{name:<38} {len(values):>5} {pct(values, 0.5):>8.2f} {pct(values, 0.9):>8.2f} "
+                f"{pct(values, 0.99):>8.2f} {max(values):>8.2f}"
+            )
+    print(f"hand-overs not seen complete within 5 s: {lost}")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transfers", type=int, default=1000)
     parser.add_argument("--concurrent", type=int, default=200)
+    parser.add_argument("--handovers", type=int, default=200)
     args = parser.parse_args()
     print(f"== machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     rig = Rig()
     phones: list[Phone] = []
     try:
         alpha = server_config("alpha", "ETCD", [A1], f"127.0.0.1:{free_port()}", callstate=True)
-        beta = server_config("beta", "ETCD", [B1, B2, B3], f"127.0.0.1:{free_port()}", callstate=True)
-        await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
-        sip = {name: listen_of(config, "sip") for name, config in (("alpha", alpha), ("beta", beta))}
+        beta = server_config("beta", "ETCD", [B1, B2, B3, B4], f"127.0.0.1:{free_port()}", callstate=True)
+        gamma = server_config("gamma", "ETCD", [C1], f"127.0.0.1:{free_port()}", callstate=True)
+        configs = {"alpha": alpha, "beta": beta, "gamma": gamma}
+        await rig.servers(configs, ("registry", "callstate", "sipgw"))
+        sip = {name: listen_of(config, "sip") for name, config in configs.items()}
 
         def at(name: str) -> tuple[str, int]:
             return parse_host_port(sip[name])
 
         a1, b1 = Phone(*A1, at("alpha")), Phone(*B1, at("beta"), refer_to=B2[0])
         b2, b3 = Phone(*B2, at("beta")), Phone(*B3, at("beta"))
-        phones = [a1, b1, b2, b3]
+        b4, c1 = Phone(*B4, at("beta"), refer_to=C1[0]), Phone(*C1, at("gamma"))
+        phones = [a1, b1, b2, b3, b4, c1]
         for phone in phones:
             await phone.start()
         stream = AlphaStream(listen_of(alpha, "callstate"))
@@ -172,6 +233,10 @@ async def main() -> int:
         await transfers(args.transfers, api, stream, a1, b1)
         await concurrent(args.concurrent, api, rig, a1, b3)
         stream.task.cancel()
+        beta_calls = BetaCalls(listen_of(beta, "sipgw"))
+        await asyncio.wait_for(beta_calls.synced.wait(), 5)
+        await handovers(args.handovers, api, beta_calls, b4)
+        beta_calls.task.cancel()
     finally:
         for phone in phones:
             phone.close()
