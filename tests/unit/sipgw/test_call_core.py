@@ -7,6 +7,7 @@ from __future__ import annotations
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from services.sipgw.call import Kind, Phase, Side
 from services.sipgw.reporter import Reporter
+from services.sipgw.routing import Outgoing
 from tests.unit.sipgw.switch import Gateway, Network, Phone, group, settle
 
 
@@ -139,3 +140,23 @@ async def test_the_reporter_names_this_servers_party_local_whichever_side_it_is_
     assert (event.remote_party.number, event.remote_party.server_id) == ("100", "alpha")
     assert (event.peer_server_id, event.outgoing, event.kind) == ("alpha", False, cs.EVENT_KIND_ANSWERED)
     assert list(event.path) == ["alpha", "beta"]
+
+
+async def test_another_servers_trunk_comes_from_the_plan_and_only_a_server_may_ask_for_a_hand_over() -> None:
+    net = Network()
+    alpha, gamma = Gateway(net, "alpha", ["100", "101"]), Gateway(net, "gamma", ["300"])
+    group(alpha, gamma)
+    out = Outgoing("100", None, 70, "c-1")
+    (branch,) = alpha.core.router.server("gamma", "300", out)  # type: ignore[misc]
+    assert (branch.address, branch.peer_server_id, branch.over_trunk) == (gamma.trunk_link.local, "gamma", True)
+    branch.released()
+    assert alpha.core.router.server("nobody", "300", out)[0] == 404
+    # A phone's REFER naming a server is a transfer like any other: here, to an unknown dialog.
+    alice, bob = Phone(net, alpha, "100"), Phone(net, alpha, "101")
+    await answered_call(alice, bob, alpha)
+    sent_before = len(net.dropped)
+    alice.in_dialog("REFER", {"Refer-To": "<sip:300@gamma.pbxmesh.invalid?Replaces=x%3Bto-tag%3Da%3Bfrom-tag%3Db>"})
+    await settle(lambda: any(r.cseq.method == "REFER" for r in alice.responses), "the REFER answered")
+    refused = next(r for r in alice.responses if r.cseq.method == "REFER")
+    assert refused.status == 481 and gamma.lines_in_use() == 0 and alpha.lines_in_use() == 0
+    assert len(net.dropped) == sent_before and parties(alpha) == [("100", "101", Kind.LOCAL)]
