@@ -12,10 +12,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gen"))
+sys.path.insert(0, str(ROOT))
+
+from tests.harness.sipp import wait_phone_bound  # noqa: E402
+from tests.harness.wait import wait_until  # noqa: E402
+
 SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
 # Where `make up` runs alpha and beta (examples/alpha.yaml, examples/beta.yaml).
 ALPHA_SIP, BETA_SIP = 5060, 5062
@@ -71,7 +76,7 @@ def main() -> int:
                     stderr=subprocess.DEVNULL,
                 )
             )
-        time.sleep(0.5)
+            wait_phone_bound(phones[-1].pid, port)  # it answers from the port it registered from
         print("== alpha's callstate, as the call goes: Alice (alpha) -> Carol (beta), hold, resume, transfer to Dave")
         dialed = subprocess.run(
             pbxmesh("dial", "100", "200", "--sipgw", ALPHA_SIPGW, "--json"), capture_output=True, text=True, cwd=ROOT
@@ -80,7 +85,7 @@ def main() -> int:
             print(f"demo: {dialed.stderr.strip()}", file=sys.stderr)
             return 1
         call_id = dialed.stdout.split('"callId": "', 1)[1].split('"', 1)[0]
-        time.sleep(8)  # answer, hold, resume, transfer: about six seconds of Carol's scenario
+        phones[2].wait(30)  # Carol's scenario: answer, hold, resume, transfer; it ends with her BYE
         subprocess.run(pbxmesh("calls", "--sipgw", ALPHA_SIPGW), cwd=ROOT)
         import grpc
 
@@ -91,7 +96,7 @@ def main() -> int:
             pb_grpc.SipGatewayServiceStub(channel).HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
         for phone in phones:
             phone.wait(20)
-        time.sleep(0.5)
+        wait_until(lambda: _ended(call_id), 5, "the call's end on alpha's callstate")
         ok = all(phone.returncode == 0 for phone in phones)
         print("== done" if ok else "== a phone's scenario failed", file=sys.stderr if not ok else sys.stdout)
         return 0 if ok else 1
@@ -101,6 +106,17 @@ def main() -> int:
                 phone.terminate()
         watch.terminate()
         watch.wait(5)
+
+
+def _ended(call_id: str) -> bool:
+    import grpc
+
+    from pbxmesh.callstate.v1 import callstate_pb2 as cs
+    from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
+
+    with grpc.insecure_channel(ALPHA_CALLSTATE) as channel:
+        call = cs_grpc.CallStateServiceStub(channel).GetCall(cs.GetCallRequest(call_id=call_id), timeout=5).call
+    return bool(call.phase == cs.CALL_PHASE_ENDED)
 
 
 if __name__ == "__main__":
