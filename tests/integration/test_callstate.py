@@ -348,9 +348,10 @@ class Transferor:
     sends REFER with Replaces (RFC 3891) naming the consultation dialog as it sees it. SIPp runs
     one dialog per scenario, so this phone is written out here; its peers are SIPp phones."""
 
-    def __init__(self, gateway: Gateway, port: int):
+    def __init__(self, gateway: Gateway, port: int, consult: str = "201"):
         import socket
 
+        self.consult = consult  # the number the consultation call goes to
         self.gateway = (gateway.sip.split(":")[0], gateway.sip_port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", port))
@@ -387,7 +388,7 @@ class Transferor:
         while not self._recv().startswith("ACK"):
             pass
         # The consultation call: Carol calls Dave through the gateway (407 first, as any phone).
-        consult_id, uri = "consult-1@127.0.0.1", "sip:201@127.0.0.1"
+        consult_id, uri = "consult-1@127.0.0.1", f"sip:{self.consult}@127.0.0.1"
 
         def consult(cseq: int, auth: str) -> str:
             return (
@@ -429,7 +430,7 @@ class Transferor:
             f"Via: SIP/2.0/UDP {self.local};branch=z9hG4bKrefer1;rport\r\nMax-Forwards: 70\r\n"
             f"From: {self._field(invite, 'To')};tag=carol-1\r\nTo: {self._field(invite, 'From')}\r\n"
             f"Call-ID: {self._field(invite, 'Call-ID')}\r\nCSeq: 1 REFER\r\nContact: <sip:200@{self.local}>\r\n"
-            f"Refer-To: <sip:201@127.0.0.1?Replaces={replaces}>\r\n",
+            f"Refer-To: <sip:{self.consult}@127.0.0.1?Replaces={replaces}>\r\n",
         )
         byes = 0
         while byes < 2:  # the gateway hangs up both of Carol's calls

@@ -16,7 +16,7 @@ from tests.harness.servers import Group
 from tests.harness.sipp import phones_done, register_phone, start_phone, stop_phones
 from tests.harness.site import Site, Spec, logs_of, running_sites
 from tests.harness.wait import wait_for
-from tests.integration.test_callstate import ALICE, BOB, CAROL, get_call, list_calls, place, usage
+from tests.integration.test_callstate import ALICE, BOB, CAROL, Transferor, get_call, list_calls, place, usage
 
 
 @pytest.fixture
@@ -196,3 +196,41 @@ async def test_a_chain_through_four_servers_closes_to_the_direct_pair(group: Gro
             assert await phones_done(phones[0], phones[3]) == [0, 0]
         finally:
             await stop_phones(*phones)
+
+
+async def test_an_attended_transfer_joining_two_calls_of_one_server_is_joined_there(
+    pair_with_bob: dict[str, Site],
+) -> None:
+    """Alice (alpha) talks to Carol (beta); Carol consults Bob (alpha) and transfers Alice to him:
+    beta holds two legs to alpha, asks alpha to join its two calls, and steps out."""
+    alpha, beta = pair_with_bob["alpha"], pair_with_bob["beta"]
+    phones: list[asyncio.subprocess.Process] = []
+    carol = await register_phone(beta.gateway, CAROL)
+    transferor = Transferor(beta.gateway, carol, consult=BOB[0])
+    try:
+        alice, bob = await register_phone(alpha.gateway, ALICE), await register_phone(alpha.gateway, BOB)
+        phones = [
+            await start_phone(alpha.gateway, "talker.xml", alice, ALICE[0]),
+            await start_phone(alpha.gateway, "talker.xml", bob, BOB[0]),
+        ]
+        carols_side = asyncio.create_task(asyncio.to_thread(transferor.run))
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        await asyncio.wait_for(carols_side, 20)
+        assert "SIP/2.0 200 OK" in transferor.seen, transferor.seen
+
+        async def joined() -> bool:
+            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
+            calls = [(c.caller, c.callee, c.kind) for c in await list_calls(alpha.gateway)]
+            return lines == [0, 0] and calls == [(ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)]
+
+        await wait_for(joined, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use")
+        assert await list_calls(beta.gateway) == []
+        assert "handed over: joining call" in "".join(alpha.gateway.log), logs_of(alpha, beta)
+        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+            await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
+                pb.HangUpCallRequest(call_id=call.call_id), timeout=5
+            )
+        assert await phones_done(*phones) == [0, 0]
+    finally:
+        transferor.close()
+        await stop_phones(*phones)
