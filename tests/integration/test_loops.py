@@ -138,6 +138,16 @@ async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, S
         on_alpha = await get_call(alpha.callstate, call.call_id)
         # The hand-over is no commutation: Alice-Carol, then Alice-Erin, and no third segment.
         assert [s.remote_party.number for s in on_alpha.segments] == [CAROL[0], ERIN[0]]
+
+        async def same_current_segment() -> bool:
+            a, g = await get_call(alpha.callstate, call.call_id), await get_call(gamma.callstate, call.call_id)
+            return (a.segments[-1].segment_id, a.segments[-1].started_at) == (
+                g.segments[-1].segment_id,
+                g.segments[-1].started_at,
+            ) and a.segments[-1].segment_id == f"{call.call_id}/2"
+
+        # gamma came in with the transfer: the segment both now share has one id and one start.
+        await wait_for(same_current_segment, timeout=5, what="alpha and gamma on the same segment 2")
         assert on_alpha.remote_party.display_name == "gamma phone 201"
         assert "handed over: now directly to server gamma" in "".join(alpha.gateway.log)
         assert "handed over: the servers on both sides talk directly" in "".join(beta.gateway.log)
