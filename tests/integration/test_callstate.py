@@ -289,6 +289,16 @@ async def list_calls(gateway: Gateway) -> list[pb.Call]:
         return list((await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)).calls)
 
 
+async def lines_in_use(*sites: Site) -> list[int]:
+    """Each site's trunk lines in use, in order."""
+    return [(await usage(site.gateway)).in_use for site in sites]
+
+
+async def calls_of(site: Site) -> list[tuple[str, str, int]]:
+    """A site's calls in progress as (caller, callee, kind)."""
+    return [(c.caller, c.callee, c.kind) for c in await list_calls(site.gateway)]
+
+
 @pytest.fixture
 async def pair_with_bob(group: Group) -> AsyncIterator[dict[str, Site]]:
     """alpha with Alice and Bob, beta with Carol only."""
@@ -314,9 +324,7 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_wit
         assert await phones_done(phones[2]) == [0]  # Carol's part ended (NOTIFY 200, BYE)
 
         async def collapsed() -> bool:
-            calls = await list_calls(alpha.gateway)
-            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
-            return lines == [0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+            return await lines_in_use(alpha, beta) == [0, 0] and await calls_of(alpha) == [
                 (ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)
             ]
 
@@ -536,8 +544,7 @@ async def test_a_transfer_to_a_third_server_tells_the_first(trio: dict[str, Site
         "gamma",
         "Gamma office",
     )
-    lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
-    assert lines == [0, 0, 0]
+    assert await lines_in_use(alpha, beta, gamma) == [0, 0, 0]
 
 
 async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: dict[str, Site]) -> None:
@@ -556,9 +563,7 @@ async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: 
         assert await phones_done(*phones[2:]) == [0, 0]  # Carol's and Erin's parts ended
 
         async def collapsed() -> bool:
-            calls = await list_calls(alpha.gateway)
-            lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
-            return lines == [0, 0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+            return await lines_in_use(alpha, beta, gamma) == [0, 0, 0] and await calls_of(alpha) == [
                 (ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)
             ]
 

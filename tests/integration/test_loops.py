@@ -16,7 +16,17 @@ from tests.harness.servers import Group
 from tests.harness.sipp import phones_done, register_phone, start_phone, stop_phones
 from tests.harness.site import Site, Spec, logs_of, running_sites
 from tests.harness.wait import wait_for
-from tests.integration.test_callstate import ALICE, BOB, CAROL, Transferor, get_call, list_calls, place, usage
+from tests.integration.test_callstate import (
+    ALICE,
+    BOB,
+    CAROL,
+    Transferor,
+    calls_of,
+    get_call,
+    lines_in_use,
+    list_calls,
+    place,
+)
 
 
 @pytest.fixture
@@ -50,9 +60,7 @@ async def test_a_call_from_another_server_transferred_back_here_is_closed_here(
         assert await phones_done(phones[2]) == [0], logs_of(alpha, beta)  # Carol's part ended
 
         async def closed() -> bool:
-            calls = await list_calls(alpha.gateway)
-            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
-            return lines == [0, 0] and [(c.caller, c.callee, c.kind) for c in calls] == [
+            return await lines_in_use(alpha, beta) == [0, 0] and await calls_of(alpha) == [
                 (BOB[0], ALICE[0], pb.CALL_KIND_LOCAL)
             ]
 
@@ -114,14 +122,11 @@ async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, S
         assert await phones_done(phones[1]) == [0], logs_of(alpha, beta, gamma)  # Carol's part ended
 
         async def direct() -> bool:
-            lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
-            on_alpha = [(c.caller, c.callee, c.kind) for c in await list_calls(alpha.gateway)]
-            on_gamma = [(c.caller, c.callee, c.kind) for c in await list_calls(gamma.gateway)]
             return (
-                lines == [1, 0, 1]
-                and on_alpha == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_OUT)]
-                and on_gamma == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_IN)]
-                and await list_calls(beta.gateway) == []
+                await lines_in_use(alpha, beta, gamma) == [1, 0, 1]
+                and await calls_of(alpha) == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_OUT)]
+                and await calls_of(gamma) == [(ALICE[0], ERIN[0], pb.CALL_KIND_TRUNK_IN)]
+                and await calls_of(beta) == []
             )
 
         await wait_for(direct, timeout=15, what="alpha and gamma direct, beta out of the call")
@@ -156,8 +161,7 @@ async def test_a_server_left_in_the_middle_hands_the_call_over(trio: dict[str, S
                 pb.HangUpCallRequest(call_id=call.call_id), timeout=5
             )
         assert await phones_done(phones[0], phones[2]) == [0, 0]  # both talked on until the hang-up
-        lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma)]
-        assert lines == [0, 0, 0]
+        assert await lines_in_use(alpha, beta, gamma) == [0, 0, 0]
     finally:
         await stop_phones(*phones)
 
@@ -191,9 +195,8 @@ async def test_a_chain_through_four_servers_closes_to_the_direct_pair(group: Gro
             assert await phones_done(*phones[1:3]) == [0, 0], logs_of(alpha, beta, gamma, delta)
 
             async def direct() -> bool:
-                lines = [(await usage(site.gateway)).in_use for site in (alpha, beta, gamma, delta)]
-                on_alpha = [(c.caller, c.callee) for c in await list_calls(alpha.gateway)]
-                return lines == [1, 0, 0, 1] and on_alpha == [(ALICE[0], FRANK[0])]
+                calls = [(caller, callee) for caller, callee, _ in await calls_of(alpha)]
+                return await lines_in_use(alpha, beta, gamma, delta) == [1, 0, 0, 1] and calls == [(ALICE[0], FRANK[0])]
 
             await wait_for(direct, timeout=20, what="alpha and delta direct, beta and gamma out of the call")
             record = await get_call(alpha.callstate, call.call_id)
@@ -229,9 +232,9 @@ async def test_an_attended_transfer_joining_two_calls_of_one_server_is_joined_th
         assert "SIP/2.0 200 OK" in transferor.seen, transferor.seen
 
         async def joined() -> bool:
-            lines = [(await usage(gw)).in_use for gw in (alpha.gateway, beta.gateway)]
-            calls = [(c.caller, c.callee, c.kind) for c in await list_calls(alpha.gateway)]
-            return lines == [0, 0] and calls == [(ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)]
+            return await lines_in_use(alpha, beta) == [0, 0] and await calls_of(alpha) == [
+                (ALICE[0], BOB[0], pb.CALL_KIND_LOCAL)
+            ]
 
         await wait_for(joined, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use")
         assert await list_calls(beta.gateway) == []
