@@ -47,6 +47,19 @@ class Phase(enum.StrEnum):
     ENDED = "ended"
 
 
+class Change(enum.StrEnum):
+    """What last happened to a call, as callstate is told."""
+
+    CREATED = "created"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    HELD = "held"
+    RESUMED = "resumed"
+    TRANSFERRED = "transferred"  # a new party on one side
+    REROUTED = "rerouted"  # the same party through another server (a hand-over)
+    ENDED = "ended"
+
+
 class Kind(enum.StrEnum):
     """What the API and metrics call a call: between own phones, or which way it crosses the trunk."""
 
@@ -124,7 +137,7 @@ class Call:
     caller_tag: str = ""  # the gateway's To tag toward the caller
     fork: Fork | None = None  # ringing the callee's side
     placed: Placed | None = None
-    event: str = "created"  # what callstate is told: created, ringing, answered, held, resumed, transferred, ended
+    event: Change = Change.CREATED  # the last change, what callstate is told
     path: tuple[str, ...] = ()  # the servers the call passed before this one, oldest first
     held_by: Side | None = None  # the side whose offer put the call on hold
     transfer: Transfer | None = None  # a REFER being carried out

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from services.runtime.logs import call_log, call_traces
 from services.runtime.telemetry import ATTR_END_REASON
 from services.sipgw import tracing
-from services.sipgw.call import Call, Leg, Phase, Side
+from services.sipgw.call import Call, Change, Leg, Phase, Side
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.transaction import ClientTransaction, TransactionLayer
 from services.sipgw.sip.transport import sent_by
@@ -89,7 +89,7 @@ class CallTable:
         if leg.dialog is not None:
             self._by_dialog[leg.dialog.key] = (call, side)
 
-    def changed(self, call: Call, event: str) -> None:
+    def changed(self, call: Call, event: Change) -> None:
         call.event = event
         for listener in list(self.listeners):
             listener(call)
@@ -151,10 +151,10 @@ class CallTable:
 
     # -- legs changing hands ----------------------------------------------------------------------------
 
-    def replace_leg(self, call: Call, side: Side, leg: Leg, event: str = "transferred") -> None:
+    def replace_leg(self, call: Call, side: Side, leg: Leg, event: Change = Change.TRANSFERRED) -> None:
         """A new leg takes ``side``'s place (the old one was hung up or handed on): the old
         dialog's late requests are still answered, its trunk line goes back. ``event`` says why:
-        "transferred" (a new party) or "rerouted" (the same party through another server)."""
+        TRANSFERRED (a new party) or REROUTED (the same party through another server)."""
         old = call.legs.get(side)
         if old is not None:
             self._let_go(old)
@@ -165,7 +165,7 @@ class CallTable:
         far = call.legs.get(side.other)
         if side == call.home and leg.trunk and far is not None and not far.trunk:
             call.home = side.other  # this server's own party is the one on the other side now
-        if event == "transferred":
+        if event == Change.TRANSFERRED:
             call.held_by = None
         self.changed(call, event)
 
@@ -222,7 +222,7 @@ class CallTable:
         with tracing.tracer.start_as_current_span("sip call end", context=call.trace) as span:
             span.set_attribute(ATTR_END_REASON, reason)
         self.log(call).info("ended: %s", reason)
-        self.changed(call, "ended")
+        self.changed(call, Change.ENDED)
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
 

@@ -18,7 +18,7 @@ import logging
 import urllib.parse
 
 from services.sipgw import sdp
-from services.sipgw.call import Call, Leg, Phase, Side
+from services.sipgw.call import Call, Change, Leg, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.loops import bridge
@@ -143,7 +143,7 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
             return
         _notify(table, old, "200 OK")
         table.bye(call, side)
-        table.replace_leg(call, side, leg, event="rerouted")
+        table.replace_leg(call, side, leg, event=Change.REROUTED)
         table.log(call).info("handed over: now directly to server %s", server)
 
     def failed(status: int, reason: str) -> None:
@@ -213,7 +213,7 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
     )
     tx.respond(answer)
     table.bye(call, side)
-    table.replace_leg(call, side, leg, event="rerouted")
+    table.replace_leg(call, side, leg, event=Change.REROUTED)
     table.keep_answering(call, side, answer.to_bytes())
     table.log(call).info("handed over: now directly to server %s", leg.server)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.sipgw import handover, sdp
-from services.sipgw.call import Call, Phase, Side
+from services.sipgw.call import Call, Change, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.transaction import ServerTransaction
@@ -118,7 +118,7 @@ class InDialog:
         holding = sdp.holds(offer)
         if holding and call.held_by is None:
             call.held_by = side
-            self.table.changed(call, "held")
+            self.table.changed(call, Change.HELD)
         elif not holding and call.held_by == side:
             call.held_by = None
-            self.table.changed(call, "resumed")
+            self.table.changed(call, Change.RESUMED)

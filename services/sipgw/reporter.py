@@ -24,19 +24,19 @@ from services.runtime.follow import RETRY_MAX, RETRY_MIN
 from services.runtime.logs import call_log
 from services.sipgw import tracing
 from services.sipgw.b2bua import B2BUA
-from services.sipgw.call import Call, Kind, Phase, Side
+from services.sipgw.call import Call, Change, Kind, Phase, Side
 
 _log = logging.getLogger(__name__)
 
 KINDS = {
-    "created": cs.EVENT_KIND_CREATED,
-    "ringing": cs.EVENT_KIND_RINGING,
-    "answered": cs.EVENT_KIND_ANSWERED,
-    "held": cs.EVENT_KIND_HELD,
-    "resumed": cs.EVENT_KIND_RESUMED,
-    "transferred": cs.EVENT_KIND_TRANSFERRED,
-    "ended": cs.EVENT_KIND_ENDED,
-    "rerouted": cs.EVENT_KIND_REROUTED,
+    Change.CREATED: cs.EVENT_KIND_CREATED,
+    Change.RINGING: cs.EVENT_KIND_RINGING,
+    Change.ANSWERED: cs.EVENT_KIND_ANSWERED,
+    Change.HELD: cs.EVENT_KIND_HELD,
+    Change.RESUMED: cs.EVENT_KIND_RESUMED,
+    Change.TRANSFERRED: cs.EVENT_KIND_TRANSFERRED,
+    Change.REROUTED: cs.EVENT_KIND_REROUTED,
+    Change.ENDED: cs.EVENT_KIND_ENDED,
 }
 
 
@@ -94,16 +94,16 @@ class Reporter:
 
     def replay(self, call: Call) -> list[cs.CallEvent]:
         """The events that bring a callstate that knows nothing to this call's state."""
-        events = [self.event(call, "created", call.started_at)]
+        events = [self.event(call, Change.CREATED, call.started_at)]
         if call.phase in (Phase.RINGING, Phase.ANSWERED):
-            events.append(self.event(call, "ringing", call.started_at))
+            events.append(self.event(call, Change.RINGING, call.started_at))
         if call.phase == Phase.ANSWERED and call.answered_at is not None:
-            events.append(self.event(call, "answered", call.answered_at))
+            events.append(self.event(call, Change.ANSWERED, call.answered_at))
             if call.held_by:
-                events.append(self.event(call, "held", call.answered_at))
+                events.append(self.event(call, Change.HELD, call.answered_at))
         return events
 
-    def event(self, call: Call, kind: str, at: float) -> cs.CallEvent:
+    def event(self, call: Call, kind: Change, at: float) -> cs.CallEvent:
         # The local party is this server's own (its home side); the remote one is on the other side.
         local, remote = self._party(call, call.home), self._party(call, call.home.other)
         peer = call.peer_server

@@ -27,7 +27,7 @@ from services.runtime.config_calls import parse_target_uri
 from services.runtime.logs import call_traces, trace_id_of
 from services.runtime.telemetry import ATTR_CALL_ID, ATTR_CALLEE, ATTR_CALLER
 from services.sipgw import sdp, tracing
-from services.sipgw.call import Call, Leg, Phase, Placed, Side, called_number
+from services.sipgw.call import Call, Change, Leg, Phase, Placed, Side, called_number
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
 from services.sipgw.routing import Failure, Outgoing, Router
@@ -194,14 +194,14 @@ class CallSetup:
                     tracing.to_headers(branch.request.headers, call.trace)
         self.table.add(call)
         self.table.log(call).info("%s -> %s", caller, callee)
-        self.table.changed(call, "created")
+        self.table.changed(call, Change.CREATED)
 
     # -- the first party of a placed call ----------------------------------------------------
 
     def _first_ringing(self, call: Call) -> None:
         if call.phase == Phase.DIALING:
             call.phase = Phase.RINGING
-            self.table.changed(call, "ringing")
+            self.table.changed(call, Change.RINGING)
 
     def _first_answered(self, call: Call, branch: Branch, response: Response, shown: str) -> None:
         placed = call.placed
@@ -253,7 +253,7 @@ class CallSetup:
             sdp.copy_body(response, ringing)
             call.invite.respond(ringing)
         if first_ring:
-            self.table.changed(call, "ringing")
+            self.table.changed(call, Change.RINGING)
 
     def _callee_answered(self, call: Call, branch: Branch, response: Response) -> None:
         callee = call.legs.get(Side.CALLEE)
@@ -277,7 +277,7 @@ class CallSetup:
         if call.setup_span is not None:
             call.setup_span.end()
             call.setup_span = None
-        self.table.changed(call, "answered")
+        self.table.changed(call, Change.ANSWERED)
 
     def _answer_caller(self, call: Call, response: Response) -> None:
         assert call.invite is not None

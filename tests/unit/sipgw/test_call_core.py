@@ -5,7 +5,7 @@ over, and what is reported to callstate."""
 from __future__ import annotations
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
-from services.sipgw.call import Kind, Phase, Side
+from services.sipgw.call import Change, Kind, Phase, Side
 from services.sipgw.reporter import Reporter
 from services.sipgw.routing import Outgoing
 from tests.unit.sipgw.switch import Gateway, Network, Phone, group, settle
@@ -131,7 +131,7 @@ async def test_the_reporter_names_this_servers_party_local_whichever_side_it_is_
     alice, carol = Phone(net, alpha, "100"), Phone(net, beta, "200")
     await answered_call(alice, carol, alpha)
     numbering = {"200": ("Carol", "support")}
-    event = Reporter("127.0.0.1:1", beta.calls, "beta", numbering).event(only_call(beta), "answered", 0.0)  # type: ignore[arg-type]
+    event = Reporter("127.0.0.1:1", beta.calls, "beta", numbering).event(only_call(beta), Change.ANSWERED, 0.0)  # type: ignore[arg-type]
     assert (event.local_party.number, event.local_party.display_name, event.local_party.department) == (
         "200",
         "Carol",
