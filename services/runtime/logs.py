@@ -8,10 +8,13 @@ it began (``call_traces``, kept by the services while a call lives).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -55,6 +58,68 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def call_log(logger: logging.Logger, call_id: str) -> CallLog:
     return CallLog(logger, {"call_id": call_id})
+
+
+class Throttled:
+    """Log lines an outsider can cause (refused requests, dropped packets): per key (a kind of
+    refusal and its source), the first line within ``interval`` seconds is logged as it is and the
+    rest are counted; the count is logged as one line when the interval ends. A flood writes two
+    lines a minute per source, not one per packet; metrics keep the exact numbers. Past
+    ``max_keys`` keys at once (a flood from many addresses), further keys share one count."""
+
+    OTHERS = "other sources"
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 60.0,
+        max_keys: int = 1_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self.clock = clock
+        self._open: dict[str, tuple[float, int, str]] = {}  # key -> (interval's start, suppressed, what)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = self.clock()
+        if key not in self._open and len(self._open) >= self.max_keys:
+            key = self.OTHERS
+        started, suppressed, what = self._open.get(key, (0.0, 0, ""))
+        if key in self._open and now - started < self.interval:
+            self._open[key] = (started, suppressed + 1, what)
+            return
+        if suppressed:
+            self._summary(level, key, suppressed, what)
+        self._open[key] = (now, 0, msg % args if args else msg)
+        self.logger.log(level, msg, *args)
+        self._flush_later(level, key, now)
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.INFO, key, msg, *args)
+
+    def _flush_later(self, level: int, key: str, started: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test's plain call): the next line of that key writes the count
+        loop.call_later(self.interval, self.flush, level, key, started)
+
+    def flush(self, level: int, key: str, started: float) -> None:
+        """The interval that began at ``started`` is over: its count, if any, goes out now."""
+        entry = self._open.get(key)
+        if entry is None or entry[0] != started:
+            return
+        del self._open[key]
+        if entry[1]:
+            self._summary(level, key, entry[1], entry[2])
+
+    def _summary(self, level: int, key: str, suppressed: int, what: str) -> None:
+        self.logger.log(level, "%d more like it in the last %.0f s (%s): %s", suppressed, self.interval, key, what)
 
 
 def setup_logging(level: str = "info", log_format: str = "text") -> None:

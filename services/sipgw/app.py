@@ -96,6 +96,13 @@ class SipGatewayApp:
         m.counter_of(
             "pbxmesh.trunk.rejected", "calls refused for want of a trunk line", lambda: [(lines.usage.rejected, {})]
         )
+        trunk = self.trunk
+        if trunk is not None:
+            m.counter_of(
+                "pbxmesh.trunk.refused_requests",
+                "trunk requests refused for a missing, wrong, expired or replayed proof",
+                lambda: [(trunk.refused, {})],
+            )
         responses = self.core.transactions.responses_sent
         m.counter_of(
             "pbxmesh.sip.responses",

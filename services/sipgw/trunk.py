@@ -1,7 +1,8 @@
 """The gateway's end of the inter-server trunk: one endpoint, one secret, one pool of lines.
 
 Every request sent on the trunk is signed (``TrunkProof``); every request received on it must
-carry a valid proof, else it gets 403 and a log line with its source, and nothing else. Only
+carry a valid proof, used once, else it gets 403 and nothing else: a log line with its source
+(then one line a minute per source with the count) and a count in the metrics. Only
 there are the identity headers believed: P-Asserted-Identity (who calls), the origin server and
 the call's correlation id. Whatever a phone puts in those headers is never copied.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from services.runtime.logs import Throttled
 from services.sipgw.auth.trunk_proof import HEADER, TrunkProof, TrunkProofError
 from services.sipgw.sip import Request, SipURI, parse_name_addr
 from services.sipgw.sip.headers import Headers
@@ -32,6 +34,8 @@ class Trunk:
         self.proof = proof
         self.lines = lines
         self.endpoint: UdpEndpoint | None = None
+        self.refused = 0  # requests refused for their proof (a metric)
+        self._refusals = Throttled(_log)  # anyone can send junk to the trunk: its lines are counted
 
     def carries(self, link: Link) -> bool:
         return self.endpoint is not None and link is self.endpoint
@@ -44,9 +48,11 @@ class Trunk:
 
     def verify(self, request: Request, source: Address) -> bool:
         try:
-            self.proof.verify(request.headers.get(HEADER), *_signed_fields(request))
+            self.proof.verify(request.headers.get(HEADER), *_signed_fields(request), once=request.method != "ACK")
         except TrunkProofError as error:
-            _log.warning("trunk %s from %s:%s refused: %s", request.method, source[0], source[1], error)
+            self.refused += 1
+            why = f"trunk requests from {source[0]}: {error}"  # one count per source and reason
+            self._refusals.warning(why, "trunk %s from %s:%s refused: %s", request.method, *source, error)
             return False
         return True
 
@@ -70,12 +76,12 @@ class Trunk:
         return user, addr.display_name
 
 
-def _signed_fields(request: Request) -> tuple[str, str, str, str, str, bytes, str]:
+def _signed_fields(request: Request) -> tuple[str, str, str, str, str, str, bytes, str]:
     cseq = request.cseq
     names = (IDENTITY, ORIGIN, CORRELATION, PATH, TRACEPARENT)
     asserted = "\n".join(request.headers.get(name) or "" for name in names)
     replaces = request.headers.get(REPLACES)
-    if replaces is not None:  # a hand-over names the dialog it takes: covered too (older requests unchanged)
+    if replaces is not None:  # a hand-over names the dialog it takes: covered too
         asserted += f"\n{REPLACES}: {replaces}"
     return (request.method, str(request.uri), request.call_id, f"{cseq.number} {cseq.method}",
-            request.from_addr.tag or "", request.body, asserted)  # fmt: skip
+            request.from_addr.tag or "", request.top_via.branch or "", request.body, asserted)  # fmt: skip

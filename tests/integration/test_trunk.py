@@ -98,14 +98,80 @@ async def _logged(gateway: Gateway, text: str) -> bool:
     return text in "".join(gateway.log)
 
 
+async def test_a_captured_trunk_invite_sent_again_makes_no_call(group: Group) -> None:
+    """A signed INVITE replayed with only a new Via branch is refused; sent again as it was (a
+    retransmission of the live transaction) it is absorbed: one call, one line, one ring."""
+    site = await make_site(group, "beta", spec(CAROL))
+    host, port = site.trunk.split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(3)
+    trace = site.registry.config_path.parent / "carol.log"
+    try:
+        carol = await register_phone(site.gateway, CAROL)
+        phone = await start_phone(
+            site.gateway, "callee_cancel.xml", carol, CAROL[0], "-trace_msg", "-message_file", str(trace)
+        )
+
+        def answers(data: bytes, until: bytes) -> bytes:
+            sock.sendto(data, (host, int(port)))
+            while True:
+                answer = sock.recv(65536)
+                if answer.startswith(until):
+                    return answer
+
+        captured = _signed_invite(site.trunk, CAROL[0], "replay1")
+        await asyncio.to_thread(answers, captured, b"SIP/2.0 180")
+        # A new branch is another request, which the proof does not cover; the same branch from
+        # another sent-by is a new transaction to the transaction layer, and the proof was used.
+        for replayed in (
+            captured.replace(b"branch=z9hG4bKreplay1;", b"branch=z9hG4bKreplay2;"),
+            captured.replace(b"127.0.0.1:5999;branch", b"127.0.0.1:5998;branch"),
+        ):
+            refused = await asyncio.to_thread(answers, replayed, b"SIP/2.0 4")
+            assert refused.startswith(b"SIP/2.0 403 Forbidden"), refused[:80]
+        again = await asyncio.to_thread(answers, captured, b"SIP/2.0 180")  # the live transaction's answer
+        assert b"branch=z9hG4bKreplay1" in again
+        counts = await usage(site.gateway)
+        assert (counts.in_use, counts.incoming) == (1, 1)
+        await wait_for(lambda: _logged(site.gateway, "refused: wrong trunk proof"), what="the new branch refused")
+        await wait_for(lambda: _logged(site.gateway, "refused: replayed trunk proof"), what="the replay refused")
+        await stop_phones(phone)
+        assert trace.read_text().count("INVITE sip:") == 1  # the phone rang once
+    finally:
+        sock.close()
+        await stop_sites(site)
+
+
+async def test_a_flood_of_unsigned_trunk_requests_writes_a_few_lines_and_counts_them_all(group: Group) -> None:
+    site = await make_site(group, "beta", spec(CAROL))
+    host, port = site.trunk.split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(3)
+    sent = 500
+    try:
+        for n in range(sent):
+            sock.sendto(_invite(CAROL[0], f"flood{n}", host=site.trunk), (host, int(port)))
+        answers = 0
+        while answers < sent:  # every one answered 403 (none dropped unanswered)
+            answer = await asyncio.to_thread(sock.recv, 65536)
+            answers += answer.startswith(b"SIP/2.0 403")
+        lines = [line for line in site.gateway.log if "refused: no trunk proof" in line]
+        assert 1 <= len(lines) <= 2, lines[:5]
+    finally:
+        sock.close()
+        await stop_sites(site)
+
+
 def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
     """An INVITE as another server of the group sends it: signed with the group's secret."""
     from services.sipgw.auth.trunk_proof import TrunkProof
 
     asserted_identity = "<sip:100@alpha.pbxmesh.invalid>"
     proof = TrunkProof(SECRET).sign(
-        "INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}", b"",
-        f"{asserted_identity}\n\n\n\n",  # identity, origin, correlation, path, traceparent
+        "INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}", f"z9hG4bK{branch}",
+        b"", f"{asserted_identity}\n\n\n\n",  # identity, origin, correlation, path, traceparent
     )  # fmt: skip
     identity = f"P-Asserted-Identity: {asserted_identity}\r\n"
     return _invite(number, branch, host=trunk, extra=f"{identity}X-Pbxmesh-Trunk: {proof}\r\n")

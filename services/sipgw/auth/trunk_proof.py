@@ -2,14 +2,19 @@
 
 Every request on the inter-server trunk carries one header value
 
-    v1;ts=<unix seconds>;sig=<base64url HMAC-SHA256>
+    v2;ts=<unix seconds>;sig=<base64url HMAC-SHA256>
 
 where the HMAC covers the version, the timestamp and the request's key fields (method,
-Request-URI, Call-ID, CSeq, From tag, the body's SHA-256, and the headers the receiver trusts
-because of it: the asserted identity, origin server, correlation id and path), so a proof cannot
-be moved to another request nor its assertions changed. A proof older or newer than ``window``
-seconds is refused, which bounds replays; a replay within the window is a retransmission of the
-same request, which the transaction layer absorbs anyway.
+Request-URI, Call-ID, CSeq, From tag, the top Via's branch, the body's SHA-256, and the headers
+the receiver trusts because of it: the asserted identity, origin server, correlation id and path),
+so a proof cannot be moved to another request nor its assertions changed. A proof is good once:
+one older or newer than ``window`` seconds is refused, and within the window each proof seen is
+remembered and a second sighting refused. A retransmission (same branch, same proof) never gets
+here: the transaction layer absorbs it. The ACK for a 2xx is exempt (it is resent as it was when
+the peer resends its 2xx, and an ACK starts nothing).
+
+v1 proofs (no branch, replayable within the window) are refused: every server of a group moves to
+v2 together.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import base64
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 HEADER = "X-Pbxmesh-Trunk"
-VERSION = "v1"
+VERSION = "v2"
 WINDOW = 30.0
+MAX_REMEMBERED = 200_000  # proofs kept for replay checks: a window's worth at thousands of requests a second
 
 
 class TrunkProofError(ValueError):
@@ -36,12 +43,21 @@ class TrunkProof:
         self._key = hashlib.sha256(b"pbxmesh trunk v1\x00" + secret.encode()).digest()
         self._window = window
         self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # proof -> when it was seen
 
     def sign(
-        self, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes = b"", asserted: str = ""
+        self,
+        method: str,
+        uri: str,
+        call_id: str,
+        cseq: str,
+        from_tag: str,
+        branch: str,
+        body: bytes = b"",
+        asserted: str = "",
     ) -> str:
         stamp = str(int(self._clock()))
-        mac = self._mac(stamp, method, uri, call_id, cseq, from_tag, body, asserted)
+        mac = self._mac(stamp, method, uri, call_id, cseq, from_tag, branch, body, asserted)
         return f"{VERSION};ts={stamp};sig={mac}"
 
     def verify(
@@ -52,27 +68,52 @@ class TrunkProof:
         call_id: str,
         cseq: str,
         from_tag: str,
+        branch: str,
         body: bytes = b"",
         asserted: str = "",
+        once: bool = True,
     ) -> None:
-        """Raises TrunkProofError unless ``value`` proves this very request."""
+        """Raises TrunkProofError unless ``value`` proves this very request, for the first time
+        (``once``: an ACK may come again)."""
         if not value:
             raise TrunkProofError("no trunk proof")
         parts = value.strip().split(";")
         fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
         if parts[0] != VERSION or set(fields) != {"ts", "sig"} or not fields["ts"].isdigit() or len(parts) != 3:
             raise TrunkProofError("malformed trunk proof")
-        if abs(self._clock() - int(fields["ts"])) > self._window:
+        now = self._clock()
+        if abs(now - int(fields["ts"])) > self._window:
             raise TrunkProofError("trunk proof outside the time window")
-        expected = self._mac(fields["ts"], method, uri, call_id, cseq, from_tag, body, asserted)
+        expected = self._mac(fields["ts"], method, uri, call_id, cseq, from_tag, branch, body, asserted)
         if not hmac.compare_digest(expected, fields["sig"]):
             raise TrunkProofError("wrong trunk proof")
+        if once:
+            self._remember(fields["sig"], now)
+
+    def _remember(self, sig: str, now: float) -> None:
+        """Checked after the HMAC, so that only a signed request can take a place in the table."""
+        while self._seen and (now - next(iter(self._seen.values())) > 2 * self._window):
+            self._seen.popitem(last=False)  # its timestamp is outside the window by now
+        if sig in self._seen:
+            raise TrunkProofError("replayed trunk proof")
+        self._seen[sig] = now
+        if len(self._seen) > MAX_REMEMBERED:
+            self._seen.popitem(last=False)
 
     def _mac(
-        self, stamp: str, method: str, uri: str, call_id: str, cseq: str, from_tag: str, body: bytes, asserted: str
+        self,
+        stamp: str,
+        method: str,
+        uri: str,
+        call_id: str,
+        cseq: str,
+        from_tag: str,
+        branch: str,
+        body: bytes,
+        asserted: str,
     ) -> str:
         # ``asserted``: the headers the receiving server trusts because the proof covers them.
-        fields = [VERSION, stamp, method, uri, call_id, " ".join(cseq.split()), from_tag]
+        fields = [VERSION, stamp, method, uri, call_id, " ".join(cseq.split()), from_tag, branch]
         message = "\n".join([*fields, hashlib.sha256(body).hexdigest(), asserted])
         digest = hmac.new(self._key, message.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")

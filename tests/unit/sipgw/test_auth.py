@@ -101,28 +101,53 @@ def test_a_dictionary_attack_is_locked_out_long_before_it_gets_far() -> None:
 def test_trunk_proof_binds_the_request_and_the_time() -> None:
     now = [1_800_000_000.0]
     proof = TrunkProof("the-group-secret-0123", clock=lambda: now[0])
-    fields = ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n")
+    fields = ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1", b"v=0\r\n")
     value = proof.sign(*fields)
-    proof.verify(value, *fields)
-    proof.verify(value, "INVITE", "sip:200@127.0.0.1:5070", "call-1", "1  INVITE", "tag-a", b"v=0\r\n")
+    proof.verify(value, *fields, once=False)
+    proof.verify(value, "INVITE", "sip:200@127.0.0.1:5070", "call-1", "1  INVITE", "tag-a", "z9hG4bK1", b"v=0\r\n",
+                 once=False)  # fmt: skip
     for changed in (
-        ("INVITE", "sip:201@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n"),
-        ("INVITE", "sip:200@127.0.0.1:5070", "call-2", "1 INVITE", "tag-a", b"v=0\r\n"),
-        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=1\r\n"),
+        ("INVITE", "sip:201@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1", b"v=0\r\n"),
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-2", "1 INVITE", "tag-a", "z9hG4bK1", b"v=0\r\n"),
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1", b"v=1\r\n"),
+        # Another Via branch is another request: a captured proof cannot start a second one.
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK2", b"v=0\r\n"),
         # The asserted headers are covered too: another caller cannot be slipped into a signed request.
-        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", b"v=0\r\n", "<sip:999@x>\nalpha\n\n"),
-    ):
+        ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1", b"v=0\r\n",
+         "<sip:999@x>\nalpha\n\n"),
+    ):  # fmt: skip
         with pytest.raises(TrunkProofError, match="wrong"):
             proof.verify(value, *changed)
     with pytest.raises(TrunkProofError, match="wrong"):
         TrunkProof("another-secret-456789", clock=lambda: now[0]).verify(value, *fields)
-    for bad in (None, "", "v1;ts=x;sig=y", "v2;ts=1;sig=y", value + ";extra=1"):
+    for bad in (None, "", "v2;ts=x;sig=y", "v2;ts=1;sig=y", value + ";extra=1", value.replace("v2;", "v1;")):
         with pytest.raises(TrunkProofError):
             proof.verify(bad, *fields)
     now[0] += 31
     with pytest.raises(TrunkProofError, match="window"):
         proof.verify(value, *fields)
     assert "the-group-secret" not in value
+
+
+def test_a_trunk_proof_is_good_once() -> None:
+    now = [1_800_000_000.0]
+    proof = TrunkProof("the-group-secret-0123", clock=lambda: now[0])
+    fields = ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1")
+    value = proof.sign(*fields)
+    proof.verify(value, *fields)
+    now[0] += 19  # the probe sent it again 19 s later
+    with pytest.raises(TrunkProofError, match="replayed"):
+        proof.verify(value, *fields)
+    ack = ("ACK", "sip:200@127.0.0.1:5070", "call-1", "1 ACK", "tag-a", "z9hG4bK9")
+    ack_value = proof.sign(*ack)
+    proof.verify(ack_value, *ack, once=False)
+    proof.verify(ack_value, *ack, once=False)  # an ACK resent with the 2xx it answers
+    # Proofs leave the table once their time window is over: it stays small under steady traffic.
+    for n in range(100):
+        now[0] += 1
+        other = ("OPTIONS", "sip:200@127.0.0.1:5070", f"call-{n}", "1 OPTIONS", "tag-a", f"z9hG4bK-{n}")
+        proof.verify(proof.sign(*other), *other)
+    assert len(proof._seen) <= 61
 
 
 def test_bytes_from_the_wire_that_are_not_text_are_digest_errors() -> None:
