@@ -678,6 +678,7 @@ async def test_each_service_serves_its_metrics(group: Group) -> None:
             assert sipgw['pbxmesh_sip_responses_total{class="2xx"}'] >= 2  # the caller's 200 and the BYE's
             assert sipgw['pbxmesh_sip_responses_total{class="4xx"}'] >= 1  # the 407 challenge
             assert sipgw["pbxmesh_trunk_lines"] == 4 and sipgw["pbxmesh_trunk_rejected_total"] == 0
+            assert sipgw["pbxmesh_trunk_refused_requests_total"] == 0
             assert sipgw['pbxmesh_calls_active{kind="trunk_out"}'] == 0
             registry = await asyncio.to_thread(scrape, ports["registry"])
             assert registry["pbxmesh_group_members"] == 2 and registry["pbxmesh_group_connected"] == 1
