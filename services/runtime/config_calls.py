@@ -20,6 +20,7 @@ URI_RE = re.compile(r"sip:(?P<user>[0-9*#+]{1,32})@(?P<host>\[[0-9A-Fa-f:.]+\]|[
 MIN_SECRET = 16
 MAX_LINES = 10_000
 MIN_RING, MAX_RING = 5, 3600
+MIN_SESSION, MAX_SESSION = 90, 86_400  # RFC 4028 Min-SE, a day
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class SipSection:
     # Seconds a call may ring before the caller gets 480 No Answer and the phones a CANCEL
     # (RFC 3261's Timer C, at most 3 minutes there, is the default).
     ring_timeout: int = 180
+    # Seconds a call's session lasts without a refresh (RFC 4028): the gateway refreshes each leg
+    # every half of it, and a party that no longer answers ends the call.
+    session_expires: int = 1800
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +102,10 @@ def validate_calls(
     _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
+    if not MIN_SESSION <= sip.session_expires <= MAX_SESSION:
+        raise ConfigError(
+            f"sip.session_expires: {sip.session_expires} is not between {MIN_SESSION} and {MAX_SESSION} seconds"
+        )
     if not 1 <= trunk.lines <= MAX_LINES:
         raise ConfigError(f"trunk.lines: {trunk.lines} is not between 1 and {MAX_LINES}")
     if trunk_listen and len(trunk.secret.value) < MIN_SECRET:

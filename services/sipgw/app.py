@@ -13,6 +13,7 @@ from services.runtime.metrics import Metrics
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
+from services.sipgw.liveness import PeerMonitor, SessionTimer
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
 from services.sipgw.reporter import Reporter
@@ -69,6 +70,9 @@ class SipGatewayApp:
             if config.listen.callstate
             else None
         )
+        table = self.core.calls.table
+        self.sessions = SessionTimer(table, config.sip.session_expires)
+        self.peers = PeerMonitor(table, self.trunk) if self.trunk is not None else None
         self.failed = asyncio.Event()
         self.metrics = Metrics("sipgw", config.server.id, config.telemetry.metrics.sipgw)
         self._measure()
@@ -128,6 +132,9 @@ class SipGatewayApp:
             if ":" in self.trunk.endpoint.local[0]:
                 self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
+        self.sessions.start()
+        if self.peers is not None:
+            self.peers.start()
         if self.reporter is not None:
             self.reporter.start()
         self.core.router.phone_links["TCP"] = self.tcp
@@ -150,6 +157,9 @@ class SipGatewayApp:
 
     async def stop(self, graceful: bool) -> None:
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
+        await self.sessions.stop()
+        if self.peers is not None:
+            await self.peers.stop()
         await self.plan.stop()
         if self.reporter is not None:
             await self.reporter.stop()

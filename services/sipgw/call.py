@@ -79,6 +79,7 @@ class Leg:
     dialog: Dialog | None = None
     trunk: bool = False  # the party is behind the trunk (another server, or a full URI)
     server: str = ""  # the group's server behind the trunk, when known
+    peer_instance: str = ""  # that server's gateway process: a restarted one forgot this leg
     # Gives back the trunk line this leg holds; called once, when the leg leaves the call.
     line: Callable[[], None] | None = None
     invite: Request | None = None  # the INVITE the gateway sent to make this leg (its 2xx is ACKed again)
@@ -86,6 +87,7 @@ class Leg:
     sdp: bytes = b""  # the last SDP it got from the gateway
     allows_update: bool = False  # its Allow names UPDATE: telling it a new party needs no re-INVITE
     told: tuple[str, str] | None = None  # the identity it was last told of (number, name)
+    refreshed_at: float = dataclasses.field(default_factory=time.monotonic)  # session timer (RFC 4028)
 
     @classmethod
     def from_branch(cls, branch: Branch, dialog: Dialog, number: str, name: str = "") -> Leg:

@@ -120,10 +120,23 @@ class CallTable:
         self.transactions.send_direct(ack, leg.link, leg.address)
         return ack
 
-    def bye(self, call: Call, side: Side) -> None:
+    def bye(self, call: Call, side: Side, reason: str = "", cause: int = 0) -> None:
+        """BYE to the party on ``side``; with ``reason``, a Reason header says why (RFC 3326)."""
         leg = call.legs.get(side)
         if leg is not None and leg.dialog is not None:
-            self.send(leg, self.request(leg, "BYE"))
+            bye = self.request(leg, "BYE")
+            if reason:
+                text = reason.replace('"', "'")
+                bye.headers.add("Reason", f'SIP;cause={cause or 200};text="{text}"')
+            self.send(leg, bye)
+
+    def hang_up(self, call: Call, reason: str, cause: int, gone: Side | None = None) -> None:
+        """The gateway ends an answered call itself: BYE with the reason to every leg but the one
+        whose party is ``gone`` (it would not answer), and the call ends with that reason."""
+        for side in list(call.legs):
+            if side != gone:
+                self.bye(call, side, reason, cause)
+        self.end(call, reason)
 
     def keep_answering(self, call: Call, side: Side, wire: bytes) -> None:
         """Resends the 2xx the gateway sent to ``side`` until its ACK (RFC 3261 13.3.1.4; the

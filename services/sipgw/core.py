@@ -20,7 +20,7 @@ from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
 from services.sipgw.sip.transport import response_to
-from services.sipgw.trunk import Trunk
+from services.sipgw.trunk import INSTANCE, Trunk
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class SipCore:
             response = response_to(request.headers, 200, "OK")
             response.headers.add("Allow", ALLOW)
             response.headers.add("Accept", "application/sdp")
+            if self.trunk is not None and self.trunk.carries(transaction.link):
+                response.headers.add(INSTANCE, self.trunk.instance)  # the peers' liveness check
             transaction.respond(response)
         else:
             response = response_to(request.headers, 501, "Not Implemented")

@@ -29,7 +29,7 @@ from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.errors import ParseError
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to
-from services.sipgw.trunk import ORIGIN, Trunk
+from services.sipgw.trunk import INSTANCE, ORIGIN, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
             return
         leg = Leg.from_branch(branch, Dialog.as_uac(branch.request, response), number, old.name)
         leg.sdp, leg.allows_update = old.sdp, sdp.allows_update(response)
+        leg.peer_instance = response.headers.get(INSTANCE) or ""
         done.append(leg)
         table.ack(leg, branch.request.cseq.number)
         call.handover = None
@@ -195,6 +196,7 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
     contact = f"<sip:{staying}@{tx.link.local[0]}:{tx.link.local[1]}>"
     answer = answer_caller(request, 200, "OK", tag)
     answer.headers.add("Contact", contact)
+    answer.headers.add(INSTANCE, trunk.instance)
     if old.sdp:
         answer.headers.add("Content-Type", "application/sdp")
         answer.body = old.sdp
@@ -210,6 +212,7 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
         line=functools.partial(trunk.lines.give_back, outgoing=False),
         sdp=request.body or old.sdp,
         allows_update=sdp.allows_update(request),
+        peer_instance=request.headers.get(INSTANCE) or "",
     )
     tx.respond(answer)
     table.bye(call, side)

@@ -9,6 +9,7 @@ one that sends again resumes it. A late BYE on a dialog that left the call (a tr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from services.sipgw import handover, sdp
@@ -58,6 +59,13 @@ class InDialog:
             self.table.bye(call, side.other)
             self.table.end(call, f"hung up by {side}")
             return True
+        if request.method == "UPDATE" and not request.body:
+            # A session refresh (RFC 4028) or a bare UPDATE: no offer to carry, answered here.
+            ok = response_to(request.headers, 200, "OK")
+            ok.headers.add("Contact", leg.dialog.contact)
+            tx.respond(ok)
+            leg.refreshed_at = time.monotonic()
+            return True
         if side.other not in call.legs:
             tx.respond(response_to(request.headers, 491, "Request Pending"))
             return True
@@ -81,6 +89,7 @@ class InDialog:
         self._note_hold(call, side, request.body)
         own, other = call.leg(side), call.leg(side.other)
         assert own.dialog is not None and other.dialog is not None
+        own.refreshed_at = other.refreshed_at = time.monotonic()  # the session is refreshed both ways
         offer = self.table.request(other, request.method, request.body, request.headers.get("Content-Type") or "")
         if request.body:
             other.sdp = request.body

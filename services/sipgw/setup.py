@@ -36,7 +36,7 @@ from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to
-from services.sipgw.trunk import CORRELATION, ORIGIN, PATH, Trunk
+from services.sipgw.trunk import CORRELATION, INSTANCE, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
@@ -88,6 +88,7 @@ class CallSetup:
         out = _outgoing(request, caller, display, correlation, path)
         peer = request.headers.get(ORIGIN) or ""
         leg = Leg(caller, display or "", tx.link, tx.address, trunk=True, server=peer, line=release)
+        leg.peer_instance = request.headers.get(INSTANCE) or ""
         looping = self.table.live(correlation) is not None
         branches = self._run(self.scenarios.route(called, caller, from_trunk=True), out)
         if not self._connect(tx, request, leg, called, branches, out, loop=looping):
@@ -261,6 +262,7 @@ class CallSetup:
             callee = Leg.from_branch(branch, Dialog.as_uac(branch.request, response), call.dialed)
             callee.sdp = branch.request.body
             callee.allows_update = sdp.allows_update(response)
+            callee.peer_instance = response.headers.get(INSTANCE) or "" if callee.trunk else ""
             self.table.attach(call, Side.CALLEE, callee)
         # Every 2xx from the callee is ACKed again: it resends its 2xx until an ACK arrives.
         self.table.ack(callee, branch.request.cseq.number)
@@ -285,6 +287,8 @@ class CallSetup:
         contact = f"<sip:{call.dialed}@{caller.link.local[0]}:{caller.link.local[1]}>"
         answer = answer_caller(request, 200, "OK", call.caller_tag)
         answer.headers.add("Contact", contact)
+        if caller.trunk and self.trunk is not None:
+            answer.headers.add(INSTANCE, self.trunk.instance)
         sdp.copy_body(response, answer)
         caller.dialog = Dialog.as_uas(request, call.caller_tag, contact)
         caller.sdp = response.body

@@ -34,6 +34,7 @@ from services.sipgw.sip.dialog import Dialog
 from services.sipgw.sip.errors import ParseError
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to
+from services.sipgw.trunk import INSTANCE
 
 TARGET_RING = 25.0  # the target's answer must reach its ACK within its 32 s
 
@@ -129,6 +130,7 @@ class Transfer:
             return
         leg = Leg.from_branch(branch, Dialog.as_uac(branch.request, response), self.target)
         leg.allows_update = sdp.allows_update(response)
+        leg.peer_instance = response.headers.get(INSTANCE) or "" if leg.trunk else ""
         self.target_leg, self.target_invite_cseq = leg, branch.request.cseq.number
         self.offered(response)
 

@@ -10,6 +10,7 @@ the call's correlation id. Whatever a phone puts in those headers is never copie
 from __future__ import annotations
 
 import logging
+import secrets
 
 from services.runtime.logs import Throttled
 from services.sipgw.auth.trunk_proof import HEADER, TrunkProof, TrunkProofError
@@ -25,6 +26,9 @@ CORRELATION = "X-Pbxmesh-Call"
 PATH = "X-Pbxmesh-Path"  # the servers the call has passed, comma-separated, oldest first
 TRACEPARENT = "traceparent"  # W3C trace context (services/sipgw/tracing.py)
 IDENTITY = "P-Asserted-Identity"
+# This gateway process's instance: a restarted gateway has another, and has forgotten the calls of
+# the one before (its peers end them). On trunk INVITEs, their 2xx and OPTIONS answers.
+INSTANCE = "X-Pbxmesh-Instance"
 REPLACES = "Replaces"  # RFC 3891, in a hand-over's INVITE
 
 
@@ -35,6 +39,7 @@ class Trunk:
         self.lines = lines
         self.endpoint: UdpEndpoint | None = None
         self.refused = 0  # requests refused for their proof (a metric)
+        self.instance = secrets.token_hex(6)
         self._refusals = Throttled(_log)  # anyone can send junk to the trunk: its lines are counted
 
     def carries(self, link: Link) -> bool:
@@ -66,6 +71,7 @@ class Trunk:
         headers.set(ORIGIN, self.server_id)
         headers.set(CORRELATION, correlation)
         headers.set(PATH, ",".join([*(p for p in path if p != self.server_id), self.server_id]))
+        headers.set(INSTANCE, self.instance)
 
     @staticmethod
     def caller_of(request: Request) -> tuple[str, str | None]:
@@ -78,7 +84,7 @@ class Trunk:
 
 def _signed_fields(request: Request) -> tuple[str, str, str, str, str, str, bytes, str]:
     cseq = request.cseq
-    names = (IDENTITY, ORIGIN, CORRELATION, PATH, TRACEPARENT)
+    names = (IDENTITY, ORIGIN, CORRELATION, PATH, TRACEPARENT, INSTANCE)
     asserted = "\n".join(request.headers.get(name) or "" for name in names)
     replaces = request.headers.get(REPLACES)
     if replaces is not None:  # a hand-over names the dialog it takes: covered too
