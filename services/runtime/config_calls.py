@@ -21,6 +21,7 @@ MIN_SECRET = 16
 MAX_LINES = 10_000
 MIN_RING, MAX_RING = 5, 3600
 MIN_SESSION, MAX_SESSION = 90, 86_400  # RFC 4028 Min-SE, a day
+MAX_DRAIN = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,11 @@ class SipSection:
     # Seconds a call's session lasts without a refresh (RFC 4028): the gateway refreshes each leg
     # every half of it, and a party that no longer answers ends the call.
     session_expires: int = 1800
+    # Where registrations are kept across restarts (a JSON file; empty: in memory only).
+    bindings_file: str = ""
+    # Seconds SIGTERM lets calls in progress finish (no new ones are taken) before the rest are
+    # hung up with a Reason; Kubernetes' terminationGracePeriodSeconds leaves 10 s more.
+    drain_seconds: int = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +108,10 @@ def validate_calls(
     _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
+    if not 0 <= sip.drain_seconds <= MAX_DRAIN:
+        raise ConfigError(f"sip.drain_seconds: {sip.drain_seconds} is not between 0 and {MAX_DRAIN} seconds")
+    if "\x00" in sip.bindings_file or len(sip.bindings_file) > 4096:
+        raise ConfigError("sip.bindings_file: not a usable path")
     if not MIN_SESSION <= sip.session_expires <= MAX_SESSION:
         raise ConfigError(
             f"sip.session_expires: {sip.session_expires} is not between {MIN_SESSION} and {MAX_SESSION} seconds"

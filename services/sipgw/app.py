@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.grpc_server import GrpcHost
@@ -16,6 +18,7 @@ from services.sipgw.core import SipCore
 from services.sipgw.liveness import PeerMonitor, SessionTimer
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
+from services.sipgw.registrar.store import BindingsFile
 from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.service import SipGatewayService
@@ -26,6 +29,7 @@ from services.sipgw.trunk_lines import TrunkLines
 _log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0
+BYE_WAIT = 2.0  # seconds the BYEs of calls hung up at shutdown (and their report) may take
 GC_THRESHOLD = 20_000
 SIP_PORT_TRIES = 5  # listen.sip with port 0: ports tried for one free on both UDP and TCP
 
@@ -50,6 +54,9 @@ class SipGatewayApp:
         self.host = GrpcHost(config.listen.sipgw)
         realm = config.server.name or config.server.id
         registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
+        self.store = (
+            BindingsFile(Path(config.sip.bindings_file), registrar.bindings) if config.sip.bindings_file else None
+        )
         self.lines = TrunkLines(config.trunk.lines)
         self.plan = PlanFeed(config.listen.registry)
         self.trunk = (
@@ -123,6 +130,8 @@ class SipGatewayApp:
 
     async def start(self) -> None:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
+        if self.store is not None:
+            self._restore_registrations(self.store)
         receive = self.core.transactions.receive
         self.udp, self.tcp = await _open_sip(host, port, receive)
         self.core.router.phone_links["UDP"] = self.udp
@@ -156,6 +165,7 @@ class SipGatewayApp:
         gc.set_threshold(GC_THRESHOLD, 20, 50)
 
     async def stop(self, graceful: bool) -> None:
+        await self._drain_calls(graceful)
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
         await self.sessions.stop()
         if self.peers is not None:
@@ -169,6 +179,46 @@ class SipGatewayApp:
             self.udp.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self.store is not None:
+            self.store.write()
+
+    def _restore_registrations(self, store: BindingsFile) -> None:
+        """The registrations kept before a restart come back; the file must be writable."""
+        restored = store.load()
+        try:
+            store.write(strict=True)
+        except OSError as error:
+            raise ConfigError(f"sip.bindings_file: cannot write {store.path} ({error.strerror or error})") from None
+        store.bindings.on_change = store.changed
+        _log.info("%d registrations restored from %s", restored, store.path)
+
+    async def _drain_calls(self, graceful: bool) -> None:
+        """No new calls from now on; with ``graceful`` (SIGTERM) the calls in progress may finish
+        for sip.drain_seconds; those left are hung up with a Reason, and their BYEs answered."""
+        if self.udp is None:
+            return  # it never started
+        self.core.draining = True
+        calls = self.core.calls
+        if graceful:
+            await _until(lambda: not calls.active(), self.config.sip.drain_seconds)
+        left = calls.active()
+        if not left:
+            return
+        _log.info("%d calls still in progress: hanging them up", len(left))
+        calls.end_all("the server is shutting down")
+        await _until(lambda: not self.core.transactions.clients, BYE_WAIT)
+        if self.reporter is not None:
+            await self.reporter.flush(BYE_WAIT)
+
+
+async def _until(check: Callable[[], bool], seconds: float) -> None:
+    """Polls ``check`` until it holds or ``seconds`` pass (calls and transactions end on their
+    own timers and messages; there is no event to wait on)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _open_sip(host: str, port: int, receive: Receiver) -> tuple[UdpEndpoint, TcpListener]:

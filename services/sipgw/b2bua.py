@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.sipgw import handover, tracing
-from services.sipgw.call import Call, Side
+from services.sipgw.call import Call, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.identity import tell_party
 from services.sipgw.loops import close_loop
@@ -88,6 +88,15 @@ class B2BUA:
             handover.take(self.table, self.router.trunk, tx, request)
         else:
             self.setup.trunk_invite(tx, request)
+
+    def end_all(self, reason: str) -> None:
+        """Ends every call (the server shuts down): answered ones get BYE with ``reason`` as a
+        Reason header, ringing ones are canceled."""
+        for call in self.table.active():
+            if call.phase == Phase.ANSWERED:
+                self.table.hang_up(call, reason, 503)
+            else:
+                self.setup.hang_up(call.id, reason)
 
     def _refer(self, call: Call, side: Side, tx: ServerTransaction, request: Request) -> None:
         """A phone's REFER is a transfer; another server's is a hand-over (``handover.py``)."""

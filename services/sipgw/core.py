@@ -46,8 +46,14 @@ class SipCore:
             self.transactions.sign = trunk.sign
         self.router = Router(registrar.bindings, own_numbers, departments or {}, plan, trunk)
         self.calls = B2BUA(self.transactions, self.router, scenarios, ring_timeout=ring_timeout)
+        self.draining = False  # the server shuts down: no new call is taken
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
+        if self.draining and request.method == "INVITE" and not request.to_addr.tag:
+            refusal = response_to(request.headers, 503, "Service Unavailable (shutting down)")
+            refusal.headers.add("Retry-After", "30")
+            transaction.respond(refusal)
+            return
         if self.trunk is not None and self.trunk.carries(transaction.link):
             if not self.trunk.verify(request, transaction.address):
                 if request.method != "ACK":

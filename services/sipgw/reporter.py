@@ -54,6 +54,15 @@ class Reporter:
         self.calls.listeners.add(self._changed)
         self._task = asyncio.create_task(self._run(), name="callstate-report")
 
+    async def flush(self, timeout: float) -> None:
+        """Waits (at most ``timeout`` seconds) until the changes queued so far are on the stream."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._queue is not None and not self._queue.empty():
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # the last batch taken from the queue is written
+
     async def stop(self) -> None:
         self.calls.listeners.discard(self._changed)
         if self._task is not None:

@@ -26,8 +26,10 @@ def fixed_ports(listen: Mapping[str, str]) -> dict[str, str]:
 
 
 def accounts_section(accounts: tuple[tuple[str, str], ...], **sip: Any) -> dict[str, Any]:
-    """The ``sip`` section for these (number, password) phone accounts and further keys."""
-    return {"accounts": [{"number": n, "password": p} for n, p in accounts], **sip}
+    """The ``sip`` section for these (number, password) phone accounts and further keys. A test's
+    gateway drains for 2 s at SIGTERM, not the production default: a teardown with a call left up
+    does not wait for it."""
+    return {"accounts": [{"number": n, "password": p} for n, p in accounts], "drain_seconds": 2, **sip}
 
 
 def write_config(path: Path, document: Mapping[str, Any]) -> Path:

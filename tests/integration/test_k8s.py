@@ -97,6 +97,13 @@ def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_se
     registry_env = env_of(found["registry"]["spec"]["template"]["spec"]["containers"][0])
     assert registry_env["PBXMESH_CONNECTOR_PASSWORD"] == {"secretKeyRef": {"name": "pbxmesh-etcd", "key": "password"}}
     sipgw_env = env_of(found["sipgw"]["spec"]["template"]["spec"]["containers"][0])
+    # Registrations are kept on a volume that outlives the pod; the grace period covers the drain.
+    sipgw_pod = found["sipgw"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in sipgw_pod["containers"][0]["volumeMounts"]}
+    assert sipgw_env["PBXMESH_SIP_BINDINGS_FILE"].startswith(mounts["state"] + "/")
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in sipgw_pod["volumes"]}
+    assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claims["state"] for d in docs)
+    assert sipgw_pod["terminationGracePeriodSeconds"] >= int(sipgw_env["PBXMESH_SIP_DRAIN_SECONDS"]) + 10
     assert sipgw_env["PBXMESH_SIP_ACCOUNTS"] == {"secretKeyRef": {"name": "pbxmesh-phones", "key": "accounts"}}
     # No secret is in git: no Secret object, and the config holds no password.
     assert not [d for d in docs if d["kind"] == "Secret"]

@@ -43,6 +43,15 @@ class Bindings:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._by_number: dict[str, dict[str, Binding]] = {}
+        self.on_change: Callable[[], None] = lambda: None  # told after every change (kept on disk)
+
+    def restore(self, number: str, binding: Binding) -> bool:
+        """A binding kept from before a restart, if it is still live and the number has room."""
+        contacts = self._by_number.setdefault(number, {})
+        if binding.expires_at <= self._clock() or len(contacts) >= MAX_CONTACTS:
+            return False
+        contacts[binding.contact] = binding
+        return True
 
     def now(self) -> float:
         """The clock the bindings' expiry times are on."""
@@ -79,6 +88,7 @@ class Bindings:
                 if binding.call_id == call_id and cseq <= binding.cseq:
                     raise OutOfOrder(f"CSeq {cseq} is not above {binding.cseq}")
             current.clear()
+            self.on_change()
             return []
         for uri, expires in contacts:
             old = current.get(uri)
@@ -94,4 +104,5 @@ class Bindings:
         if len(current) > MAX_CONTACTS:
             for uri, _ in sorted(current.items(), key=lambda item: item[1].expires_at)[: len(current) - MAX_CONTACTS]:
                 del current[uri]
+        self.on_change()
         return self.lookup(number)
