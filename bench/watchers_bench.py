@@ -53,7 +53,7 @@ async def snapshot(stub: pb_grpc.RegistryServiceAsyncStub) -> tuple[Any, float |
             message = await asyncio.wait_for(call.read(), 60)
             if message is grpc.aio.EOF:
                 return call, "EOF"
-            if message.synced:
+            if isinstance(message, pb.WatchNumbersResponse) and message.synced:
                 return call, time.perf_counter() - started
     except grpc.aio.AioRpcError as error:
         return call, error.code().name
@@ -83,7 +83,7 @@ async def run(streams: int, numbers: int, per_client: int, total: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         group = Group(etcd.endpoint, Path(tmp), name="watchers-bench")
         try:
-            plan = [str(100_000 + n) for n in range(numbers)]
+            plan: list[str | dict[str, str]] = [str(100_000 + n) for n in range(numbers)]
             limits = {"streams_per_client": per_client, "streams_total": total}
             alpha = await group.server("alpha", plan, extra={"limits": limits}).start(timeout=60)
             pid = alpha.process.pid if alpha.process is not None else 0
