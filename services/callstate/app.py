@@ -23,7 +23,7 @@ class CallStateApp:
         if not config.listen.callstate:
             raise ConfigError("listen.callstate: required to run the callstate")
         self.config = config
-        self.host = GrpcHost(config.listen.callstate)
+        self.host = GrpcHost(config.listen.callstate, config.limits)
         self.book = CallBook(config.server.id, config.server.name or config.server.id)
         self.peers = Peers(config.listen.registry)
         self.service = CallStateService(self.book, self.peers)

@@ -14,12 +14,13 @@ from opentelemetry import trace
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.callstate.convert import call_pb, event_of, party_of, party_pb, share_of, share_pb
-from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
+from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome, Party
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.logs import call_log, call_traces, trace_id_of
 from services.runtime.subscription import Subscription
 from services.runtime.telemetry import ATTR_CALL_ID
+from services.runtime.text import MAX_ID, MAX_NAME, problem
 from services.runtime.trace_context import current, from_text, to_text
 
 _log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ _log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext
 tracer = trace.get_tracer("pbxmesh.callstate")
 KEEP_ENDED = 60.0  # seconds an ended call stays visible to GetCall
-MAX_ID = 128
 MAX_REMEMBERED = 10_000  # calls a watch remembers the last message of (to send changes only)
 HOLD_COMMANDS = 1_000  # commands kept while no gateway is connected, for the next one
 
@@ -85,6 +85,11 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         if not event.call_id or len(event.call_id) > MAX_ID or not event.kind:
             _log.warning("gateway event without a call id or kind ignored")
             return
+        wrong = _party_problem(event.local, "local") or _party_problem(event.remote, "remote")
+        wrong = wrong or _text_problem(event.reason, "reason") or _text_problem(event.by, "by", MAX_ID)
+        if wrong is not None:
+            call_log(_log, event.call_id).warning("gateway event ignored: %s", wrong)
+            return
         # Within the call's trace: what this change makes this server do (a share, a command) joins it.
         with tracer.start_as_current_span(f"callstate {event.kind}", context=from_text(traceparent)) as span:
             span.set_attribute(ATTR_CALL_ID, event.call_id)
@@ -126,6 +131,12 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             raise InvalidArgument(f"call_id is required (at most {MAX_ID} characters)", reason="INVALID_CALL_ID")
         if not request.server_id or request.server_id == self.book.server_id:
             raise InvalidArgument("server_id must name another server of the group", reason="INVALID_SERVER")
+        wrong = _party_problem(party_of(request.party), "party") or _text_problem(request.reason, "reason")
+        wrong = (
+            wrong or _text_problem(request.held_by, "held_by", MAX_ID) or _text_problem(request.server_id, "server_id")
+        )
+        if wrong is not None:
+            raise InvalidArgument(wrong, reason="INVALID_PARTY")
         if not self.peers.is_member(request.server_id):
             raise FailedPrecondition(f"server {request.server_id} is not a live member", reason="NOT_A_MEMBER")
         self._follow_up(request.call_id, self.book.shared(share_of(request)))
@@ -148,7 +159,7 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
     ) -> cs.GetCallResponse:
         call = self.book.calls.get(request.call_id)
         if call is None:
-            raise NotFound(f"no call has id {request.call_id[:MAX_ID]}", reason="CALL_NOT_FOUND")
+            raise NotFound(f"no call has id {request.call_id[:MAX_ID]!r}", reason="CALL_NOT_FOUND")
         return cs.GetCallResponse(call=call_pb(call))
 
     async def ListCalls(
@@ -159,8 +170,10 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
     async def WatchCalls(
         self, request: cs.WatchCallsRequest, context: Ctx[cs.WatchCallsRequest, cs.WatchCallsResponse]
     ) -> AsyncIterator[cs.WatchCallsResponse]:
-        if len(request.call_id) > MAX_ID:
-            raise InvalidArgument(f"call_id: at most {MAX_ID} characters", reason="INVALID_CALL_ID")
+        if problem(request.call_id, MAX_ID) is not None:
+            raise InvalidArgument(
+                f"call_id: at most {MAX_ID} characters, no control characters", reason="INVALID_CALL_ID"
+            )
         wanted = request.call_id
         changes: Subscription[cs.Call] = Subscription()
         sent: dict[str, cs.Call] = {}  # the last state sent of each call: no message for no change
@@ -199,3 +212,24 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
         if self.book.calls.get(call.call_id) is call:
             self.book.forget(call.call_id)
             call_traces.pop(call.call_id, None)
+
+
+def _text_problem(value: str, field: str, limit: int = MAX_NAME) -> str | None:
+    wrong = problem(value, limit)
+    return f"{field} {wrong}" if wrong is not None else None
+
+
+def _party_problem(party: Party, field: str) -> str | None:
+    """A party goes into the plan-like views, the logs and, on the gateway, a SIP header
+    (P-Asserted-Identity): the config file's rules for numbers, names and ids hold here too."""
+    for name, value, limit in (
+        ("number", party.number, MAX_ID),
+        ("display_name", party.display_name, MAX_NAME),
+        ("department", party.department, MAX_ID),
+        ("server_id", party.server_id, MAX_ID),
+        ("server_name", party.server_name, MAX_NAME),
+    ):
+        wrong = _text_problem(value, f"{field}.{name}", limit)
+        if wrong is not None:
+            return wrong
+    return None

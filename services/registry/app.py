@@ -26,7 +26,7 @@ class RegistryApp:
 
     def __init__(self, config: Config):
         self.config = config
-        self.host = GrpcHost(config.listen.registry)
+        self.host = GrpcHost(config.listen.registry, config.limits)
         self.etcd = EtcdConnector(config.connector)
         self.view: PlanView | None = None
         self.link: GroupLink | None = None

@@ -25,6 +25,7 @@ from services.registry.records import MemberInfo, NumberRecord
 from services.runtime.config import NUMBER_RE
 from services.runtime.subscription import Subscription
 from services.runtime.telemetry import ATTR_NUMBER, ATTR_ROUTE_SERVER_ID
+from services.runtime.text import MAX_NAME, printable, problem
 
 _log = logging.getLogger(__name__)
 
@@ -226,11 +227,14 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         _check_number(request.number)
         if request.kind not in PB_TO_KIND and request.kind != pb.NUMBER_KIND_UNSPECIFIED:
             raise InvalidNumber(f"unknown number kind {request.kind}", reason="INVALID_KIND")
-        if len(request.display_name) > 256:
-            raise InvalidNumber("display_name is longer than 256 characters", reason="INVALID_DISPLAY_NAME")
+        # The display name goes into every server's plan, their logs and SIP headers (From,
+        # P-Asserted-Identity): the config file's rule for names holds here too.
+        wrong = problem(request.display_name, MAX_NAME)
+        if wrong is not None:
+            raise InvalidNumber(f"display_name {wrong}", reason="INVALID_DISPLAY_NAME")
         own_departments = self.view.departments[self.view.local_id]
         if request.department_id and request.department_id not in own_departments:
-            raise UnknownDepartment(f"this server has no department {request.department_id[:64]!r}")
+            raise UnknownDepartment(f"this server has no department {printable(request.department_id[:64])!r}")
         record = NumberRecord(
             number=request.number,
             name=request.display_name,

@@ -5,6 +5,11 @@ make a key optional. One rule for the environment: ``PBXMESH_`` + the key path i
 joined by ``_`` (``connector.lease_ttl`` -> ``PBXMESH_CONNECTOR_LEASE_TTL``). Scalars are taken as
 they are, lists of scalars as comma-separated values, anything else as a YAML flow value.
 Every error names the key; a value is quoted only when the key does not hold a secret.
+
+Every string (and Secret) is checked by one rule (services/runtime/text.py): no control
+characters, and at most ``MAX_TEXT`` characters unless the field's metadata sets ``max_length``
+(``dataclasses.field(default="", metadata=max_length(128))``). Every integer must fit in 32 bits
+(the sections check their own tighter bounds).
 """
 
 from __future__ import annotations
@@ -18,13 +23,22 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from services.runtime.text import MAX_TEXT, problem
+
 ENV_PREFIX = "PBXMESH_"
+MAX_LENGTH = "max_length"  # field metadata: the longest string the field takes
+MAX_INT = 2**31 - 1
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file or environment value that cannot be used; the message names the key."""
+
+
+def max_length(limit: int) -> dict[str, int]:
+    """Field metadata: a string field longer than ``limit`` characters is an error."""
+    return {MAX_LENGTH: limit}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +59,8 @@ class Secret:
 
 def load(schema: type[T], document: Mapping[str, Any] | None, environ: Mapping[str, str]) -> T:
     """Builds ``schema`` from a parsed document, then applies ``PBXMESH_*`` overrides."""
+    if document is not None and not isinstance(document, Mapping):
+        raise ConfigError(f"config: expected a mapping, got {_kind(document)}")
     data: dict[str, Any] = dict(document or {})
     known = _apply_env(schema, data, environ, ())
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
@@ -105,7 +121,9 @@ def _build(cls: type[T], data: Any, path: str) -> T:
     names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown key {_join(path, str(key))}")
+            name = str(key)
+            shown = name if problem(name, 64) is None else _short(name)
+            raise ConfigError(f"unknown key {_join(path, shown)}")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(typing.cast(Any, cls)):
         key = _join(path, field.name)
@@ -113,25 +131,29 @@ def _build(cls: type[T], data: Any, path: str) -> T:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key {key}")
             continue
-        values[field.name] = _convert(hints[field.name], data[field.name], key)
+        limit = field.metadata.get(MAX_LENGTH, MAX_TEXT)
+        values[field.name] = _convert(hints[field.name], data[field.name], key, limit)
     return cls(**values)
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, limit: int = MAX_TEXT) -> Any:
     tp, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
             return None
         raise ConfigError(f"{key}: a value is required")
     if tp is Secret:
-        if not isinstance(value, (str, int)):
-            raise ConfigError(f"{key}: expected a string")
-        return Secret(str(value))
+        # A secret is never guessed from another type: YAML reads 0123 as 83, and 1e3 as a string.
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_kind(value)} (quote it)")
+        _check_text(value, key, limit)
+        return Secret(value)
     if tp is str:
         if not isinstance(value, str):
             # YAML reads 0100 as 64 and +49100 as 49100: insist on quotes rather than guess.
             hint = " (quote it)" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-            raise ConfigError(f"{key}: expected a string, got {_kind(value)} {value!r}{hint}")
+            raise ConfigError(f"{key}: expected a string, got {_kind(value)} {_short(value)}{hint}")
+        _check_text(value, key, limit)
         return value
     if tp is bool:
         return _to_bool(value, key)
@@ -143,18 +165,26 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {_kind(value)} {_short(value)}")
         item = typing.get_args(tp)[0]
-        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(item, v, f"{key}[{i}]", limit) for i, v in enumerate(value))
     raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _check_text(value: str, key: str, limit: int) -> None:
+    wrong = problem(value, limit)
+    if wrong is not None:
+        raise ConfigError(f"{key}: the value {wrong}")
 
 
 def _to_int(value: Any, key: str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
-        return int(value)
-    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,20}\s*", value):
+        value = int(value)
+    if not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {_kind(value)} {_short(value)}")
+    if not -MAX_INT <= value <= MAX_INT:
+        raise ConfigError(f"{key}: {_short(value)} is out of range")
+    return value
 
 
 def _to_bool(value: Any, key: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from services.runtime._loader import ConfigError, Secret, load
+from services.runtime._loader import ConfigError, Secret, load, max_length
 from services.runtime.addresses import parse_host_port
 from services.runtime.config_calls import (
     AccountEntry,
@@ -27,6 +27,7 @@ from services.runtime.config_calls import (
     validate_calls,
 )
 from services.runtime.logs import LOG_FORMATS
+from services.runtime.text import MAX_NAME, MAX_PATH
 
 SERVER_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
 GROUP_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -34,22 +35,30 @@ NUMBER_RE = re.compile(r"[0-9*#+]{1,32}")
 DEPARTMENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 NUMBER_KINDS = ("user", "department", "ivr", "queue", "conference")
 MIN_LEASE_TTL = 2
+# etcd takes far longer TTLs, but a server that dies keeps its numbers for a TTL: an hour is
+# already more than any group wants, and a typo (5000000) fails at start rather than at etcd.
+MAX_LEASE_TTL = 3600
+MAX_CONFIG_BYTES = 64 * 1024 * 1024  # a 100,000-number plan is a few MB
+# Server-streaming RPCs (the watches) one client (a peer host) and the whole process may hold open.
+DEFAULT_STREAMS_PER_CLIENT = 100
+DEFAULT_STREAMS_TOTAL = 1000
+MAX_STREAMS = 100_000
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSection:
     id: str
-    name: str = ""
+    name: str = dataclasses.field(default="", metadata=max_length(MAX_NAME))
 
 
 @dataclasses.dataclass(frozen=True)
 class TlsSection:
     """TLS toward etcd; a CA file turns it on, a cert and key file add a client certificate."""
 
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
+    ca_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
+    cert_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
+    key_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
     server_name: str = ""
 
 
@@ -89,13 +98,13 @@ class AdvertiseSection:
 @dataclasses.dataclass(frozen=True)
 class DepartmentEntry:
     id: str
-    name: str = ""
+    name: str = dataclasses.field(default="", metadata=max_length(MAX_NAME))
 
 
 @dataclasses.dataclass(frozen=True)
 class NumberEntry:
     number: str
-    name: str = ""
+    name: str = dataclasses.field(default="", metadata=max_length(MAX_NAME))
     department: str = ""
     kind: str = "user"
 
@@ -126,6 +135,14 @@ class TelemetrySection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LimitsSection:
+    """What one client and the whole process may hold of a service: beyond, RESOURCE_EXHAUSTED."""
+
+    streams_per_client: int = DEFAULT_STREAMS_PER_CLIENT
+    streams_total: int = DEFAULT_STREAMS_TOTAL
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     server: ServerSection
     connector: ConnectorSection = ConnectorSection()
@@ -136,6 +153,7 @@ class Config:
     trunk: TrunkSection = dataclasses.field(default_factory=TrunkSection)
     scenarios: ScenariosSection = dataclasses.field(default_factory=ScenariosSection)
     telemetry: TelemetrySection = TelemetrySection()
+    limits: LimitsSection = LimitsSection()
 
 
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -143,19 +161,39 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     env = os.environ if environ is None else environ
     document: Any = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            document = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        document = _read_document(Path(path))
     config = load(Config, document, env)
     validate(config)
     return config
+
+
+def _read_document(path: Path) -> Any:
+    """The parsed file: a mapping, or ConfigError naming the file (never a traceback)."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc.__class__.__name__}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except (ValueError, RecursionError):  # an integer of thousands of digits, nesting too deep
+        raise ConfigError(f"config file {path} holds a value YAML cannot read") from None
+    if document is None:
+        return {}
+    if not isinstance(document, Mapping):
+        kind = "a list" if isinstance(document, list) else type(document).__name__
+        raise ConfigError(f"config file {path}: expected a mapping of sections (server, connector...), got {kind}")
+    return document
 
 
 def validate(config: Config) -> None:
@@ -169,6 +207,8 @@ def validate(config: Config) -> None:
     _match(GROUP_RE, c.group, "connector.group")
     if c.lease_ttl < MIN_LEASE_TTL:
         raise ConfigError(f"connector.lease_ttl: {c.lease_ttl} is below the minimum of {MIN_LEASE_TTL} seconds")
+    if c.lease_ttl > MAX_LEASE_TTL:
+        raise ConfigError(f"connector.lease_ttl: {c.lease_ttl} is above the maximum of {MAX_LEASE_TTL} seconds")
     if c.password and not c.username:
         raise ConfigError("connector.password: set connector.username too")
     for name in ("ca_file", "cert_file", "key_file"):
@@ -197,6 +237,14 @@ def validate(config: Config) -> None:
         )
     if config.telemetry.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"telemetry.log_level: {config.telemetry.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    limits = config.limits
+    if not 1 <= limits.streams_total <= MAX_STREAMS:
+        raise ConfigError(f"limits.streams_total: {limits.streams_total} is not between 1 and {MAX_STREAMS}")
+    if not 1 <= limits.streams_per_client <= limits.streams_total:
+        raise ConfigError(
+            f"limits.streams_per_client: {limits.streams_per_client} is not between 1 and"
+            f" limits.streams_total ({limits.streams_total})"
+        )
     _validate_numbering(config.numbering)
     validate_calls(
         config.sip,
@@ -253,6 +301,7 @@ __all__ = [
     "ConfigError",
     "ConnectorSection",
     "DepartmentEntry",
+    "LimitsSection",
     "ListenSection",
     "NumberEntry",
     "NumberingSection",

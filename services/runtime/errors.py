@@ -4,18 +4,21 @@
     +-- InvalidArgument          INVALID_ARGUMENT
     +-- NotFound                 NOT_FOUND
     +-- FailedPrecondition       FAILED_PRECONDITION
+    +-- ResourceExhausted        RESOURCE_EXHAUSTED
     +-- Unavailable              UNAVAILABLE
 
 Each service derives its own errors from these. The interceptor sends a ``google.rpc.Status``
 with one ``ErrorInfo`` (domain ``pbxmesh.io``) as rich details. Cancellation and deadlines pass
 through untouched; any other exception becomes UNKNOWN with no text from the exception.
+A request whose bytes do not decode as the method's message gets INVALID_ARGUMENT (reason
+UNDECODABLE_REQUEST) and one log line, never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 import grpc.aio
@@ -102,10 +105,59 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(grpc.StatusCode.UNKNOWN, "internal error")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ServiceError (and anything unexpected) to a status with ErrorInfo details."""
+class UndecodableRequest(InvalidArgument):
+    reason = "UNDECODABLE_REQUEST"
 
-    def __init__(self) -> None:
+
+class _Undecodable:
+    """Stands for a request whose bytes did not decode: the handler refuses it."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _decoder(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize`` that logs one line (no traceback) and returns a marker on bytes that do not
+    decode; left alone, grpc logs a traceback per such request and sends the parser's text."""
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:
+            _log.warning("undecodable request to %s (%d bytes): %s", method, len(raw), exc.__class__.__name__)
+            return _UNDECODABLE
+
+    return decode
+
+
+def _check_decoded(request: Any) -> None:
+    if request is _UNDECODABLE:
+        raise UndecodableRequest("the request does not decode as the method's message")
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _check_decoded(request)
+        yield request
+
+
+class Streams(Protocol):
+    """What limits response streams (services/runtime/streams.py)."""
+
+    def open(self, peer: str) -> Callable[[], None]: ...
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ServiceError (and anything unexpected) to a status with ErrorInfo details; refuses a
+    request that does not decode (INVALID_ARGUMENT, one log line); admits every response stream
+    through ``streams`` when given (RESOURCE_EXHAUSTED beyond its limits)."""
+
+    def __init__(self, streams: Streams | None = None) -> None:
+        self.streams = streams
         # The wrapped handler of each method, built once: this runs on every call.
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -125,33 +177,79 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    @staticmethod
-    def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[], None]:
+        if self.streams is None:
+            return lambda: None
+        release = self.streams.open(context.peer())
+        # The generator's ``finally`` releases too; this covers an RPC that ends without it running.
+        context.add_done_callback(cast(Any, lambda _: release()))
+        return release
+
+    def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        decode = _decoder(method, handler.request_deserializer)
+        encode = handler.response_serializer
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
+                    _check_decoded(request)
                     return await inner_unary(request, context)
                 except (grpc.aio.AbortError, grpc.aio.UsageError):
                     raise
                 except Exception as exc:
                     await _abort(context, exc, method)
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(unary, decode, encode)
+        if handler.stream_unary is not None:
+            inner_client_stream = handler.stream_unary
+
+            async def client_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await inner_client_stream(_checked(requests), context)
+                except (grpc.aio.AbortError, grpc.aio.UsageError):
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.stream_unary_rpc_method_handler(client_stream, decode, encode)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                release: Callable[[], None] | None = None
                 try:
+                    _check_decoded(request)
+                    release = self._admit(context)
                     async for item in inner_stream(request, context):
                         yield item
                 except (grpc.aio.AbortError, grpc.aio.UsageError):
                     raise
                 except Exception as exc:
                     await _abort(context, exc, method)
+                finally:
+                    if release is not None:
+                        release()
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_stream_rpc_method_handler(stream, decode, encode)
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            async def bidi(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                release: Callable[[], None] | None = None
+                try:
+                    release = self._admit(context)
+                    async for item in inner_bidi(_checked(requests), context):
+                        yield item
+                except (grpc.aio.AbortError, grpc.aio.UsageError):
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+                finally:
+                    if release is not None:
+                        release()
+
+            return grpc.stream_stream_rpc_method_handler(bidi, decode, encode)
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)

@@ -20,7 +20,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.runtime.addresses import join_host_port, parse_host_port
+from services.runtime.config import LimitsSection
 from services.runtime.errors import ErrorInterceptor
+from services.runtime.streams import StreamLimiter
 
 _log = logging.getLogger(__name__)
 
@@ -42,12 +44,15 @@ class Service(Protocol):
 class GrpcHost:
     """One gRPC server on one address; binding port 0 picks a free port (``port`` tells which)."""
 
-    def __init__(self, listen: str):
+    def __init__(self, listen: str, limits: LimitsSection | None = None):
         self.listen = listen
         self.port = 0
         self.health = HealthServicer()
+        # Every response stream of every service on this server counts against one limiter.
+        limits = limits or LimitsSection()
+        self.streams = StreamLimiter(limits.streams_per_client, limits.streams_total)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ErrorInterceptor(self.streams)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -51,7 +51,7 @@ class SipGatewayApp:
             if not getattr(config.listen, key):
                 raise ConfigError(f"listen.{key}: required to run the SIP gateway")
         self.config = config
-        self.host = GrpcHost(config.listen.sipgw)
+        self.host = GrpcHost(config.listen.sipgw, config.limits)
         realm = config.server.name or config.server.id
         registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
         self.store = (

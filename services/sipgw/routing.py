@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from services.runtime.addresses import parse_host_port
 from services.runtime.config_calls import parse_target_uri
 from services.runtime.logs import call_log
+from services.runtime.text import printable
 from services.sipgw.fork import Branch
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Bindings
@@ -146,7 +147,10 @@ class Router:
         headers = Headers()
         headers.add("Via", f"SIP/2.0/{link.name} {local};branch={new_branch()};rport")
         headers.add("Max-Forwards", str(out.max_forwards))
-        name = f'"{out.display.replace(chr(34), "")}" ' if out.display else ""
+        # The display name comes from the plan or a phone: never let it end the header (CR, LF)
+        # or the quoted string (") whatever let it through upstream.
+        display = printable(out.display).replace('"', "").strip() if out.display else ""
+        name = f'"{display}" ' if display else ""
         headers.add("From", f"{name}<sip:{out.caller}@{local}>;tag={new_tag()}")
         headers.add("To", f"<sip:{called}@{local}>")
         headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")

@@ -13,6 +13,7 @@ import logging
 import secrets
 
 from services.runtime.logs import Throttled
+from services.runtime.text import printable
 from services.sipgw.auth.trunk_proof import HEADER, TrunkProof, TrunkProofError
 from services.sipgw.sip import Request, SipURI, parse_name_addr
 from services.sipgw.sip.headers import Headers
@@ -65,7 +66,9 @@ class Trunk:
         self, headers: Headers, caller: str, display: str | None, correlation: str, path: tuple[str, ...] = ()
     ) -> None:
         """Who is calling, for the server at the other end, and the servers the call has passed."""
-        name = display.replace('"', "") if display else ""
+        # Plan display names are checked where they enter; this keeps CR, LF and " out of the
+        # header even if one came through (an older server's record, say).
+        name = printable(display).replace('"', "").strip() if display else ""
         shown = f'"{name}" ' if name else ""
         headers.set(IDENTITY, f"{shown}<sip:{caller}@{self.server_id}.pbxmesh.invalid>")
         headers.set(ORIGIN, self.server_id)

@@ -171,7 +171,7 @@ def _signed_invite(trunk: str, number: str, branch: str) -> bytes:
     asserted_identity = "<sip:100@alpha.pbxmesh.invalid>"
     proof = TrunkProof(SECRET).sign(
         "INVITE", f"sip:{number}@{trunk}", f"{branch}@127.0.0.1", "1 INVITE", f"a{branch}", f"z9hG4bK{branch}",
-        b"", f"{asserted_identity}\n\n\n\n",  # identity, origin, correlation, path, traceparent
+        b"", f"{asserted_identity}\n\n\n\n\n",  # identity, origin, correlation, path, traceparent, instance
     )  # fmt: skip
     identity = f"P-Asserted-Identity: {asserted_identity}\r\n"
     return _invite(number, branch, host=trunk, extra=f"{identity}X-Pbxmesh-Trunk: {proof}\r\n")

@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from services.callstate.model import ANSWERED, DIALING, ENDED, CallBook, Event, Party, Share
 from services.callstate.peers import Peers
 from services.callstate.service import HOLD_COMMANDS, CallStateService
+from services.runtime.errors import InvalidArgument
 
 
 async def gateway(live: list[cs.CallEvent], stop: asyncio.Event) -> AsyncIterator[cs.ReportCallsRequest]:
@@ -62,3 +65,30 @@ async def test_a_replay_ends_the_calls_the_gateway_no_longer_has() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
     assert service.gateway is None
+
+
+@pytest.mark.parametrize(
+    "party",
+    [
+        cs.Party(number="200", display_name="Eve\r\nP-Asserted-Identity: <sip:911@x>"),
+        cs.Party(number="200\x00"),
+        cs.Party(number="200", server_name="x" * 129),
+    ],
+)
+async def test_share_party_refuses_control_characters_and_long_values(party: cs.Party) -> None:
+    book = CallBook("alpha", "Alpha office")
+    service = CallStateService(book, Peers("127.0.0.1:1"))
+    request = cs.SharePartyRequest(call_id="c1", server_id="beta", party=party, phase=cs.CALL_PHASE_ANSWERED)
+    with pytest.raises(InvalidArgument) as caught:
+        await service.ShareParty(request, context=None)  # type: ignore[arg-type]
+    assert caught.value.reason == "INVALID_PARTY"
+    assert "c1" not in book.calls
+
+
+def test_a_gateway_event_with_a_control_character_is_ignored() -> None:
+    book = CallBook("alpha", "Alpha office")
+    service = CallStateService(book, Peers("127.0.0.1:1"))
+    service.report(Event("c1", "created", 1.0, Party("100", "Al\nice"), Party("200")))
+    assert "c1" not in book.calls
+    service.report(Event("c1", "created", 1.0, Party("100", "Alice"), Party("200")))
+    assert "c1" in book.calls
