@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from services.runtime._loader import ConfigError, Secret
+from services.runtime.config_lockout import LockoutSection, validate_lockout
 
 TEMPLATE_RE = re.compile(r"\$\{(\w+)\}")
 TEMPLATE_FIELDS = ("called", "caller")
@@ -43,6 +44,8 @@ class SipSection:
     # Seconds a call may ring before the caller gets 480 No Answer and the phones a CANCEL
     # (RFC 3261's Timer C, at most 3 minutes there, is the default).
     ring_timeout: int = 180
+    # Password lockout thresholds: per account over hours, per source over minutes.
+    lockout: LockoutSection = dataclasses.field(default_factory=LockoutSection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,7 @@ def validate_calls(
         if account.digest_algorithms:
             _validate_algorithms(account.digest_algorithms, f"{key}.digest_algorithms")
     _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
+    validate_lockout(sip.lockout)
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
     if not 1 <= trunk.lines <= MAX_LINES:

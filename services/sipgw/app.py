@@ -10,6 +10,7 @@ import socket
 from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.grpc_server import GrpcHost
 from services.runtime.metrics import Metrics
+from services.sipgw.auth.lockout import Lockout
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
@@ -48,7 +49,9 @@ class SipGatewayApp:
         self.config = config
         self.host = GrpcHost(config.listen.sipgw)
         realm = config.server.name or config.server.id
-        registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
+        registrar = Registrar(
+            config.sip.accounts, realm, lockout=Lockout(config.sip.lockout), algorithms=config.sip.digest_algorithms
+        )
         self.lines = TrunkLines(config.trunk.lines)
         self.plan = PlanFeed(config.listen.registry)
         self.trunk = (
@@ -95,6 +98,16 @@ class SipGatewayApp:
         m.gauge("pbxmesh.trunk.lines_in_use", "trunk lines in use", lambda: [(lines.usage.in_use, {})])
         m.counter_of(
             "pbxmesh.trunk.rejected", "calls refused for want of a trunk line", lambda: [(lines.usage.rejected, {})]
+        )
+        lockout = self.core.registrar.lockout
+        m.gauge("pbxmesh.sip.locked_accounts", "accounts locked out now", lambda: [(lockout.locked("account"), {})])
+        m.gauge(
+            "pbxmesh.sip.locked_sources", "source addresses locked out now", lambda: [(lockout.locked("source"), {})]
+        )
+        m.counter_of(
+            "pbxmesh.sip.lockout_refused",
+            "requests dropped unanswered by the password lockout, by what was locked (account, source)",
+            lambda: [(n, {"locked": kind}) for kind, n in lockout.refused.items()],
         )
         responses = self.core.transactions.responses_sent
         m.counter_of(

@@ -6,7 +6,8 @@ response, how long to wait before sending it, and who authenticated). The caller
     no Authorization                      401, WWW-Authenticate per algorithm (RFC 8760), qop="auth"
     our nonce, too old, digest right      401 stale=true: the phone retries without prompting
     anything else wrong with credentials  403 Forbidden, one answer for every cause, counted by Lockout
-    source locked out                     no answer at all
+                                          against the account tried and the source
+    account or source locked out          no answer at all (see Lockout for who is let through)
     authenticated                         the binding rules (steps 6-8): 200 / 400 / 423 / 500
 
 The AOR is the To URI's user and must be the digest username: a phone registers its own number
@@ -99,11 +100,16 @@ class Registrar:
         """Answers one REGISTER that arrived from ``source`` (the packet's address) over
         ``transport`` ("UDP" or "TCP": the phone is reached back the same way)."""
         ip = source[0]
-        verdict = self._lockout.check(ip)
+        lines = request.headers.get_lines("Authorization")
+        try:
+            claimed = self._claimed(lines, _aor_user(request))
+        except ParseError:
+            claimed = self._claimed(lines, None)
+        verdict = self._lockout.check(claimed, ip)
         if verdict.action == "locked":
-            _log.info("REGISTER from %s dropped: source locked out", ip)
+            _log.info("REGISTER from %s dropped: %s locked out", ip, verdict.by)
             return Decision(None, 0.0, None)
-        delay = verdict.delay if verdict.action == "delay" else 0.0
+        delay = verdict.delay
         if request.method != "REGISTER":
             response = self._reply(request, 405, "Method Not Allowed")
             response.headers.add("Allow", "REGISTER")
@@ -114,17 +120,16 @@ class Registrar:
         except ParseError as error:
             return Decision(self._reply(request, 400, f"Bad Request ({error.reason})"), delay, None)
 
-        lines = request.headers.get_lines("Authorization")
         if not lines:
             return Decision(self._challenge(request, aor, stale=False), delay, None)
         outcome, number = self._authenticate(lines, aor, request.method)
         if outcome == "failed":
-            self._lockout.failed(ip)
+            self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
             return Decision(self._challenge(request, aor, stale=True), delay, None)
         assert number is not None  # "ok" always names the number
-        self._lockout.succeeded(ip)
+        self._lockout.succeeded(number, ip)
         return Decision(self._bind(request, number, _source_text(source), call_id, cseq, transport), delay, number)
 
     def authorize(self, request: Request, source: Address) -> Decision:
@@ -135,24 +140,26 @@ class Registrar:
         the source is locked out. Failures count toward the same lockout as REGISTER's.
         """
         ip = source[0]
-        verdict = self._lockout.check(ip)
-        if verdict.action == "locked":
-            return Decision(None, 0.0, None)
-        delay = verdict.delay if verdict.action == "delay" else 0.0
         try:
             caller = request.from_addr.uri.user if isinstance(request.from_addr.uri, SipURI) else None
         except ParseError:
             caller = None
         lines = request.headers.get_lines("Proxy-Authorization")
+        claimed = self._claimed(lines, caller)
+        verdict = self._lockout.check(claimed, ip)
+        if verdict.action == "locked":
+            return Decision(None, 0.0, None)
+        delay = verdict.delay
         if not lines:
             return Decision(self._challenge(request, caller, stale=False, proxy=True), delay, None)
         outcome, number = self._authenticate(lines, caller, request.method)
         if outcome == "failed":
-            self._lockout.failed(ip)
+            self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
             return Decision(self._challenge(request, caller, stale=True, proxy=True), delay, None)
-        self._lockout.succeeded(ip)
+        assert number is not None  # "ok" always names the number
+        self._lockout.succeeded(number, ip)
         return Decision(None, delay, number)
 
     # Authentication (RFC 3261 section 22.4, RFC 7616 section 3.4).
@@ -212,6 +219,18 @@ class Registrar:
             _log.info("%s from %r refused: replayed nonce count", method, username[:40])
             return "failed", None
         return "ok", username
+
+    def _claimed(self, lines: list[str], user: str | None) -> str:
+        """The account a request tries: the digest user name for our realm, else the number it
+        names (the AOR, the caller). Known or not, every number is counted the same way."""
+        params = self._credentials_for_realm(lines)
+        username = params.get("username", "") if params is not None else ""
+        return username or user or ""
+
+    @property
+    def lockout(self) -> Lockout:
+        """The failure counts behind the lockout (what the gateway's API lists and unlocks)."""
+        return self._lockout
 
     def _credentials_for_realm(self, lines: list[str]) -> dict[str, str] | None:
         """The first Digest Authorization for our realm; a phone may carry others for proxies on the way."""
