@@ -22,10 +22,6 @@ from services.sipgw.trunk_lines import TrunkLines
 
 Ctx = grpc.aio.ServicerContext
 MAX_LOCKOUTS_LISTED = 1000
-_LOCKOUT_KINDS: dict[Kind, pb.LockoutKind.ValueType] = {
-    "account": pb.LOCKOUT_KIND_ACCOUNT,
-    "source": pb.LOCKOUT_KIND_SOURCE,
-}
 
 
 class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
@@ -140,12 +136,16 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
         cleared = self.core.registrar.lockout.unlock(target)
         if not cleared:
             raise NotFound(f"no failed authentications are on record for {target}", reason="NOT_LOCKED_OUT")
-        return pb.UnlockResponse(cleared=[_LOCKOUT_KINDS[kind] for kind in cleared])
+        return pb.UnlockResponse(cleared=[_lockout_kind(kind) for kind in cleared])
+
+
+def _lockout_kind(kind: Kind) -> pb.LockoutKind.ValueType:
+    return pb.LockoutKind.Value(f"LOCKOUT_KIND_{kind.upper()}")
 
 
 def _lockout_pb(entry: LockoutEntry) -> pb.Lockout:
     return pb.Lockout(
-        kind=_LOCKOUT_KINDS[entry.kind],
+        kind=_lockout_kind(entry.kind),
         key=entry.key,
         failures=entry.failures,
         locked_for=math.ceil(entry.locked_for),
