@@ -54,14 +54,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester), sipsak and the
-# baresip softphone.
+# Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester), sipsak, the
+# baresip softphone and sipvicious (svcrack, the password cracker the lockout is tested with).
 sip-peers:
-	@missing=""; for t in sipp sipsak baresip; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in sipp sipsak baresip svcrack; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip; \
-		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak and baresip (or run make as root)"; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip sipvicious; \
+		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip and sipvicious (or run make as root)"; exit 1; fi; \
 	fi
 
 pytest: $(STAMP) sip-peers
@@ -75,6 +75,7 @@ bench: $(STAMP) sip-peers
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/sipgw_bench.py
 	$(BIN)/python bench/callstate_bench.py
+	$(BIN)/python bench/lockout_bench.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

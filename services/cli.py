@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     dial.add_argument("--called-id", default="", help="the number FROM is shown while it rings (default TO)")
     dial.add_argument("--json", action="store_true", help="print the call as JSON")
     dial.set_defaults(func=_dial)
+    lockouts = sub.add_parser("lockouts", help="list a gateway's accounts and addresses locked out by failed logins")
+    lockouts.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
+    lockouts.add_argument("--all", action="store_true", help="also those with failures on record, not locked")
+    lockouts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lockouts.set_defaults(func=_lockouts)
+    unlock = sub.add_parser("unlock", help="lift the lockout of an account or an address at once")
+    unlock.add_argument("target", metavar="NUMBER|ADDRESS", help="a number, or a source IP address")
+    unlock.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
+    unlock.set_defaults(func=_unlock)
     parties = sub.add_parser("parties", help="who is on each end of a server's calls (its callstate)")
     parties.add_argument("--callstate", default=DEFAULT_CALLSTATE, metavar="HOST:PORT", help="callstate to ask")
     parties.add_argument("--call", default="", metavar="ID", help="one call only")
@@ -252,6 +261,48 @@ def _dial(args: argparse.Namespace) -> int:
         _print_json(call)
     else:
         print(f"call {call.call_id}: ringing {args.from_number}, then {args.to}")
+    return 0
+
+
+def _lockouts(args: argparse.Namespace) -> int:
+    from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
+    from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
+
+    request = gw.ListLockoutsRequest(include_failing=args.all)
+    with grpc.insecure_channel(args.sipgw) as channel:
+        response = gw_grpc.SipGatewayServiceStub(channel).ListLockouts(request, timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(response)
+        return 0
+    if not response.lockouts:
+        print("nothing locked out" if not args.all else "no failed logins on record")
+        return 0
+    rows = [
+        [
+            gw.LockoutKind.Name(e.kind).removeprefix("LOCKOUT_KIND_").lower(),
+            e.key,
+            str(e.failures),
+            f"{e.locked_for} s" if e.locked_for else "-",
+            f"{e.delay_ms} ms" if e.delay_ms and not e.locked_for else "-",
+        ]
+        for e in response.lockouts
+    ]
+    _table(rows, ["KIND", "NUMBER/ADDRESS", "FAILURES", "LOCKED FOR", "DELAY"])
+    if response.truncated:
+        print(f"(only the first {len(rows)} are listed)")
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
+    from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
+
+    with grpc.insecure_channel(args.sipgw) as channel:
+        response = gw_grpc.SipGatewayServiceStub(channel).Unlock(
+            gw.UnlockRequest(target=args.target), timeout=RPC_TIMEOUT
+        )
+    kinds = " and ".join(gw.LockoutKind.Name(k).removeprefix("LOCKOUT_KIND_").lower() for k in response.cleared)
+    print(f"{args.target}: failures and lock of the {kinds} cleared")
     return 0
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from services.runtime._loader import ConfigError, Secret
+from services.runtime.config_lockout import LockoutSection, validate_lockout
 
 TEMPLATE_RE = re.compile(r"\$\{(\w+)\}")
 TEMPLATE_FIELDS = ("called", "caller")
@@ -53,6 +54,8 @@ class SipSection:
     # Seconds SIGTERM lets calls in progress finish (no new ones are taken) before the rest are
     # hung up with a Reason; Kubernetes' terminationGracePeriodSeconds leaves 10 s more.
     drain_seconds: int = 50
+    # Password lockout thresholds: per account over hours, per source over minutes.
+    lockout: LockoutSection = dataclasses.field(default_factory=LockoutSection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,7 @@ def validate_calls(
         if account.digest_algorithms:
             _validate_algorithms(account.digest_algorithms, f"{key}.digest_algorithms")
     _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
+    validate_lockout(sip.lockout)
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
     if not 0 <= sip.drain_seconds <= MAX_DRAIN:

@@ -12,6 +12,7 @@ from pathlib import Path
 from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.grpc_server import GrpcHost
 from services.runtime.metrics import Metrics
+from services.sipgw.auth.lockout import Lockout
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
@@ -53,7 +54,9 @@ class SipGatewayApp:
         self.config = config
         self.host = GrpcHost(config.listen.sipgw, config.limits)
         realm = config.server.name or config.server.id
-        registrar = Registrar(config.sip.accounts, realm, algorithms=config.sip.digest_algorithms)
+        registrar = Registrar(
+            config.sip.accounts, realm, lockout=Lockout(config.sip.lockout), algorithms=config.sip.digest_algorithms
+        )
         self.store = (
             BindingsFile(Path(config.sip.bindings_file), registrar.bindings) if config.sip.bindings_file else None
         )
@@ -114,6 +117,16 @@ class SipGatewayApp:
                 "trunk requests refused for a missing, wrong, expired or replayed proof",
                 lambda: [(trunk.refused, {})],
             )
+        lockout = self.core.registrar.lockout
+        m.gauge("pbxmesh.sip.locked_accounts", "accounts locked out now", lambda: [(lockout.locked("account"), {})])
+        m.gauge(
+            "pbxmesh.sip.locked_sources", "source addresses locked out now", lambda: [(lockout.locked("source"), {})]
+        )
+        m.counter_of(
+            "pbxmesh.sip.lockout_refused",
+            "requests dropped unanswered by the password lockout, by what was locked (account, source)",
+            lambda: [(n, {"locked": kind}) for kind, n in lockout.refused.items()],
+        )
         responses = self.core.transactions.responses_sent
         m.counter_of(
             "pbxmesh.sip.responses",

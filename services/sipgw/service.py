@@ -1,7 +1,9 @@
-"""The gateway's gRPC API: registrations, calls (list, watch, place, hang up) and trunk usage."""
+"""The gateway's gRPC API: registrations, calls (list, watch, place, hang up), trunk usage and the
+password lockout (list, unlock)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
@@ -11,6 +13,7 @@ from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config_calls import TARGET_RE, parse_target_uri
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from services.runtime.subscription import Subscription
+from services.sipgw.auth.lockout import MAX_KEY, Kind, LockoutEntry
 from services.sipgw.b2bua import PlaceError
 from services.sipgw.call import Call
 from services.sipgw.convert import call_pb
@@ -18,6 +21,7 @@ from services.sipgw.core import SipCore
 from services.sipgw.trunk_lines import TrunkLines
 
 Ctx = grpc.aio.ServicerContext
+MAX_LOCKOUTS_LISTED = 1000
 
 
 class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
@@ -110,6 +114,43 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             outgoing=usage.outgoing,
             rejected=usage.rejected,
         )
+
+    async def ListLockouts(
+        self, request: pb.ListLockoutsRequest, context: Ctx[pb.ListLockoutsRequest, pb.ListLockoutsResponse]
+    ) -> pb.ListLockoutsResponse:
+        entries = self.core.registrar.lockout.entries(include_failing=request.include_failing)
+        return pb.ListLockoutsResponse(
+            lockouts=[_lockout_pb(e) for e in entries[:MAX_LOCKOUTS_LISTED]],
+            truncated=len(entries) > MAX_LOCKOUTS_LISTED,
+        )
+
+    async def Unlock(
+        self, request: pb.UnlockRequest, context: Ctx[pb.UnlockRequest, pb.UnlockResponse]
+    ) -> pb.UnlockResponse:
+        target = request.target
+        if not target or len(target) > MAX_KEY or not target.isprintable():
+            raise InvalidArgument(
+                f"target: a number or an IP address is required (at most {MAX_KEY} characters)",
+                reason="INVALID_TARGET",
+            )
+        cleared = self.core.registrar.lockout.unlock(target)
+        if not cleared:
+            raise NotFound(f"no failed authentications are on record for {target}", reason="NOT_LOCKED_OUT")
+        return pb.UnlockResponse(cleared=[_lockout_kind(kind) for kind in cleared])
+
+
+def _lockout_kind(kind: Kind) -> pb.LockoutKind.ValueType:
+    return pb.LockoutKind.Value(f"LOCKOUT_KIND_{kind.upper()}")
+
+
+def _lockout_pb(entry: LockoutEntry) -> pb.Lockout:
+    return pb.Lockout(
+        kind=_lockout_kind(entry.kind),
+        key=entry.key,
+        failures=entry.failures,
+        locked_for=math.ceil(entry.locked_for),
+        delay_ms=round(entry.delay * 1000),
+    )
 
 
 def _place_error(error: PlaceError) -> ServiceError:

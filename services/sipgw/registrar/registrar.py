@@ -6,7 +6,8 @@ response, how long to wait before sending it, and who authenticated). The caller
     no Authorization                      401, WWW-Authenticate per algorithm (RFC 8760), qop="auth"
     our nonce, too old, digest right      401 stale=true: the phone retries without prompting
     anything else wrong with credentials  403 Forbidden, one answer for every cause, counted by Lockout
-    source locked out                     no answer at all
+                                          against the account tried and the source
+    account or source locked out          no answer at all (see Lockout for who is let through)
     authenticated                         the binding rules (steps 6-8): 200 / 400 / 423 / 500
 
 The AOR is the To URI's user and must be the digest username: a phone registers its own number
@@ -29,6 +30,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from services.runtime.config_calls import AccountEntry
+from services.runtime.logs import Throttled
 from services.sipgw.auth import Challenge, DigestError, Lockout, NonceFactory, parse_credentials, verify_response
 from services.sipgw.registrar.bindings import (
     DEFAULT_EXPIRES,
@@ -94,16 +96,23 @@ class Registrar:
         # Unknown users are checked against this, so that their 403 costs the same hashing as a
         # wrong password and timing does not tell which numbers exist.
         self._decoy_password = secrets.token_hex(16)
+        # Refusals anyone can cause (a password cracker): one line per account, reason and minute.
+        self._refusals = Throttled(_log)
 
     def handle(self, request: Request, source: Address, transport: str = "UDP") -> Decision:
         """Answers one REGISTER that arrived from ``source`` (the packet's address) over
         ``transport`` ("UDP" or "TCP": the phone is reached back the same way)."""
         ip = source[0]
-        verdict = self._lockout.check(ip)
+        lines = request.headers.get_lines("Authorization")
+        try:
+            claimed = self._claimed(lines, _aor_user(request))
+        except ParseError:
+            claimed = self._claimed(lines, None)
+        verdict = self._lockout.check(claimed, ip)
         if verdict.action == "locked":
-            _log.info("REGISTER from %s dropped: source locked out", ip)
+            self._refusals.info(f"dropped from {ip}", "REGISTER from %s dropped: %s locked out", ip, verdict.by)
             return Decision(None, 0.0, None)
-        delay = verdict.delay if verdict.action == "delay" else 0.0
+        delay = verdict.delay
         if request.method != "REGISTER":
             response = self._reply(request, 405, "Method Not Allowed")
             response.headers.add("Allow", "REGISTER")
@@ -114,17 +123,16 @@ class Registrar:
         except ParseError as error:
             return Decision(self._reply(request, 400, f"Bad Request ({error.reason})"), delay, None)
 
-        lines = request.headers.get_lines("Authorization")
         if not lines:
             return Decision(self._challenge(request, aor, stale=False), delay, None)
         outcome, number = self._authenticate(lines, aor, request.method)
         if outcome == "failed":
-            self._lockout.failed(ip)
+            self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
             return Decision(self._challenge(request, aor, stale=True), delay, None)
         assert number is not None  # "ok" always names the number
-        self._lockout.succeeded(ip)
+        self._lockout.succeeded(number, ip)
         return Decision(self._bind(request, number, _source_text(source), call_id, cseq, transport), delay, number)
 
     def authorize(self, request: Request, source: Address) -> Decision:
@@ -135,24 +143,26 @@ class Registrar:
         the source is locked out. Failures count toward the same lockout as REGISTER's.
         """
         ip = source[0]
-        verdict = self._lockout.check(ip)
-        if verdict.action == "locked":
-            return Decision(None, 0.0, None)
-        delay = verdict.delay if verdict.action == "delay" else 0.0
         try:
             caller = request.from_addr.uri.user if isinstance(request.from_addr.uri, SipURI) else None
         except ParseError:
             caller = None
         lines = request.headers.get_lines("Proxy-Authorization")
+        claimed = self._claimed(lines, caller)
+        verdict = self._lockout.check(claimed, ip)
+        if verdict.action == "locked":
+            return Decision(None, 0.0, None)
+        delay = verdict.delay
         if not lines:
             return Decision(self._challenge(request, caller, stale=False, proxy=True), delay, None)
         outcome, number = self._authenticate(lines, caller, request.method)
         if outcome == "failed":
-            self._lockout.failed(ip)
+            self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
         if outcome == "stale":
             return Decision(self._challenge(request, caller, stale=True, proxy=True), delay, None)
-        self._lockout.succeeded(ip)
+        assert number is not None  # "ok" always names the number
+        self._lockout.succeeded(number, ip)
         return Decision(None, delay, number)
 
     # Authentication (RFC 3261 section 22.4, RFC 7616 section 3.4).
@@ -175,7 +185,9 @@ class Registrar:
         """Checks the credentials for our realm; every failure looks the same to the caller."""
         params = self._credentials_for_realm(lines)
         if params is None:
-            _log.info("%s refused: no readable digest credentials for realm %s", method, self._realm)
+            self._refusals.info(
+                f"{method} unreadable", "%s refused: no readable digest credentials for realm %s", method, self._realm
+            )
             return "failed", None
         username = params.get("username", "")
         password = self._passwords.get(username)
@@ -190,7 +202,9 @@ class Registrar:
         try:
             valid = verify_response(params, method, password)
         except DigestError as error:
-            _log.info("%s from %r refused: %s", method, username[:40], error)
+            self._refusals.info(
+                f"{method} {username[:40]!r}: {error}", "%s from %r refused: %s", method, username[:40], error
+            )
             return "failed", None
         offered = params.get("algorithm", "MD5").upper() in self.algorithms_for(username)
         if not (known and valid and offered) or nonce_state == "bad":
@@ -201,7 +215,9 @@ class Registrar:
                 else "an algorithm this account is not offered" if not offered
                 else "nonce not ours"
             )  # fmt: skip
-            _log.info("%s from %r refused: %s", method, username[:40], why)
+            self._refusals.info(
+                f"{method} {username[:40]!r}: {why}", "%s from %r refused: %s", method, username[:40], why
+            )
             return "failed", None
         if nonce_state == "stale":
             return "stale", None
@@ -209,9 +225,23 @@ class Registrar:
             if "qop" not in params:
                 # RFC 2069-style phones reuse a nonce on every refresh: ask for a new one instead of punishing.
                 return "stale", None
-            _log.info("%s from %r refused: replayed nonce count", method, username[:40])
+            self._refusals.info(
+                f"{method} {username[:40]!r}: replay", "%s from %r refused: replayed nonce count", method, username[:40]
+            )
             return "failed", None
         return "ok", username
+
+    def _claimed(self, lines: list[str], user: str | None) -> str:
+        """The account a request tries: the digest user name for our realm, else the number it
+        names (the AOR, the caller). Known or not, every number is counted the same way."""
+        params = self._credentials_for_realm(lines)
+        username = params.get("username", "") if params is not None else ""
+        return username or user or ""
+
+    @property
+    def lockout(self) -> Lockout:
+        """The failure counts behind the lockout (what the gateway's API lists and unlocks)."""
+        return self._lockout
 
     def _credentials_for_realm(self, lines: list[str]) -> dict[str, str] | None:
         """The first Digest Authorization for our realm; a phone may carry others for proxies on the way."""

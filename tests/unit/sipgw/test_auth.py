@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.runtime.config_lockout import LockoutSection
 from services.sipgw.auth import (
     Challenge,
     DigestError,
@@ -65,37 +66,35 @@ def test_nonces_are_ours_expire_and_refuse_replayed_counts() -> None:
     assert challenge.startswith('Digest realm="pbx"') and "algorithm=SHA-256" in challenge and "stale=true" in challenge
 
 
-def test_lockout_delays_then_locks_then_forgives() -> None:
+def test_lockout_delays_then_locks_a_source_then_lets_it_go() -> None:
     now = [0.0]
-    lockout = Lockout(free_failures=3, lock_failures=6, window=60, lock_seconds=300, clock=lambda: now[0])
-    source = "127.0.0.9:5060"
-    for _ in range(3):
-        assert lockout.check(source).action == "allow"
-        lockout.failed(source)
-    first = lockout.check(source)
-    assert first.action == "delay" and first.delay > 0
-    lockout.failed(source)
-    assert lockout.check(source).delay > first.delay  # slower with each failure
-    lockout.failed(source)
-    lockout.failed(source)
-    assert lockout.check(source).action == "locked"
-    assert lockout.check("127.0.0.10:5060").action == "allow"  # others are not punished
+    settings = LockoutSection(source_free_failures=3, source_lock_failures=6, source_window=60)
+    lockout = Lockout(settings, clock=lambda: now[0])
+    source = "127.0.0.9"
+    for n in range(3):
+        assert lockout.check(f"{n}", source).action == "allow"
+        lockout.failed(f"{n}", source)  # one guess on each of many numbers: the source counts them
+    first = lockout.check("9", source)
+    assert first.action == "delay" and first.delay > 0 and first.by == "source"
+    lockout.failed("3", source)
+    assert lockout.check("9", source).delay > first.delay  # slower with each failure
+    lockout.failed("4", source)
+    lockout.failed("5", source)
+    assert lockout.check("9", source).action == "locked"
+    assert lockout.check("9", "127.0.0.10").action == "allow"  # others are not punished
     now[0] += 301
-    assert lockout.check(source).action == "allow"
-    lockout.failed(source)
-    lockout.succeeded(source)
-    assert lockout.check(source).action == "allow"
+    assert lockout.check("9", source).action == "allow"
 
 
-def test_a_dictionary_attack_is_locked_out_long_before_it_gets_far() -> None:
+def test_a_dictionary_attack_on_one_account_is_locked_out_long_before_it_gets_far() -> None:
     lockout = Lockout(clock=lambda: 0.0)
     tried = 0
-    for _ in range(1000):
-        if lockout.check("127.0.0.66").action == "locked":
+    for n in range(1000):
+        if lockout.check("100", f"127.0.0.{n % 200}").action == "locked":  # from many addresses
             break
-        lockout.failed("127.0.0.66")
+        lockout.failed("100", f"127.0.0.{n % 200}")
         tried += 1
-    assert tried == 20
+    assert tried == LockoutSection().lock_failures
 
 
 def test_trunk_proof_binds_the_request_and_the_time() -> None:

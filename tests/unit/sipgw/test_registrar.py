@@ -15,6 +15,7 @@ import pytest
 
 from services.runtime import Secret
 from services.runtime.config_calls import AccountEntry
+from services.runtime.config_lockout import LockoutSection
 from services.sipgw.auth import Lockout, NonceFactory
 from services.sipgw.registrar import Bindings, Decision, Registrar
 from services.sipgw.sip import Request, Response, parse
@@ -328,7 +329,7 @@ def test_credentials_that_are_not_text_are_refused_not_a_crash(field: bytes, gar
 
 def test_stale_nonce_gets_a_new_challenge_not_a_failure() -> None:
     clock = Clock()
-    lockout = Lockout(free_failures=0, clock=clock)  # any failure would show as a delay
+    lockout = Lockout(LockoutSection(free_failures=0), clock=clock)  # any failure would show as a delay
     registrar = make_registrar(clock, lockout)
     nonce = fresh_nonce(registrar)
     clock.now += 61
@@ -358,10 +359,10 @@ def test_a_replayed_nonce_count_is_refused() -> None:
     assert answered(registrar.handle(lower, PHONE)).status == 403
 
 
-def test_lockout_delays_then_drops_the_failing_source_only() -> None:
+def test_lockout_delays_then_drops_the_failing_account_only() -> None:
     clock = Clock()
-    lockout = Lockout(free_failures=2, lock_failures=5, window=60, lock_seconds=300, clock=clock)
-    registrar = make_registrar(clock, lockout)
+    settings = LockoutSection(free_failures=2, lock_failures=5, window=3600, lock_seconds=300)
+    registrar = make_registrar(clock, Lockout(settings, clock=clock))
     attacker = ("192.0.2.66", 40000)
     delays = []
     for attempt in range(5):
@@ -369,25 +370,31 @@ def test_lockout_delays_then_drops_the_failing_source_only() -> None:
         decision = registrar.handle(register(authorization=digest(nonce, password=f"guess-{attempt}")), attacker)
         assert answered(decision).status == 403
         delays.append(decision.delay)
-    # Two failures are free; each one after that doubles the wait; the fifth locks the source.
+    # Two failures are free; each one after that doubles the wait; the fifth locks the account.
     assert delays[:2] == [0.0, 0.0] and 0 < delays[2] < delays[3] < delays[4]
-    # Locked: dropped, even with the right password and from another port of the same host.
+    # Locked: dropped, even with the right password, from anywhere.
     assert registrar.handle(register(), attacker) == Decision(None, 0.0, None)
-    assert registrar.handle(register(), ("192.0.2.66", 40001)).response is None
-    decision = login(registrar)  # from PHONE
-    assert (answered(decision).status, decision.delay, decision.number) == (200, 0.0, "100")
+    assert registrar.handle(register(), PHONE).response is None
+    decision = login(registrar, "101", source=attacker)  # another account, even from the guesser
+    assert (answered(decision).status, decision.number) == (200, "101")
     clock.now += 301
-    assert answered(login(registrar, source=attacker, cseq=2)).status == 200
+    assert answered(login(registrar, source=PHONE, cseq=2)).status == 200
 
 
-def test_success_clears_the_failures_of_a_source() -> None:
+def test_success_forgives_the_source_its_typos_for_that_account_only() -> None:
     clock = Clock()
-    registrar = make_registrar(clock, Lockout(free_failures=1, clock=clock))
-    for _ in range(2):
-        registrar.handle(register(authorization=digest(fresh_nonce(registrar), password="typo")), PHONE)
+    settings = LockoutSection(free_failures=8, lock_failures=9, source_free_failures=2)
+    registrar = make_registrar(clock, Lockout(settings, clock=clock))
+    for user in ("100", "100", "101"):
+        nonce = fresh_nonce(registrar, user=user)
+        registrar.handle(register(to_user=user, authorization=digest(nonce, user, password="typo")), PHONE)
     assert registrar.handle(register(), PHONE).delay > 0
     assert answered(login(registrar)).status == 200
-    assert registrar.handle(register(), PHONE).delay == 0.0
+    # The source still has its failure on 101 (2 are free), no longer those on 100.
+    assert registrar.handle(register(to_user="102"), PHONE).delay == 0.0
+    nonce = fresh_nonce(registrar, user="101")
+    registrar.handle(register(to_user="101", authorization=digest(nonce, "101", password="typo")), PHONE)
+    assert registrar.handle(register(to_user="102"), PHONE).delay > 0
 
 
 def test_passwords_and_digests_never_reach_the_logs_or_answers(caplog: pytest.LogCaptureFixture) -> None:
@@ -402,3 +409,19 @@ def test_passwords_and_digests_never_reach_the_logs_or_answers(caplog: pytest.Lo
     assert caplog.records  # the refusal is logged...
     assert not [secret for secret in leaked if secret in text]  # ...without any secret
     assert "Secret(***)" in repr(AccountEntry("100", Secret(PASSWORDS["100"])))
+
+
+def test_a_locked_out_flood_writes_a_line_a_minute_not_a_line_a_packet(caplog: pytest.LogCaptureFixture) -> None:
+    registrar = make_registrar()
+    for _ in range(40):  # wrong passwords from one source until it is locked out
+        challenge = registrar.handle(register(), PHONE).response
+        if challenge is None:
+            break
+        nonce = challenge_params(challenge.headers.get_all("WWW-Authenticate")[0])["nonce"]
+        registrar.handle(register(authorization=digest(nonce, password="guess")), PHONE)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="services.sipgw.registrar.registrar"):
+        for _ in range(2000):
+            assert registrar.handle(register(), PHONE).response is None  # dropped unanswered
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) <= 1, len(dropped)

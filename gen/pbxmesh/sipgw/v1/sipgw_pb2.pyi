@@ -68,6 +68,28 @@ CALL_KIND_TRUNK_IN: CallKind.ValueType  # 3
 """Another server calls a phone of this server."""
 Global___CallKind: _TypeAlias = CallKind  # noqa: Y015
 
+class _LockoutKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LockoutKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LockoutKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOCKOUT_KIND_UNSPECIFIED: _LockoutKind.ValueType  # 0
+    LOCKOUT_KIND_ACCOUNT: _LockoutKind.ValueType  # 1
+    """The number whose password was tried (known to the server or not)."""
+    LOCKOUT_KIND_SOURCE: _LockoutKind.ValueType  # 2
+    """The IP address the attempts came from."""
+
+class LockoutKind(_LockoutKind, metaclass=_LockoutKindEnumTypeWrapper):
+    """LockoutKind says what the password lockout counts failures against."""
+
+LOCKOUT_KIND_UNSPECIFIED: LockoutKind.ValueType  # 0
+LOCKOUT_KIND_ACCOUNT: LockoutKind.ValueType  # 1
+"""The number whose password was tried (known to the server or not)."""
+LOCKOUT_KIND_SOURCE: LockoutKind.ValueType  # 2
+"""The IP address the attempts came from."""
+Global___LockoutKind: _TypeAlias = LockoutKind  # noqa: Y015
+
 @_typing.final
 class Call(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -418,3 +440,128 @@ class PlaceCallResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlaceCallResponse: _TypeAlias = PlaceCallResponse  # noqa: Y015
+
+@_typing.final
+class Lockout(_message.Message):
+    """Lockout is one account or source with failed authentications on record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LOCKED_FOR_FIELD_NUMBER: _builtins.int
+    DELAY_MS_FIELD_NUMBER: _builtins.int
+    kind: Global___LockoutKind.ValueType
+    key: _builtins.str
+    """The number, or the IP address."""
+    failures: _builtins.int
+    """Failures within the lockout's window (sip.lockout.window, or source_window for a source)."""
+    locked_for: _builtins.int
+    """Seconds until the lock ends by itself; 0 when not locked."""
+    delay_ms: _builtins.int
+    """Milliseconds its next answer waits, when not locked."""
+    def __init__(
+        self,
+        *,
+        kind: Global___LockoutKind.ValueType = ...,
+        key: _builtins.str = ...,
+        failures: _builtins.int = ...,
+        locked_for: _builtins.int = ...,
+        delay_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_ms", b"delay_ms", "failures", b"failures", "key", b"key", "kind", b"kind", "locked_for", b"locked_for"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lockout: _TypeAlias = Lockout  # noqa: Y015
+
+@_typing.final
+class ListLockoutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_FAILING_FIELD_NUMBER: _builtins.int
+    include_failing: _builtins.bool
+    """Also list accounts and sources with failures on record that are not locked."""
+    def __init__(
+        self,
+        *,
+        include_failing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_failing", b"include_failing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLockoutsRequest: _TypeAlias = ListLockoutsRequest  # noqa: Y015
+
+@_typing.final
+class ListLockoutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCKOUTS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More were on record than listed."""
+    @_builtins.property
+    def lockouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lockout]:
+        """Locked first, longest lock first; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        lockouts: _abc.Iterable[Global___Lockout] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lockouts", b"lockouts", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLockoutsResponse: _TypeAlias = ListLockoutsResponse  # noqa: Y015
+
+@_typing.final
+class UnlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """A number or an IP address."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockRequest: _TypeAlias = UnlockRequest  # noqa: Y015
+
+@_typing.final
+class UnlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cleared(self) -> _containers.RepeatedScalarFieldContainer[Global___LockoutKind.ValueType]:
+        """What the target was on record as: an account, a source, or both."""
+
+    def __init__(
+        self,
+        *,
+        cleared: _abc.Iterable[Global___LockoutKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015

@@ -65,6 +65,16 @@ class SipGatewayServiceStub:
                 request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.FromString,
                 _registered_method=True)
+        self.ListLockouts = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/ListLockouts',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsResponse.FromString,
+                _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/Unlock',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.FromString,
+                _registered_method=True)
 
 
 class SipGatewayServiceServicer:
@@ -117,6 +127,22 @@ class SipGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLockouts(self, request, context):
+        """ListLockouts returns the accounts and source addresses the password lockout has locked, and
+        with `include_failing` also those with failed authentications on record, locked or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unlock(self, request, context):
+        """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
+        INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +175,16 @@ def add_SipGatewayServiceServicer_to_server(servicer, server):
                     servicer.PlaceCall,
                     request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.FromString,
                     response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.SerializeToString,
+            ),
+            'ListLockouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLockouts,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsResponse.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +350,60 @@ class SipGatewayService:
             '/pbxmesh.sipgw.v1.SipGatewayService/PlaceCall',
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallRequest.SerializeToString,
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.PlaceCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLockouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/ListLockouts',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListLockoutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/Unlock',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

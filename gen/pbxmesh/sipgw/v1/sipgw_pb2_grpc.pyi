@@ -51,6 +51,14 @@ class SipGatewayServiceStub:
     or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
     no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
     """
+    ListLockouts: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.ListLockoutsRequest, _sipgw_pb2.ListLockoutsResponse]
+    """ListLockouts returns the accounts and source addresses the password lockout has locked, and
+    with `include_failing` also those with failed authentications on record, locked or not.
+    """
+    Unlock: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.UnlockRequest, _sipgw_pb2.UnlockResponse]
+    """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
+    INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
+    """
 
 @_typing.type_check_only
 class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
@@ -74,6 +82,14 @@ class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
     the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
     or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
     no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
+    """
+    ListLockouts: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.ListLockoutsRequest, _sipgw_pb2.ListLockoutsResponse]  # type: ignore[assignment]
+    """ListLockouts returns the accounts and source addresses the password lockout has locked, and
+    with `include_failing` also those with failed authentications on record, locked or not.
+    """
+    Unlock: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.UnlockRequest, _sipgw_pb2.UnlockResponse]  # type: ignore[assignment]
+    """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
+    INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
     """
 
 class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +147,26 @@ class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         the two (third-party call control, RFC 3725). Errors: INVALID_ARGUMENT for a malformed number
         or URI, NOT_FOUND for a number the group does not know, FAILED_PRECONDITION when a party has
         no registered phone, RESOURCE_EXHAUSTED when every trunk line is busy.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLockouts(
+        self,
+        request: _sipgw_pb2.ListLockoutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.ListLockoutsResponse, _abc.Awaitable[_sipgw_pb2.ListLockoutsResponse]]:
+        """ListLockouts returns the accounts and source addresses the password lockout has locked, and
+        with `include_failing` also those with failed authentications on record, locked or not.
+        """
+
+    @_abc_1.abstractmethod
+    def Unlock(
+        self,
+        request: _sipgw_pb2.UnlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.UnlockResponse, _abc.Awaitable[_sipgw_pb2.UnlockResponse]]:
+        """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
+        INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
         """
 
 def add_SipGatewayServiceServicer_to_server(servicer: SipGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
