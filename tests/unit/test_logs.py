@@ -62,14 +62,17 @@ def test_a_flood_of_refusals_is_one_line_and_a_count_per_source_and_interval() -
 
 
 async def test_the_count_is_written_when_the_interval_ends_even_if_the_flood_stopped() -> None:
-    import asyncio
-
     from services.runtime.logs import Throttled
+    from tests.harness.wait import wait_for
 
     logger = logging.getLogger("test.flush")
     records = capture(logger)
     throttled = Throttled(logger, interval=0.05)
     for _ in range(10):
         throttled.info("k", "refused")
-    await asyncio.sleep(0.15)
+
+    async def summed_up() -> bool:
+        return len(records) == 2
+
+    await wait_for(summed_up, timeout=2, what="the count written")
     assert [r.getMessage() for r in records] == ["refused", "9 more like it in the last 0 s (k): refused"]
