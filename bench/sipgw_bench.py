@@ -170,6 +170,8 @@ class Rig:
         self.gateways: list[int] = []  # pids whose CPU time each call costs
         self.callstates: list[int] = []
         self.etcd: EmbeddedEtcd | None = None
+        # The interpreter (and its options) each service runs under; a soak wraps the gateway.
+        self.python_of: dict[str, list[str]] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
 
     def serve(self, service: str, config: str, name: str) -> ServiceProcess:
@@ -189,7 +191,7 @@ class Rig:
             env={k: v for k, v in os.environ.items() if not k.startswith("PBXMESH_")},
             log_file=Path(logs) / f"{name}.log" if logs else None,
             keep_log=False,
-            python=[sys.executable, *profile],
+            python=[*self.python_of.get(service, [sys.executable]), *profile],
         )
         self.services.append(process)
         return process

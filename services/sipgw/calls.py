@@ -142,25 +142,28 @@ class CallTable:
         """Resends the 2xx the gateway sent to ``side`` until its ACK (RFC 3261 13.3.1.4; the
         transaction layer leaves this to the agent, RFC 6026): T1 doubling to T2, and a call whose
         side never ACKs within 64*T1 is hung up."""
-        timers = self.transactions.timers
         leg = call.leg(side)
-        loop = asyncio.get_running_loop()
-
-        def fire(interval: float, elapsed: float) -> None:
-            if call.phase == Phase.ENDED or leg.unacked is None:
-                return
-            if elapsed >= timers.b:
-                self.log(call).info("no ACK from the %s, hanging up", side)
-                self.bye(call, Side.CALLER)
-                self.bye(call, Side.CALLEE)
-                self.end(call, "no ACK")
-                return
-            leg.link.send(wire, leg.address)
-            following = min(interval * 2, timers.t2)
-            leg.unacked = loop.call_later(following, fire, following, elapsed + following)
-
         leg.stop_resending()
-        leg.unacked = loop.call_later(timers.t1, fire, timers.t1, timers.t1)
+        t1 = self.transactions.timers.t1
+        leg.unacked = asyncio.get_running_loop().call_later(t1, self._answer_again, call, side, leg, wire, t1, t1)
+
+    def _answer_again(self, call: Call, side: Side, leg: Leg, wire: bytes, interval: float, elapsed: float) -> None:
+        # A method, not a closure that schedules itself: such a closure refers to itself, and the
+        # call it holds would wait for the collector's full pass instead of going with its table.
+        if call.phase == Phase.ENDED or leg.unacked is None:
+            return
+        timers = self.transactions.timers
+        if elapsed >= timers.b:
+            self.log(call).info("no ACK from the %s, hanging up", side)
+            self.bye(call, Side.CALLER)
+            self.bye(call, Side.CALLEE)
+            self.end(call, "no ACK")
+            return
+        leg.link.send(wire, leg.address)
+        following = min(interval * 2, timers.t2)
+        leg.unacked = asyncio.get_running_loop().call_later(
+            following, self._answer_again, call, side, leg, wire, following, elapsed + following
+        )
 
     # -- legs changing hands ----------------------------------------------------------------------------
 
@@ -240,6 +243,10 @@ class CallTable:
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
 
     def _forget(self, call: Call) -> None:
+        # A call's forks hold callbacks that hold the call: let go of them, so that the call is
+        # freed now rather than by the collector's full pass, which a busy gateway runs rarely.
+        call.fork = None
+        call.placed = None
         if self.calls.get(call.id) is call:
             del self.calls[call.id]
             call_traces.pop(call.id, None)

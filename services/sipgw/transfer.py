@@ -212,6 +212,7 @@ class Transfer:
             self.table.end(consultation, f"transferred: joined to call {call.id}")
         self.table.replace_leg(call, self.side, target)
         call.transfer = None
+        self._let_go()
         self.table.log(call).info("transferred to %s", self.target)
         if self.done is not None:
             self.done(call, self.side, self.consultation is not None)
@@ -220,9 +221,15 @@ class Transfer:
         """The transfer failed: the transferor stays in the call and learns why."""
         if self.call.transfer is self:
             self.call.transfer = None
+            self._let_go()
             if status_line.split(maxsplit=1)[0] != "200":
                 self.table.log(self.call).info("transfer to %s failed: %s", self.target, status_line)
             self.notify(status_line, done=True)
+
+    def _let_go(self) -> None:
+        """The transfer is over: its fork's callbacks hold this transfer (and its call), so the
+        transfer lets go of the fork, and both are freed once the fork's transactions end."""
+        self.fork = None
 
     def notify(self, status_line: str, done: bool) -> None:
         """A NOTIFY of the implicit refer subscription (RFC 3515 2.4.4), with a sipfrag body."""

@@ -45,6 +45,14 @@ def new_branch() -> str:
     return MAGIC_COOKIE + secrets.token_hex(8)
 
 
+def _no_response(response: Response) -> None:
+    return None
+
+
+def _no_timeout() -> None:
+    return None
+
+
 def _reliable(link: Link) -> bool:
     return link.name != "UDP"
 
@@ -112,10 +120,17 @@ class ClientTransaction(_Transaction):
 
         self._start("A", interval, fire)  # Timer A (INVITE) or E (non-INVITE)
 
+    def _terminate(self) -> None:
+        super()._terminate()
+        # Nothing is delivered once Terminated: the owner's callbacks go, so that an owner that
+        # holds this transaction (a fork's branch) is not kept in a cycle through them.
+        self.on_response, self.on_timeout = _no_response, _no_timeout
+
     def _timed_out(self) -> None:
         if self.state in ("Calling", "Trying", "Proceeding"):
+            on_timeout = self.on_timeout
             self._terminate()
-            self.on_timeout()
+            on_timeout()
         elif self.state in ("Accepted", "Completed"):
             self._terminate()
 
