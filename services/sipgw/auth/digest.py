@@ -78,6 +78,13 @@ class NonceFactory:
 
     def fresh_count(self, nonce: str, count: int) -> bool:
         """True if ``count`` (the nc parameter) is higher than any seen with this nonce: no replay."""
+        # Other nonces past their lifetime are refused as stale anyway: their counts need not be
+        # kept (the table stays near rate x lifetime under steady load, not at its cap).
+        now = self._clock()
+        while self._counts and (oldest := next(iter(self._counts))) != nonce:
+            if now - self._issued_at(oldest) <= self._lifetime:
+                break
+            del self._counts[oldest]
         last = self._counts.get(nonce, 0)
         if count <= last:
             return False
@@ -86,6 +93,15 @@ class NonceFactory:
         while len(self._counts) > MAX_TRACKED_NONCES:
             self._counts.popitem(last=False)
         return True
+
+    @staticmethod
+    def _issued_at(nonce: str) -> float:
+        """When one of our nonces was issued (it carries its time); 0 for anything else."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+            return float(struct.unpack(">d", raw[:8])[0]) if len(raw) == 32 else 0.0
+        except (ValueError, TypeError, struct.error):
+            return 0.0
 
 
 def parse_credentials(value: str) -> dict[str, str]:

@@ -157,3 +157,14 @@ def test_bytes_from_the_wire_that_are_not_text_are_digest_errors() -> None:
         verify_response({**params, "username": "Mu\udcfffasa"}, "GET", "Circle Of Life")
     value = Challenge('pbx "main"\\', "n").header_value()
     assert value.startswith('Digest realm="pbx \\"main\\"\\\\", nonce="n"')
+
+
+def test_the_counts_of_expired_nonces_are_not_kept() -> None:
+    now = [1000.0]
+    factory = NonceFactory(key=b"k" * 32, lifetime=60, clock=lambda: now[0])
+    for _ in range(3000):  # 50 phones a second for a minute
+        assert factory.fresh_count(factory.issue(), 1)
+        now[0] += 0.02
+    now[0] += 61
+    assert factory.fresh_count(factory.issue(), 1)
+    assert len(factory._counts) == 1
