@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench clean sip-peers demo image image-check
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench soak clean sip-peers demo image image-check
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench: $(STAMP) sip-peers
 	$(BIN)/python bench/sipgw_bench.py
 	$(BIN)/python bench/callstate_bench.py
 	$(BIN)/python bench/lockout_bench.py
+	$(BIN)/python bench/watchers_bench.py
+
+# Ten minutes of steady local calls through one gateway: its memory every 30 s.
+soak: $(STAMP) sip-peers
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
