@@ -223,8 +223,11 @@ class Rig:
         uas_file = self.tmp / "uas.xml"
         uas_file.write_text(UAS)
         if number is not None:
+            # Registered for an hour (the most a binding lasts): a soak outlives the tests' 300 s.
+            register_file = self.tmp / "register.xml"
+            register_file.write_text((SIPP_DIR / "register.xml").read_text().replace("Expires: 300", "Expires: 3600"))
             registered = sipp(
-                target, "-sf", str(SIPP_DIR / "register.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
+                target, "-sf", str(register_file), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
                 "-s", number[0], "-au", number[0], "-ap", number[1], "-timeout", "10s", seconds=20,
             )  # fmt: skip
             if registered.returncode != 0:

@@ -196,6 +196,9 @@ async def soak(args: argparse.Namespace) -> int:
         await rig.close()
 
 
+MAX_MINUTES = 55
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Local calls at a steady rate through one gateway; its memory.")
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -204,7 +207,10 @@ def main() -> int:
     parser.add_argument("--after", type=int, default=60, help="seconds watched once the load is over")
     parser.add_argument("--heap", action="store_true", help="the gateway's own view of its heap and tables")
     parser.add_argument("--collect", action="store_true", help="with --heap: a full gc.collect() at the end")
-    return asyncio.run(soak(parser.parse_args()))
+    args = parser.parse_args()
+    if not 0 < args.minutes <= MAX_MINUTES:
+        parser.error(f"--minutes: at most {MAX_MINUTES} (the answering phone registers once, for an hour)")
+    return asyncio.run(soak(args))
 
 
 if __name__ == "__main__":
