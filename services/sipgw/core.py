@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Decision, Registrar
-from services.sipgw.routing import Router
+from services.sipgw.routing import ALLOW, Router
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.sip import Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
@@ -23,8 +23,6 @@ from services.sipgw.sip.transport import response_to
 from services.sipgw.trunk import INSTANCE, Trunk
 
 _log = logging.getLogger(__name__)
-
-ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS, UPDATE, REFER, NOTIFY"
 
 
 class SipCore:

@@ -34,6 +34,9 @@ _log = logging.getLogger(__name__)
 
 Failure = tuple[int, str]
 NOT_FOUND: Failure = (404, "Not Found")
+# What the gateway takes, said in its INVITEs and their 2xx: UPDATE among them lets the far end
+# (a phone, another gateway) refresh a session or name a new party without a re-INVITE.
+ALLOW = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS, UPDATE, REFER, NOTIFY"
 UNAVAILABLE: Failure = (480, "Temporarily Unavailable")
 
 
@@ -156,6 +159,7 @@ class Router:
         headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", f"<sip:{out.caller}@{local}>")
+        headers.add("Allow", ALLOW)
         if out.content_type and out.body:
             headers.add("Content-Type", out.content_type)
         return Request("INVITE", parse_uri(contact), headers, out.body)

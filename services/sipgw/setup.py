@@ -30,7 +30,7 @@ from services.sipgw import sdp, tracing
 from services.sipgw.call import Call, Change, Leg, Phase, Placed, Side, called_number
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
-from services.sipgw.routing import Failure, Outgoing, Router
+from services.sipgw.routing import ALLOW, Failure, Outgoing, Router
 from services.sipgw.scenarios import Action, Scenarios
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
@@ -287,6 +287,7 @@ class CallSetup:
         contact = f"<sip:{call.dialed}@{caller.link.local[0]}:{caller.link.local[1]}>"
         answer = answer_caller(request, 200, "OK", call.caller_tag)
         answer.headers.add("Contact", contact)
+        answer.headers.add("Allow", ALLOW)
         if caller.trunk and self.trunk is not None:
             answer.headers.add(INSTANCE, self.trunk.instance)
         sdp.copy_body(response, answer)

@@ -83,3 +83,24 @@ async def test_the_session_timer_refreshes_each_leg_and_ends_a_call_whose_party_
     await settle(lambda: bool(alice.got("BYE")), "Alice told the call is over", timeout=5)
     assert reasons(alice) == ['SIP;cause=408;text="the session timer found the callee gone (no answer)"']
     assert alpha.calls.active() == []
+
+
+async def test_a_trunk_legs_refresh_is_answered_by_the_other_gateway_not_its_phone() -> None:
+    net = Network()
+    alpha, beta = Gateway(net, "alpha", ["100"]), Gateway(net, "beta", ["200"])
+    group(alpha, beta)
+    alice, carol = Phone(net, alpha, "100"), Phone(net, beta, "200")
+    await answered_call(alice, carol, alpha)
+    clock = Clock()
+    timer = SessionTimer(alpha.calls.table, session_expires=90, clock=clock)
+    (call,) = alpha.calls.active()
+    for leg in call.legs.values():
+        leg.refreshed_at = clock.now
+    clock.now += 46
+    timer.check()
+    await settle(lambda: bool(alice.got("UPDATE")), "Alice's leg refreshed")
+    trunk_leg = next(leg for leg in call.legs.values() if leg.trunk)
+    assert trunk_leg.allows_update  # the other gateway says it takes UPDATE
+    await settle(lambda: not alpha.core.transactions.clients, "the refreshes answered")
+    assert not carol.got("UPDATE") and not carol.got("INVITE")[1:]  # beta answered it itself
+    assert call.phase == Phase.ANSWERED
