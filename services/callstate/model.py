@@ -174,6 +174,10 @@ class CallBook:
         else:
             if event.kind in ("transferred", "rerouted") and event.peer_server_id != call.peer_server_id:
                 call.peer_end = None  # the peer that ended is no longer in this call
+            if event.kind == "transferred" and _same_pair(call, local, event.remote):
+                # The parties this record has already: the news of that transfer came first from
+                # the peer (a loop closed here, a hand-over). The same pair by a shorter way.
+                event = dataclasses.replace(event, kind="rerouted")
             if event.kind == "rerouted" and event.remote.number not in ("", call.remote.number):
                 # Rerouted to another party: the transfer behind it was never told here (its
                 # server stepped out first). It is a commutation of this call all the same.
@@ -412,3 +416,7 @@ class CallBook:
 
 def _same_party(known: Party, reported: Party) -> Party:
     return known.merged(reported) if reported.number in ("", known.number) or not known.number else known
+
+
+def _same_pair(call: CallRecord, local: Party, remote: Party) -> bool:
+    return bool(remote.number) and (local.number, remote.number) == (call.local.number, call.remote.number)

@@ -337,6 +337,8 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_wit
             return (record.remote_party.number, record.cross_server) == (BOB[0], False)
 
         await wait_for(local_on_callstate, timeout=5, what="alpha's callstate shows Alice-Bob as a local call")
+        record = await get_call(alpha.callstate, call.call_id)
+        assert [s.remote_party.number for s in record.segments] == [CAROL[0], BOB[0]]
         log = "".join(alpha.gateway.log)
         assert "the call came back over the trunk" in log
         # Told once, though the news comes twice (the collapse here, beta's transfer via callstate).

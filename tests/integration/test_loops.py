@@ -78,6 +78,9 @@ async def test_a_call_from_another_server_transferred_back_here_is_closed_here(
             )
 
         await wait_for(local_on_callstate, timeout=5, what="alpha's callstate: Alice talks to Bob, on alpha")
+        # One commutation (the transfer), however the news of it came: Carol, then Bob.
+        record = await get_call(alpha.callstate, call.call_id)
+        assert [s.remote_party.number for s in record.segments] == [CAROL[0], BOB[0]]
         log = "".join(alpha.gateway.log)
         assert "it came back over the trunk (path alpha,beta)" in log, log
         assert log.count(f"phone told its party is now {BOB[0]}") == 1, log

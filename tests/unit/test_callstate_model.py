@@ -274,3 +274,17 @@ def test_a_server_brought_in_by_a_transfer_takes_the_calls_numbering_from_its_ne
     dave = Party("101", "Dave", "sales", "alpha", "Alpha office")
     assert book.shared(Share("c1", "alpha", dave, ANSWERED, 30.0, 3)).new_party == dave
     assert [s.n for s in call.segments] == [2, 3]
+
+
+def test_a_loop_closed_here_after_the_peer_told_of_the_transfer_cuts_no_second_segment() -> None:
+    """beta's share of its transfer to alpha's own Dave came first; then alpha's gateway closes the
+    loop and reports Dave as the new party, now local: the same pair, no third segment."""
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    dave_here = Party("201", "Dave", "sales", "alpha", "Alpha office")
+    assert book.shared(Share("c1", "beta", dave_here, ANSWERED, 20.0, 2)).new_party == dave_here
+    outcome = book.apply(Event("c1", "transferred", 20.3, ALICE, Party("201", server_id="alpha"), ""))
+    call = book.calls["c1"]
+    assert [(s.n, s.remote.number) for s in call.segments] == [(1, "200"), (2, "201")]
+    assert call.peer_server_id == "" and not call.cross_server and outcome.new_party is None
