@@ -31,7 +31,8 @@ import grpc.aio
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.embedded_etcd import EmbeddedEtcd
-from tests.harness.servers import Group
+from tests.harness.servers import Group, has_numbers
+from tests.harness.wait import wait_for
 
 STREAMS_PER_CHANNEL = 100  # as a client library would spread them over connections
 
@@ -87,7 +88,7 @@ async def run(streams: int, numbers: int, per_client: int, total: int) -> None:
             limits = {"streams_per_client": per_client, "streams_total": total}
             alpha = await group.server("alpha", plan, extra={"limits": limits}).start(timeout=60)
             pid = alpha.process.pid if alpha.process is not None else 0
-            await asyncio.sleep(1)
+            await wait_for(lambda: has_numbers(alpha, set(map(str, plan))), timeout=60, what="the whole plan")
             before = rss_mb(pid)
             print(f"registry: {numbers} numbers, limits per client {per_client}, total {total}")
             print(f"  RSS before the streams        {before:8.1f} MB")

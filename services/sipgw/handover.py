@@ -29,6 +29,7 @@ from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.errors import ParseError
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to
+from services.sipgw.transfer import notify_refer, parse_replaces, replaces_in
 from services.sipgw.trunk import INSTANCE, ORIGIN, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -142,7 +143,7 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
             table.send(leg, table.request(leg, "BYE"))
             leg.release_line()
             return
-        _notify(table, old, "200 OK")
+        notify_refer(table, old, "200 OK")
         table.bye(call, side)
         table.replace_leg(call, side, leg, event=Change.REROUTED)
         table.log(call).info("handed over: now directly to server %s", server)
@@ -150,7 +151,7 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
     def failed(status: int, reason: str) -> None:
         call.handover = None
         table.log(call).info("hand-over to server %s failed (%s %s); the call stays", server, status, reason)
-        _notify(table, old, f"{status} {reason}")
+        notify_refer(table, old, f"{status} {reason}")
 
     fork = Fork(table.transactions, branches, lambda b, r: None, answered, failed, ring_timeout=ANSWER_WAIT)
     call.handover = HandOver(fork)
@@ -163,7 +164,7 @@ def _join_here(
     """On A, asked to call itself: the dialog named is a trunk leg of another call here (an
     attended transfer on B joined A's two calls through B); A joins that call's own party to
     this one in place of ``side``'s leg, and both legs to B are hung up."""
-    found = table.replaced(_replaces_value(replaces))
+    found = table.replaced(parse_replaces(replaces))
     if found is None or found[0] is call or found[0].phase != Phase.ANSWERED or not found[0].leg(found[1]).trunk:
         tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
         return
@@ -173,14 +174,14 @@ def _join_here(
     table.log(call).info("handed over: joining call %s here", inner.id)
 
     def done(joined: bool) -> None:
-        _notify(table, old, "200 OK" if joined else "500 Server Internal Error")
+        notify_refer(table, old, "200 OK" if joined else "500 Server Internal Error")
 
     bridge(table, call, side, inner, trunk_side.other, f"joined to call {call.id} here", done)
 
 
 def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request) -> None:
     """On C: a trunk INVITE with Replaces takes the place of one of this server's trunk legs."""
-    found = table.replaced(_replaces_value(request.headers.get("Replaces") or ""))
+    found = table.replaced(parse_replaces(request.headers.get("Replaces") or ""))
     if found is None or found[0].phase != Phase.ANSWERED or not found[0].leg(found[1]).trunk:
         tx.respond(answer_caller(request, 481, "Call/Transaction Does Not Exist (Replaces)"))
         return
@@ -221,33 +222,13 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
     table.log(call).info("handed over: now directly to server %s", leg.server)
 
 
-def _notify(table: CallTable, leg: Leg, status_line: str) -> None:
-    if leg.dialog is None:
-        return
-    notify = table.request(leg, "NOTIFY", f"SIP/2.0 {status_line}\r\n".encode(), "message/sipfrag;version=2.0")
-    notify.headers.add("Event", "refer")
-    notify.headers.add("Subscription-State", "terminated;reason=noresource")
-    table.send(leg, notify)
-
-
 def _target(request: Request) -> tuple[str, str, str] | None:
     """Number, server id and Replaces value of a hand-over's Refer-To, if it is one."""
     try:
         uri = parse_name_addr(request.headers.get("Refer-To") or "").uri
     except ParseError:
         return None
-    if not isinstance(uri, SipURI) or not uri.user or not uri.host.endswith(SUFFIX) or not uri.headers:
+    if not isinstance(uri, SipURI) or not uri.user or not uri.host.endswith(SUFFIX):
         return None
-    server = uri.host.removesuffix(SUFFIX)
-    for item in uri.headers.split("&"):
-        name, _, value = item.partition("=")
-        if name.strip().lower() == "replaces" and value:
-            return uri.user, server, urllib.parse.unquote(value)
-    return None
-
-
-def _replaces_value(value: str) -> tuple[str, str, str]:
-    """Call-ID, to-tag and from-tag of a Replaces header (RFC 3891)."""
-    call_id, *params = value.split(";")
-    tags = dict(p.strip().partition("=")[::2] for p in params)
-    return call_id.strip(), tags.get("to-tag", ""), tags.get("from-tag", "")
+    replaces = replaces_in(uri.headers)
+    return (uri.user, uri.host.removesuffix(SUFFIX), replaces) if replaces else None

@@ -82,7 +82,7 @@ class Transfer:
             return
         consultation = None
         if uri.headers:  # Replaces: an attended transfer
-            consultation = table.replaced(_replaces(uri.headers))
+            consultation = table.replaced(parse_replaces(replaces_in(uri.headers)))
             if consultation is None or consultation[0] is call or consultation[0].phase != Phase.ANSWERED:
                 tx.respond(response_to(request.headers, 481, "Call/Transaction Does Not Exist (Replaces)"))
                 return
@@ -232,14 +232,7 @@ class Transfer:
         self.fork = None
 
     def notify(self, status_line: str, done: bool) -> None:
-        """A NOTIFY of the implicit refer subscription (RFC 3515 2.4.4), with a sipfrag body."""
-        leg = self.transferor
-        if leg.dialog is None:
-            return
-        notify = self.table.request(leg, "NOTIFY", f"SIP/2.0 {status_line}\r\n".encode(), "message/sipfrag;version=2.0")
-        notify.headers.add("Event", "refer")
-        notify.headers.add("Subscription-State", "terminated;reason=noresource" if done else "active;expires=60")
-        self.table.send(leg, notify)
+        notify_refer(self.table, self.transferor, status_line, done)
 
     def cancel(self) -> None:
         """The call ended while the target rang."""
@@ -252,13 +245,27 @@ class Transfer:
             self.target_leg.release_line()
 
 
-def _replaces(headers: str) -> tuple[str, str, str]:
-    """Call-ID, to-tag and from-tag of ``Replaces=...`` in a Refer-To URI's headers (RFC 3891)."""
+def notify_refer(table: CallTable, leg: Leg, status_line: str, done: bool = True) -> None:
+    """A NOTIFY of the implicit refer subscription (RFC 3515 2.4.4), with a sipfrag body."""
+    if leg.dialog is None:
+        return
+    notify = table.request(leg, "NOTIFY", f"SIP/2.0 {status_line}\r\n".encode(), "message/sipfrag;version=2.0")
+    notify.headers.add("Event", "refer")
+    notify.headers.add("Subscription-State", "terminated;reason=noresource" if done else "active;expires=60")
+    table.send(leg, notify)
+
+
+def replaces_in(headers: str) -> str:
+    """The Replaces value (unescaped) among a Refer-To URI's headers; empty if none (RFC 3891)."""
     for item in headers.split("&"):
         name, _, value = item.partition("=")
-        if name.strip().lower() != "replaces":
-            continue
-        call_id, *params = urllib.parse.unquote(value).split(";")
-        tags = dict(p.strip().partition("=")[::2] for p in params)
-        return call_id.strip(), tags.get("to-tag", ""), tags.get("from-tag", "")
-    return "", "", ""
+        if name.strip().lower() == "replaces":
+            return urllib.parse.unquote(value)
+    return ""
+
+
+def parse_replaces(value: str) -> tuple[str, str, str]:
+    """Call-ID, to-tag and from-tag of a Replaces value."""
+    call_id, *params = value.split(";")
+    tags = dict(p.strip().partition("=")[::2] for p in params)
+    return call_id.strip(), tags.get("to-tag", ""), tags.get("from-tag", "")

@@ -104,10 +104,11 @@ class Registrar:
         ``transport`` ("UDP" or "TCP": the phone is reached back the same way)."""
         ip = source[0]
         lines = request.headers.get_lines("Authorization")
+        params = self._credentials_for_realm(lines)  # parsed once: for the lockout and the check
         try:
-            claimed = self._claimed(lines, _aor_user(request))
+            claimed = _claimed(params, _aor_user(request))
         except ParseError:
-            claimed = self._claimed(lines, None)
+            claimed = _claimed(params, None)
         verdict = self._lockout.check(claimed, ip)
         if verdict.action == "locked":
             self._refusals.info(f"dropped from {ip}", "REGISTER from %s dropped: %s locked out", ip, verdict.by)
@@ -125,7 +126,7 @@ class Registrar:
 
         if not lines:
             return Decision(self._challenge(request, aor, stale=False), delay, None)
-        outcome, number = self._authenticate(lines, aor, request.method)
+        outcome, number = self._authenticate(params, aor, request.method)
         if outcome == "failed":
             self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
@@ -148,14 +149,15 @@ class Registrar:
         except ParseError:
             caller = None
         lines = request.headers.get_lines("Proxy-Authorization")
-        claimed = self._claimed(lines, caller)
+        params = self._credentials_for_realm(lines)
+        claimed = _claimed(params, caller)
         verdict = self._lockout.check(claimed, ip)
         if verdict.action == "locked":
             return Decision(None, 0.0, None)
         delay = verdict.delay
         if not lines:
             return Decision(self._challenge(request, caller, stale=False, proxy=True), delay, None)
-        outcome, number = self._authenticate(lines, caller, request.method)
+        outcome, number = self._authenticate(params, caller, request.method)
         if outcome == "failed":
             self._lockout.failed(claimed, ip)
             return Decision(self._reply(request, 403, "Forbidden"), delay, None)
@@ -181,9 +183,8 @@ class Registrar:
             response.headers.add(header, Challenge(self._realm, nonce, algorithm, stale).header_value())
         return response
 
-    def _authenticate(self, lines: list[str], aor: str | None, method: str) -> tuple[_Outcome, str | None]:
+    def _authenticate(self, params: dict[str, str] | None, aor: str | None, method: str) -> tuple[_Outcome, str | None]:
         """Checks the credentials for our realm; every failure looks the same to the caller."""
-        params = self._credentials_for_realm(lines)
         if params is None:
             self._refusals.info(
                 f"{method} unreadable", "%s refused: no readable digest credentials for realm %s", method, self._realm
@@ -202,10 +203,7 @@ class Registrar:
         try:
             valid = verify_response(params, method, password)
         except DigestError as error:
-            self._refusals.info(
-                f"{method} {username[:40]!r}: {error}", "%s from %r refused: %s", method, username[:40], error
-            )
-            return "failed", None
+            return self._refused(method, username, str(error))
         offered = params.get("algorithm", "MD5").upper() in self.algorithms_for(username)
         if not (known and valid and offered) or nonce_state == "bad":
             # Which of these it was stays in the log, never in the answer (no number enumeration).
@@ -215,28 +213,21 @@ class Registrar:
                 else "an algorithm this account is not offered" if not offered
                 else "nonce not ours"
             )  # fmt: skip
-            self._refusals.info(
-                f"{method} {username[:40]!r}: {why}", "%s from %r refused: %s", method, username[:40], why
-            )
-            return "failed", None
+            return self._refused(method, username, why)
         if nonce_state == "stale":
             return "stale", None
         if not self._count_is_fresh(params, nonce):
             if "qop" not in params:
                 # RFC 2069-style phones reuse a nonce on every refresh: ask for a new one instead of punishing.
                 return "stale", None
-            self._refusals.info(
-                f"{method} {username[:40]!r}: replay", "%s from %r refused: replayed nonce count", method, username[:40]
-            )
-            return "failed", None
+            return self._refused(method, username, "replayed nonce count")
         return "ok", username
 
-    def _claimed(self, lines: list[str], user: str | None) -> str:
-        """The account a request tries: the digest user name for our realm, else the number it
-        names (the AOR, the caller). Known or not, every number is counted the same way."""
-        params = self._credentials_for_realm(lines)
-        username = params.get("username", "") if params is not None else ""
-        return username or user or ""
+    def _refused(self, method: str, username: str, why: str) -> tuple[_Outcome, None]:
+        """A failure; why stays in the log (once a minute per account and reason), never in the answer."""
+        user = username[:40]
+        self._refusals.info(f"{method} {user!r}: {why}", "%s from %r refused: %s", method, user, why)
+        return "failed", None
 
     @property
     def lockout(self) -> Lockout:
@@ -296,6 +287,13 @@ class Registrar:
         if to is not None and not _has_to_tag(request):
             response.headers.set("To", f"{to};tag={secrets.token_hex(8)}")
         return response
+
+
+def _claimed(params: dict[str, str] | None, user: str | None) -> str:
+    """The account a request tries: the digest user name for our realm, else the number it names
+    (the AOR, the caller). Known or not, every number is counted the same way."""
+    username = params.get("username", "") if params is not None else ""
+    return username or user or ""
 
 
 def _has_to_tag(request: Request) -> bool:
