@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PCMU = [(0, "PCMU", 8000)]
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def plane_class() -> tuple[Any, str]:
@@ -24,6 +25,10 @@ def plane_class() -> tuple[Any, str]:
         module = importlib.import_module("services.media.plane")
     except ImportError as error:
         return None, f"plane not available: services.media.plane does not import here ({error})"
+    where = Path(module.__file__ or "").resolve()
+    if not where.is_relative_to(CHECKOUT):
+        # The virtualenv's editable install can resolve a package missing here to another checkout.
+        return None, f"plane not available: services.media.plane is not in this checkout (found {where})"
     plane = getattr(module, "Plane", None)
     if plane is None:
         return None, "plane not available: services.media.plane has no Plane"

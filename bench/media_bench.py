@@ -35,12 +35,14 @@ from bench._plane_relay import PlaneRelay, plane_class  # noqa: E402
 from bench._rtpengine import RtpEngine, available  # noqa: E402
 from bench._rtpload import LoadResult, compile_rtpload, run_load, stream_ports  # noqa: E402
 
-STEPS = (50, 100, 200, 300, 400, 500, 600)
+STEPS = (50, 100, 200, 300, 400, 500, 600, 700, 800)
 QUICK_STEPS = (20, 60)
-GENERATOR_BASE = 20000  # generator streams on 20000, 20002, ... (up to 1,400 streams below 22800)
-NG_PORT = 22990
-RTPENGINE_PORTS = (23000, 27999)  # below the ephemeral range, apart from the generator's
-PLANE_PORTS = (28000, 32599)
+# Every port range outside the ephemeral one (32768-60999 by default), so nothing else lands there.
+GENERATOR_BASE = 61000  # generator streams on 61000, 61002, ... (up to 1,100 calls)
+NG_PORT = 19990
+RTPENGINE_PORTS = (20000, 25999)  # 4 ports a call
+PLANE_PORTS = (26000, 31999)  # 4 ports a call
+MAX_CALLS = 1100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_RECORDED_CALLS = 300
@@ -310,6 +312,8 @@ def summary(steps: Sequence[Step], missing: dict[str, str], modes: Sequence[str]
 
 async def run(args: argparse.Namespace) -> None:
     steps = [int(n) for n in args.steps.split(",")] if args.steps else list(QUICK_STEPS if args.quick else STEPS)
+    if max(steps) > MAX_CALLS:
+        raise SystemExit(f"at most {MAX_CALLS} calls: the port ranges are sized for that")
     seconds = args.seconds or (1.0 if args.quick else 10.0)
     modes = ["relay", "recording"] if args.mode == "both" else [args.mode]
     factories, missing = relay_factories(args.rtpengine_threads)
