@@ -22,6 +22,7 @@ _log = logging.getLogger("pbxmesh")
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 DEFAULT_SIPGW = "127.0.0.1:50061"
 DEFAULT_CALLSTATE = "127.0.0.1:50071"
+DEFAULT_MEDIA = "127.0.0.1:50081"
 RPC_TIMEOUT = 5.0
 
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a service of this server")
-    serve.add_argument("service", choices=["registry", "sipgw", "callstate"])
+    serve.add_argument("service", choices=["registry", "sipgw", "callstate", "media"])
     serve.add_argument("-c", "--config", required=True, help="server config file (YAML)")
     serve.set_defaults(func=_serve)
 
@@ -85,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     parties.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
     parties.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
     parties.set_defaults(func=_parties)
+    recordings = sub.add_parser(
+        "recordings",
+        help="list a server's recordings, or fetch one: recordings get SEGMENT_ID -o FILE",
+        usage="pbxmesh recordings [--call ID] [--media HOST:PORT] [--json]\n"
+        "       pbxmesh recordings get SEGMENT_ID -o FILE [--media HOST:PORT]",
+    )
+    recordings.add_argument("action", nargs="*", metavar="get SEGMENT_ID", help="fetch one recording's WAV")
+    recordings.add_argument("--media", default=DEFAULT_MEDIA, metavar="HOST:PORT", help="media service to ask")
+    recordings.add_argument("--call", default="", metavar="ID", help="one call's recordings")
+    recordings.add_argument("-o", "--output", default="", metavar="FILE", help="where `get` writes the WAV")
+    recordings.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recordings.set_defaults(func=_recordings)
     return parser
 
 
@@ -104,6 +117,8 @@ def _serve(args: argparse.Namespace) -> int:
         from services.sipgw.serve import serve_sipgw as serve_service
     elif args.service == "callstate":
         from services.callstate.serve import serve_callstate as serve_service
+    elif args.service == "media":
+        from services.media.serve import serve_media as serve_service
     else:
         from services.registry.serve import serve_registry as serve_service
     try:
@@ -344,6 +359,51 @@ def _parties(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recordings(args: argparse.Namespace) -> int:
+    import datetime
+
+    from pbxmesh.media.v1 import media_pb2 as md
+    from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
+
+    if args.action and (args.action[0] != "get" or len(args.action) != 2 or not args.output):
+        print("pbxmesh: usage: pbxmesh recordings get SEGMENT_ID -o FILE [--media HOST:PORT]", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(args.media) as channel:
+        stub = md_grpc.MediaServiceStub(channel)
+        if args.action:
+            return _fetch_recording(stub, args.action[1], args.output)
+        found = stub.ListRecordings(md.ListRecordingsRequest(call_id=args.call), timeout=RPC_TIMEOUT).recordings
+    if args.json:
+        print(json.dumps([MessageToDict(r, always_print_fields_with_no_presence=True) for r in found], indent=2))
+        return 0
+    rows = []
+    for r in found:
+        started = datetime.datetime.fromtimestamp(r.started_at.ToMicroseconds() / 1e6).strftime("%Y-%m-%d %H:%M:%S")
+        parties = f"{r.local_number} <-> {r.remote_number}"
+        state = r.error or ("recording" if not r.sha256 else "")
+        rows.append(
+            [r.segment_id, started, f"{r.duration_ms / 1000:.2f}s", "held" if r.held else "", parties, r.file, state]
+        )
+    if rows:
+        _table(rows, ["SEGMENT", "STARTED", "DURATION", "HELD", "PARTIES", "FILE", "NOTE"])
+    else:
+        print("no recordings" + (f" of call {args.call}" if args.call else ""))
+    return 0
+
+
+def _fetch_recording(stub: Any, segment_id: str, output: str) -> int:
+    from pbxmesh.media.v1 import media_pb2 as md
+
+    written = 0
+    with open(output, "wb") as file:
+        for part in stub.GetRecording(md.GetRecordingRequest(segment_id=segment_id), timeout=60):
+            if part.WhichOneof("part") == "chunk":
+                file.write(part.chunk)
+                written += len(part.chunk)
+    print(f"{segment_id}: {written} bytes written to {output}")
+    return 0
+
+
 def _kind(kind: int) -> str:
     return pb.NumberKind.Name(pb.NumberKind.ValueType(kind)).removeprefix("NUMBER_KIND_").lower()
 
@@ -352,7 +412,7 @@ def _report_rpc_error(exc: Any) -> int:
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.UNAVAILABLE:
         print(
-            "pbxmesh: the service did not answer (is it running? see --registry / --sipgw / --callstate)",
+            "pbxmesh: the service did not answer (is it running? see --registry / --sipgw / --callstate / --media)",
             file=sys.stderr,
         )
         return 2

@@ -117,6 +117,7 @@ def call_pb(call: CallRecord) -> cs.Call:
             local_party=party_pb(segment.local),
             remote_party=party_pb(segment.remote),
             server_ids=list(segment.server_ids),
+            held=segment.held,
         )
         if segment.ended_at is not None:
             item.ended_at.CopyFrom(stamp(segment.ended_at))

@@ -4,8 +4,9 @@ callstate of the other server of a cross-server call shares.
 Pure: no I/O, no clock of its own (every change carries its time), so that the rules below are unit
 tested directly.
 
-Segments. A call is cut into segments, one per pair of connected parties: the first begins at the
-answer, and each transfer (on either side) ends one and begins the next. Both servers of a
+Segments. A call is cut into segments, one per stretch of a pair of connected parties: the first
+begins at the answer, and each transfer, hold and resume (on either side) ends one and begins the
+next; a stretch on hold is flagged held (its recording holds what the held party heard). Both servers of a
 cross-server call must cut at the same moments with the same ids: ids are ``<call id>/<n>``, and a
 boundary is the earlier of the two servers' observations of it (the server where a change happens
 sees it first and shares its time; the other adopts it). So both timelines end up identical.
@@ -50,6 +51,7 @@ class Segment:
     remote: Party
     server_ids: tuple[str, ...]
     ended_at: float | None = None
+    held: bool = False
 
 
 @dataclasses.dataclass
@@ -224,11 +226,17 @@ class CallBook:
                 self._begin_segment(call, event.at)
             return self._share(call, event.at)
         elif kind in ("held", "resumed") and call.phase in (ANSWERED, HELD):
+            # A commutation unless the other server told of it first (the call is there already).
+            cut = (kind == "held") == (call.phase == ANSWERED)
             call.phase = HELD if kind == "held" else ANSWERED
             call.held_by = event.by if kind == "held" else ""
             call.held_changed_at = event.at
+            if cut:
+                self._begin_segment(call, event.at)
             return self._share(call, event.at)
         elif kind == "transferred" and call.phase in (ANSWERED, HELD):
+            # A new pair of parties talks: whatever hold there was is the old pair's.
+            call.phase, call.held_by = ANSWERED, ""
             self._begin_segment(call, event.at)
             return self._share(call, event.at)
         elif kind == "rerouted" and call.phase in (ANSWERED, HELD):
@@ -287,8 +295,10 @@ class CallBook:
             else:
                 self._end(call, share.at, reason)
         elif call.phase != ENDED:
+            began = False
             if share.segment > call.segment_count and call.phase in (ANSWERED, HELD):
-                self._begin_segment(call, share.at)  # the other side transferred
+                self._begin_segment(call, share.at)  # the other side transferred, held or resumed
+                began = True
                 if changed_number:
                     new_party = call.remote
             elif share.segment > call.segment_count:
@@ -303,6 +313,8 @@ class CallBook:
                 elif share.phase == ANSWERED and call.phase == HELD:
                     call.phase, call.held_by = ANSWERED, ""
                     call.held_changed_at = share.at
+            if began:
+                call.segments[-1].held = call.phase == HELD
             for segment in call.segments:
                 segment.remote = call.remote if segment.ended_at is None else segment.remote
         self._changed(call)
@@ -358,7 +370,7 @@ class CallBook:
             call.answered_at = at
         if call.segments and call.segments[-1].ended_at is None:
             call.segments[-1].ended_at = at
-        call.segments.append(Segment(n, at, call.local, call.remote, call.servers()))
+        call.segments.append(Segment(n, at, call.local, call.remote, call.servers(), held=call.phase == HELD))
 
     def _align_start(self, call: CallRecord, n: int, at: float) -> None:
         """Segment ``n`` began at the earlier of the two servers' times; so did the end of ``n-1``."""

@@ -26,6 +26,7 @@ from services.runtime.config_calls import (
     TrunkSection,
     validate_calls,
 )
+from services.runtime.config_media import MediaSection, RecordingSection, validate_media
 from services.runtime.logs import LOG_FORMATS
 from services.runtime.text import MAX_NAME, MAX_PATH
 
@@ -83,6 +84,7 @@ class ListenSection:
     trunk: str = ""
     sipgw: str = ""
     callstate: str = ""
+    media: str = ""  # the media service's API; the gateway anchors calls on it when set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,7 @@ class MetricsSection:
     registry: str = ""
     sipgw: str = ""
     callstate: str = ""
+    media: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,8 @@ class Config:
     sip: SipSection = dataclasses.field(default_factory=SipSection)
     trunk: TrunkSection = dataclasses.field(default_factory=TrunkSection)
     scenarios: ScenariosSection = dataclasses.field(default_factory=ScenariosSection)
+    media: MediaSection = dataclasses.field(default_factory=MediaSection)
+    recording: RecordingSection = dataclasses.field(default_factory=RecordingSection)
     telemetry: TelemetrySection = TelemetrySection()
     limits: LimitsSection = LimitsSection()
 
@@ -217,7 +222,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"connector.tls.{name}: no such file {value!r}")
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
-    for name in ("registry", "sip", "trunk", "sipgw", "callstate"):
+    for name in ("registry", "sip", "trunk", "sipgw", "callstate", "media"):
         address = getattr(config.listen, name)
         if address or name == "registry":
             check_host_port(address, f"listen.{name}")
@@ -227,7 +232,7 @@ def validate(config: Config) -> None:
             check_host_port(address, f"advertise.{name}")
             if not getattr(config.listen, name):
                 raise ConfigError(f"advertise.{name}: set listen.{name} too (nothing listens to be reached)")
-    for name in ("registry", "sipgw", "callstate"):
+    for name in ("registry", "sipgw", "callstate", "media"):
         address = getattr(config.telemetry.metrics, name)
         if address:
             check_host_port(address, f"telemetry.metrics.{name}")
@@ -246,6 +251,7 @@ def validate(config: Config) -> None:
             f" limits.streams_total ({limits.streams_total})"
         )
     _validate_numbering(config.numbering)
+    validate_media(config.media, config.recording)
     validate_calls(
         config.sip,
         config.trunk,

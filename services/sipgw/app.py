@@ -12,11 +12,13 @@ from pathlib import Path
 from services.runtime.config import Config, ConfigError, check_host_port
 from services.runtime.grpc_server import GrpcHost
 from services.runtime.metrics import Metrics
+from services.sipgw.anchor import Anchoring
 from services.sipgw.auth.lockout import Lockout
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
 from services.sipgw.liveness import PeerMonitor, SessionTimer
+from services.sipgw.media_link import MediaLink
 from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Registrar
 from services.sipgw.registrar.store import BindingsFile
@@ -81,6 +83,10 @@ class SipGatewayApp:
             else None
         )
         table = self.core.calls.table
+        self.media = MediaLink(config.listen.media) if config.listen.media else None
+        table.media = Anchoring(self.media, config.recording.required)
+        if self.media is not None:
+            self.media.on_lost = lambda: table.media.go_direct(table.active(), table.offer)
         self.sessions = SessionTimer(table, config.sip.session_expires)
         self.peers = PeerMonitor(table, self.trunk) if self.trunk is not None else None
         self.failed = asyncio.Event()
@@ -105,6 +111,17 @@ class SipGatewayApp:
             lambda: [(len(bindings.numbers()), {})],
         )
         m.gauge("pbxmesh.calls.active", "calls in progress, by kind", active)
+        anchoring = self.core.calls.table.media
+        m.counter_of(
+            "pbxmesh.calls.unanchored",
+            "calls set up with direct media because the media service could not be had",
+            lambda: [(anchoring.unanchored, {})],
+        )
+        m.counter_of(
+            "pbxmesh.calls.moved_to_direct_media",
+            "calls moved to direct media because the media service went away mid-call",
+            lambda: [(anchoring.moved, {})],
+        )
         m.gauge("pbxmesh.trunk.lines", "trunk lines configured", lambda: [(lines.usage.lines, {})])
         m.gauge("pbxmesh.trunk.lines_in_use", "trunk lines in use", lambda: [(lines.usage.in_use, {})])
         m.counter_of(
@@ -154,6 +171,8 @@ class SipGatewayApp:
             if ":" in self.trunk.endpoint.local[0]:
                 self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
+        if self.media is not None:
+            self.media.start()
         self.sessions.start()
         if self.peers is not None:
             self.peers.start()
@@ -186,6 +205,8 @@ class SipGatewayApp:
         await self.plan.stop()
         if self.reporter is not None:
             await self.reporter.stop()
+        if self.media is not None:
+            await self.media.stop()
         if self.trunk is not None and self.trunk.endpoint is not None:
             self.trunk.endpoint.close()
         if self.udp is not None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
+    from services.sipgw.anchor import Anchor
     from services.sipgw.fork import Branch, Fork
     from services.sipgw.handover import HandOver
     from services.sipgw.transfer import Transfer
@@ -146,6 +147,7 @@ class Call:
     handover: HandOver | None = None  # this server was asked to call the server behind a leg directly
     handing_over: bool = False  # this server, in the middle, asked to be left out of the call
     loop_of: str = ""  # this call came back over the trunk as part of that call: closed once set up
+    media: Anchor | None = None  # its legs on the media service; None: the parties talk directly
     # The call's trace: its setup span (open until the answer) and the context later spans join.
     trace: Context | None = None
     setup_span: Span | None = None

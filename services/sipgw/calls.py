@@ -16,6 +16,7 @@ from collections.abc import Callable
 from services.runtime.logs import call_log, call_traces
 from services.runtime.telemetry import ATTR_END_REASON
 from services.sipgw import tracing
+from services.sipgw.anchor import Anchoring
 from services.sipgw.call import Call, Change, Leg, Phase, Side
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.transaction import ClientTransaction, TransactionLayer
@@ -24,6 +25,7 @@ from services.sipgw.trunk import Trunk
 
 _log = logging.getLogger(__name__)
 
+MEDIA_CLOSE_DELAY = 2.0  # seconds an ended call keeps its media legs
 DialogKey = tuple[str, str, str]  # Call-ID, our tag, the peer's tag
 
 
@@ -44,6 +46,8 @@ class CallTable:
         self.listeners: set[Callable[[Call], None]] = set()
         # Told each call's setup time (first INVITE to answer, seconds): the metrics' histogram.
         self.record_setup: Callable[[float], None] = lambda seconds: None
+        # The calls' media on the server's media service (none set: the parties talk directly).
+        self.media = Anchoring(None, required=False)
 
     # -- finding calls ----------------------------------------------------------------------------
 
@@ -98,6 +102,21 @@ class CallTable:
         return call_log(_log, call.id)
 
     # -- sending on a leg -----------------------------------------------------------------------------
+
+    def offer(self, call: Call, side: Side, body: bytes) -> None:
+        """A re-INVITE offering ``body`` to ``side``'s party, its 2xx ACKed (the media moves)."""
+        leg = call.legs.get(side)
+        if leg is None or leg.dialog is None or call.phase != Phase.ANSWERED:
+            return
+        leg.sdp = body
+        reinvite = self.request(leg, "INVITE", body, "application/sdp")
+
+        def on_answer(response: Response) -> None:
+            if 200 <= response.status < 300 and leg.dialog is not None:
+                leg.dialog.refresh_target(response)
+                self.ack(leg, reinvite.cseq.number)
+
+        self.send(leg, reinvite, on_answer)
 
     def request(self, leg: Leg, method: str, body: bytes = b"", content_type: str = "") -> Request:
         """A new request in the leg's dialog."""
@@ -181,6 +200,7 @@ class CallTable:
         far = call.legs.get(side.other)
         if side == call.home and leg.trunk and far is not None and not far.trunk:
             call.home = side.other  # this server's own party is the one on the other side now
+            self.media.connect(call)  # which leg records as this server's party
         if event == Change.TRANSFERRED:
             call.held_by = None
         self.changed(call, event)
@@ -239,6 +259,9 @@ class CallTable:
             span.set_attribute(ATTR_END_REASON, reason)
         self.log(call).info("ended: %s", reason)
         self.changed(call, Change.ENDED)
+        if call.media is not None:
+            # A moment later: the recording of the last segment is closed at the end time first.
+            asyncio.get_running_loop().call_later(MEDIA_CLOSE_DELAY, self.media.close, call)
         # Keep the dialogs a little longer: late ACKs and retransmitted BYEs still find them.
         asyncio.get_running_loop().call_later(self.transactions.timers.b, self._forget, call)
 

@@ -135,6 +135,8 @@ def accept(table: CallTable, router: Router, call: Call, side: Side, tx: ServerT
             return
         leg = Leg.from_branch(branch, Dialog.as_uac(branch.request, response), number, old.name)
         leg.sdp, leg.allows_update = old.sdp, sdp.allows_update(response)
+        if response.headers.get("Content-Type") == "application/sdp":
+            table.media.heard_answer(call, side, response.body)  # the new server's media, same leg here
         leg.peer_instance = response.headers.get(INSTANCE) or ""
         done.append(leg)
         table.ack(leg, branch.request.cseq.number)
@@ -215,6 +217,8 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
         allows_update=sdp.allows_update(request),
         peer_instance=request.headers.get(INSTANCE) or "",
     )
+    if request.headers.get("Content-Type") == "application/sdp":
+        table.media.heard_answer(call, side, request.body)  # the calling server's media, same leg here
     tx.respond(answer)
     table.bye(call, side)
     table.replace_leg(call, side, leg, event=Change.REROUTED)

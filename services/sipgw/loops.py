@@ -61,7 +61,8 @@ def bridge(
             table.log(outer).info("the joining party gave no offer (%s); the calls stay", response.status)
             done(False)
             return
-        offer = response.body
+        # A2 takes the place of the trunk leg on ``side``: it is given that side's media leg.
+        offer = table.media.answer(outer, side, response.body)
         reoffer = table.request(a1, "INVITE", offer, "application/sdp")
 
         def a1_answered(answer: Response) -> None:
@@ -71,12 +72,12 @@ def bridge(
             a1.dialog.refresh_target(answer)
             table.ack(a1, reoffer.cseq.number)
             ok = 200 <= answer.status < 300
-            body = answer.body if ok else b""
+            body = table.media.answer(outer, side.other, answer.body) if ok else b""
             table.ack(a2, ask.cseq.number, body, "application/sdp")
             if not ok or outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
                 done(False)
                 return
-            a1.sdp, a2.sdp = offer, answer.body
+            a1.sdp, a2.sdp = offer, body
             done(True)
             table.bye(outer, side)  # the leg toward the other server
             table.bye(inner, joining.other)  # the leg from it

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from services.sipgw import handover, sdp
+from services.sipgw.anchor import NotAcceptable
 from services.sipgw.call import Call, Change, Phase, Side
 from services.sipgw.calls import CallTable
 from services.sipgw.sip import Request, Response
@@ -86,19 +87,30 @@ class InDialog:
         answer comes back."""
         if request.method == "INVITE":
             tx.respond(response_to(request.headers, 100, "Trying"))
+        content_type = request.headers.get("Content-Type") or ""
+        body = request.body
+        if body and content_type == "application/sdp":
+            try:
+                body = self.table.media.carry(call, side, body)
+            except NotAcceptable:
+                tx.respond(response_to(request.headers, 488, "Not Acceptable Here (no PCMU or PCMA offered)"))
+                return
         self._note_hold(call, side, request.body)
         own, other = call.leg(side), call.leg(side.other)
         assert own.dialog is not None and other.dialog is not None
         own.refreshed_at = other.refreshed_at = time.monotonic()  # the session is refreshed both ways
-        offer = self.table.request(other, request.method, request.body, request.headers.get("Content-Type") or "")
-        if request.body:
-            other.sdp = request.body
+        offer = self.table.request(other, request.method, body, content_type)
+        if body:
+            other.sdp = body
 
         def on_answer(response: Response) -> None:
             if response.status < 200:
                 return
-            if 200 <= response.status < 300 and response.body:
-                own.sdp = response.body
+            answered = response.body
+            if answered and response.headers.get("Content-Type") == "application/sdp" and response.status < 300:
+                answered = self.table.media.answer(call, side.other, answered)
+            if 200 <= response.status < 300 and answered:
+                own.sdp = answered
             if request.method == "INVITE" and response.status < 300:
                 assert other.dialog is not None
                 other.dialog.refresh_target(response)
@@ -110,6 +122,7 @@ class InDialog:
                 assert own.dialog is not None
                 answer.headers.add("Contact", own.dialog.contact)
             sdp.copy_body(response, answer)
+            answer.body = answered if answer.body else answer.body
             tx.respond(answer)
             if request.method == "INVITE" and response.status < 300:
                 self.table.keep_answering(call, side, answer.to_bytes())
@@ -127,7 +140,9 @@ class InDialog:
         holding = sdp.holds(offer)
         if holding and call.held_by is None:
             call.held_by = side
+            self.table.media.hold(call, side, True)
             self.table.changed(call, Change.HELD)
         elif not holding and call.held_by == side:
             call.held_by = None
+            self.table.media.hold(call, side, False)
             self.table.changed(call, Change.RESUMED)

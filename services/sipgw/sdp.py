@@ -1,7 +1,10 @@
-"""What the call core reads in SDP and message bodies (media itself flows between the phones)."""
+"""What the call core reads in SDP and message bodies, and how it rewrites SDP when the call's
+media is anchored on the server's media service."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 
 from services.sipgw.sip import Request, Response
@@ -52,4 +55,138 @@ def refusal(offer: bytes) -> bytes:
             out.append(" ".join([media, "0", *rest]))
         else:
             out.append(line)
+    return ("\r\n".join(out) + "\r\n").encode()
+
+
+# -- anchoring: what the media service is told of a party's SDP, and the SDP the other party gets --
+
+STATIC = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
+RELAYED = ("PCMU", "PCMA", "telephone-event")
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+# Attributes that describe the party's own transport: they must not reach the other party when
+# the media runs through this server (its candidates, its RTCP port, keys it alone holds).
+TRANSPORT_ATTRIBUTES = (
+    "a=rtcp:",
+    "a=rtcp-mux",
+    "a=candidate",
+    "a=end-of-candidates",
+    "a=ice-",
+    "a=crypto",
+    "a=fingerprint",
+    "a=setup",
+    "a=remote-candidates",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A party's audio stream as its SDP describes it."""
+
+    address: str
+    port: int
+    rtcp_port: int
+    codecs: tuple[tuple[int, str, int], ...]  # (payload type, encoding, clock rate), relayed ones only
+    direction: str
+
+    @property
+    def speaks_g711(self) -> bool:
+        return any(encoding in ("PCMU", "PCMA") for _, encoding, _ in self.codecs)
+
+
+def audio_stream(body: bytes) -> Stream | None:
+    """The first audio stream of an SDP body; None when there is none (or it is not SDP)."""
+    text = body.decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines()]
+    if not lines or not lines[0].startswith("v="):
+        return None
+    session_address, direction = "", "sendrecv"
+    block: list[str] | None = None
+    for line in lines:
+        if line.startswith("m="):
+            if block is not None:
+                break
+            if line.startswith("m=audio "):
+                block = [line]
+            continue
+        if block is not None:
+            block.append(line)
+        elif line.startswith("c="):
+            session_address = line.split()[-1]
+        elif line[2:] in DIRECTIONS:
+            direction = line[2:]
+    if block is None:
+        return None
+    fields = block[0].split()
+    try:
+        port = int(fields[1].split("/")[0])
+        formats = [int(f) for f in fields[3:]]
+    except (IndexError, ValueError):
+        return None
+    address, rtcp_port, maps = session_address, port + 1, dict(STATIC)
+    for line in block[1:]:
+        if line.startswith("c="):
+            address = line.split()[-1]
+        elif line.startswith("a=rtcp:"):
+            with contextlib.suppress(ValueError):
+                rtcp_port = int(line[7:].split()[0])
+        elif line.startswith("a=rtpmap:"):
+            with contextlib.suppress(ValueError, IndexError):
+                pt, spec = line[9:].split(None, 1)
+                name, rate, *_ = [*spec.split("/"), "8000"]
+                maps[int(pt)] = (name, int(rate))
+        elif line[2:] in DIRECTIONS:
+            direction = line[2:]
+    address = address.split("/")[0]
+    codecs = tuple(
+        (pt, _canonical(maps[pt][0]), maps[pt][1])
+        for pt in formats
+        if pt in maps and _canonical(maps[pt][0]) in RELAYED and maps[pt][1] == 8000
+    )
+    if not 0 <= port <= 65535 or not 0 < rtcp_port <= 65535:
+        return None
+    return Stream(address, port, rtcp_port, codecs, direction)
+
+
+def _canonical(name: str) -> str:
+    upper = name.upper()
+    return "telephone-event" if upper == "TELEPHONE-EVENT" else upper
+
+
+def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> bytes:
+    """``body`` as the other party gets it when media runs through this server: its audio stream
+    at ``address``:``port`` with only the codecs relayed, other streams refused (port 0), the
+    party's transport attributes left out, and the gateway's own origin line (session id,
+    version) so that the other party sees one session whoever is behind it."""
+    stream = audio_stream(body)
+    kept = {pt for pt, _, _ in stream.codecs} if stream is not None else set()
+    out: list[str] = []
+    in_audio = seen_audio = False
+    for raw in body.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("o="):
+            out.append(f"o=pbxmesh {origin[0]} {origin[1]} IN IP4 {address}")
+            continue
+        if line.startswith("m="):
+            fields = line.split()
+            in_audio = fields[0] == "m=audio" and not seen_audio
+            if in_audio:
+                seen_audio = True
+                formats = [f for f in fields[3:] if f.isdigit() and int(f) in kept]
+                out.append(" ".join([fields[0], str(port), fields[2], *formats]))
+            else:
+                out.append(" ".join([fields[0], "0", *fields[2:]]))
+            continue
+        if line.startswith("c="):
+            out.append(f"c=IN IP4 {address}")
+            continue
+        if in_audio:
+            if line.startswith(TRANSPORT_ATTRIBUTES):
+                continue
+            if line.startswith(("a=rtpmap:", "a=fmtp:")):
+                pt = line.split(":", 1)[1].split()[0]
+                if not pt.isdigit() or int(pt) not in kept:
+                    continue
+        out.append(line)
     return ("\r\n".join(out) + "\r\n").encode()

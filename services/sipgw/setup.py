@@ -27,6 +27,7 @@ from services.runtime.config_calls import parse_target_uri
 from services.runtime.logs import call_traces, trace_id_of
 from services.runtime.telemetry import ATTR_CALL_ID, ATTR_CALLEE, ATTR_CALLER
 from services.sipgw import sdp, tracing
+from services.sipgw.anchor import NotAcceptable
 from services.sipgw.call import Call, Change, Leg, Phase, Placed, Side, called_number
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
@@ -112,6 +113,10 @@ class CallSetup:
                 branch.released()
             raise PlaceError(second[0], f"{target}: {_WHY.get(second[0], second[1])}")
         call = Call(correlation, {}, target)
+        if not self.table.media.open(call):
+            for branch in [*first_branches, *second]:
+                branch.released()
+            raise PlaceError(503, "the media service is unreachable and recording is required")
         first_fork = Fork(
             self.table.transactions,
             first_branches,
@@ -162,10 +167,33 @@ class CallSetup:
         if loop:
             call.loop_of = out.correlation
             self.table.log(call).info("it came back over the trunk (path %s)", ",".join(out.path))
+        refusal = self._anchor(call, branches, request.body, request.headers.get("Content-Type") or "")
+        if refusal is not None:
+            for branch in branches:
+                branch.released()
+            tx.respond(answer_caller(request, *refusal))
+            return False
         call.fork = self._fork(call, branches, ring_timeout=self.ring_timeout)
         self._started(call, tracing.from_trunk(request) if caller.trunk else None)
         call.fork.start()
         return True
+
+    def _anchor(self, call: Call, branches: list[Branch], offer: bytes, content_type: str) -> Failure | None:
+        """The call's media on the media service, and the caller's offer as the branches get it;
+        the failure to answer the caller with when it cannot go on."""
+        media = self.table.media
+        if not media.open(call):
+            return (503, "Service Unavailable (the media service is unreachable and recording is required)")
+        if content_type != "application/sdp" or not offer:
+            return None
+        try:
+            carried = media.carry(call, Side.CALLER, offer)
+        except NotAcceptable:
+            media.close(call)
+            return (488, "Not Acceptable Here (no PCMU or PCMA offered)")
+        for branch in branches:
+            branch.request.body = carried
+        return None
 
     def _fork(self, call: Call, branches: list[Branch], ring_timeout: float | None = None) -> Fork:
         return Fork(
@@ -221,8 +249,14 @@ class CallSetup:
             self.table.end(call, "the first party answered without an SDP offer")
             return
         placed.offer = response.body
+        try:
+            offer = self.table.media.carry(call, Side.CALLER, response.body)
+        except NotAcceptable:
+            self.refuse_first(call)
+            self.table.end(call, "the first party offered no PCMU or PCMA")
+            return
         for second in call.fork.branches:  # the first party's offer goes to the second now
-            second.request.body = response.body
+            second.request.body = offer
             second.request.headers.set("Content-Type", content_type)
         self.table.log(call).info("%s answered, calling %s", call.caller, call.dialed)
         call.fork.start()
@@ -232,6 +266,7 @@ class CallSetup:
         assert call.placed is not None
         first = call.leg(Side.CALLER)
         assert first.invite is not None
+        body = self.table.media.answer(call, Side.CALLEE, body) if content_type == "application/sdp" else body
         call.placed.ack_body = (body, content_type)
         first.sdp = body
         self.table.ack(first, first.invite.cseq.number, body, content_type)
@@ -252,6 +287,8 @@ class CallSetup:
         if call.invite is not None:
             ringing = answer_caller(call.invite.request, response.status, response.reason, call.caller_tag)
             sdp.copy_body(response, ringing)
+            if ringing.body and response.headers.get("Content-Type") == "application/sdp":  # early media
+                ringing.body = self.table.media.answer(call, Side.CALLEE, response.body)
             call.invite.respond(ringing)
         if first_ring:
             self.table.changed(call, Change.RINGING)
@@ -291,8 +328,10 @@ class CallSetup:
         if caller.trunk and self.trunk is not None:
             answer.headers.add(INSTANCE, self.trunk.instance)
         sdp.copy_body(response, answer)
+        if answer.body and response.headers.get("Content-Type") == "application/sdp":
+            answer.body = self.table.media.answer(call, Side.CALLEE, response.body)
         caller.dialog = Dialog.as_uas(request, call.caller_tag, contact)
-        caller.sdp = response.body
+        caller.sdp = answer.body
         caller.allows_update = sdp.allows_update(request)
         self.table.attach(call, Side.CALLER, caller)
         call.invite.respond(answer)

@@ -167,6 +167,8 @@ class Transfer:
             self.finish("488 Not Acceptable Here" if not offer else "487 Request Terminated")
             return
         other = call.leg(self.side.other)
+        # The target takes the transferor's side, and with it that side's media leg.
+        offer = self.table.media.answer(call, self.side, offer)
         reinvite = self.table.request(other, "INVITE", offer, "application/sdp")
         if other.trunk:
             tracing.to_headers(reinvite.headers, self.trace)
@@ -183,8 +185,9 @@ class Transfer:
             self.table.ack(other, reinvite.cseq.number)
             if self.target_ack is None:
                 content_type = answer.headers.get("Content-Type") or "application/sdp"
-                self.target_ack = self.table.ack(target, self.target_invite_cseq, answer.body, content_type)
-                other.sdp, target.sdp = offer, answer.body
+                body = self.table.media.answer(call, self.side.other, answer.body)
+                self.target_ack = self.table.ack(target, self.target_invite_cseq, body, content_type)
+                other.sdp, target.sdp = offer, body
                 self.take_place(target)
 
         self.table.send(other, reinvite, on_answer, lambda: self.finish("408 Request Timeout"))

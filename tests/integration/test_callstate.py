@@ -154,6 +154,15 @@ async def test_a_hold_on_the_other_server_shows_on_this_servers_stream(sites: di
     assert watch.phases() == ["DIALING", "RINGING", "ANSWERED", "HELD", "ANSWERED", "ENDED"]
     held = next(c for c in watch.calls if c.phase == cs.CALL_PHASE_HELD)
     assert held.held_by == "remote" and held.remote_party.number == CAROL[0]
+    # The hold and the resume are commutations: three segments, the middle one held, cut at the
+    # same moments with the same ids on both servers.
+    final = await aligned({"alpha": alpha, "beta": beta}, held.call_id)
+    for record in final.values():
+        assert [(s.segment_id, s.held) for s in record.segments] == [
+            (f"{held.call_id}/1", False),
+            (f"{held.call_id}/2", True),
+            (f"{held.call_id}/3", False),
+        ]
 
 
 async def place(gateway: Gateway, first: str, to: str) -> pb.Call:

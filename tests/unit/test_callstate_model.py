@@ -288,3 +288,52 @@ def test_a_loop_closed_here_after_the_peer_told_of_the_transfer_cuts_no_second_s
     call = book.calls["c1"]
     assert [(s.n, s.remote.number) for s in call.segments] == [(1, "200"), (2, "201")]
     assert call.peer_server_id == "" and not call.cross_server and outcome.new_party is None
+
+
+def test_hold_and_resume_each_begin_a_segment_and_the_held_one_is_flagged() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    held = book.apply(Event("c1", "held", 11.0, ALICE, Party("200", server_id="beta"), "beta", by="local"))
+    resumed = book.apply(Event("c1", "resumed", 15.0, ALICE, Party("200", server_id="beta"), "beta"))
+    call = book.calls["c1"]
+    assert [(s.n, s.started_at, s.ended_at, s.held) for s in call.segments] == [
+        (1, 10.2, 11.0, False),
+        (2, 11.0, 15.0, True),
+        (3, 15.0, None, False),
+    ]
+    # The other server is told the segment numbers, so it cuts at the same moments.
+    assert held.share is not None and (held.share.segment, held.share.phase) == (2, HELD)
+    assert resumed.share is not None and (resumed.share.segment, resumed.share.phase) == (3, ANSWERED)
+
+
+def test_a_hold_told_by_the_peer_first_is_one_segment_at_the_earlier_time() -> None:
+    """beta's phone holds: beta's callstate tells alpha (segment 2 at 11.0) before alpha's gateway
+    reports the re-INVITE it passed on (11.02); alpha cuts once, at beta's time, flagged held."""
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", CAROL, HELD, 11.0, 2, held_by="local"))
+    book.apply(Event("c1", "held", 11.02, ALICE, Party("200", server_id="beta"), "beta", by="remote"))
+    call = book.calls["c1"]
+    assert [(s.n, s.started_at, s.held) for s in call.segments] == [(1, 10.2, False), (2, 11.0, True)]
+    # And the other order: alpha's gateway first (resume at 20.03), beta's earlier time (20.0) wins.
+    book.apply(Event("c1", "resumed", 20.03, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", CAROL, ANSWERED, 20.0, 3))
+    assert [(s.n, s.started_at, s.ended_at, s.held) for s in call.segments] == [
+        (1, 10.2, 11.0, False),
+        (2, 11.0, 20.0, True),
+        (3, 20.0, None, False),
+    ]
+    assert call.phase == ANSWERED
+
+
+def test_a_transfer_during_a_hold_begins_a_segment_that_is_not_held() -> None:
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.apply(Event("c1", "held", 11.0, ALICE, Party("200", server_id="beta"), "beta", by="local"))
+    book.apply(Event("c1", "transferred", 12.0, Party("101"), Party("200", server_id="beta"), "beta"))
+    call = book.calls["c1"]
+    assert [(s.n, s.held) for s in call.segments] == [(1, False), (2, True), (3, False)]
+    assert (call.phase, call.held_by) == (ANSWERED, "")

@@ -114,8 +114,8 @@ Global___Party: _TypeAlias = Party  # noqa: Y015
 
 @_typing.final
 class Segment(_message.Message):
-    """Segment is one stretch of a call with the same pair of connected parties: the unit recordings are
-    cut into. Both servers of a cross-server call cut at the same moments, with the same ids.
+    """Segment is one stretch of a call with the same pair of connected parties, held or not: the unit
+    recordings are cut into. Both servers of a cross-server call cut at the same moments, with the same ids.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -126,8 +126,11 @@ class Segment(_message.Message):
     LOCAL_PARTY_FIELD_NUMBER: _builtins.int
     REMOTE_PARTY_FIELD_NUMBER: _builtins.int
     SERVER_IDS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
     """"<call id>/<n>", n from 1."""
+    held: _builtins.bool
+    """The stretch was on hold (a hold and a resume each begin a segment)."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -151,10 +154,11 @@ class Segment(_message.Message):
         local_party: Global___Party | None = ...,
         remote_party: Global___Party | None = ...,
         server_ids: _abc.Iterable[_builtins.str] | None = ...,
+        held: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "local_party", b"local_party", "remote_party", b"remote_party", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "local_party", b"local_party", "remote_party", b"remote_party", "segment_id", b"segment_id", "server_ids", b"server_ids", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "held", b"held", "local_party", b"local_party", "remote_party", b"remote_party", "segment_id", b"segment_id", "server_ids", b"server_ids", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
