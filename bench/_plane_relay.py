@@ -79,8 +79,13 @@ class PlaneRelay:
             music_on_hold=_silence_wav(directory / "hold.wav"),
             on_event=lambda event: None,
         )
-        # The plane names its workers' PIDs; where it does not, its workers are our new children.
-        pids = list(getattr(plane, "pids", None) or sorted(set(_children(os.getpid())) - before))
+        # The workers' PIDs: ``plane.pids`` if the plane names them, else its workers' processes,
+        # else the processes it started (our new children).
+        pids = list(
+            getattr(plane, "pids", None)
+            or [worker.process.pid for worker in getattr(plane, "workers", [])]
+            or sorted(set(_children(os.getpid())) - before)
+        )
         if not pids:
             await plane.stop()
             raise RuntimeError("the plane started no worker process the bench can see (plane.pids)")
