@@ -7,6 +7,7 @@ is in this file.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 PCMU = [(0, "PCMU", 8000)]
+COUNTERS_PERIOD = 1.2  # the workers report their counters every second
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -108,6 +110,13 @@ class PlaneRelay:
                 self.recording.append(call_id)
             destinations += [(leg_a.address, leg_a.rtp_port), (leg_b.address, leg_b.rtp_port)]
         return destinations
+
+    async def relayed(self) -> int | None:
+        """The packets the worker relayed since it started, from its next counters report (every second)."""
+        await asyncio.sleep(COUNTERS_PERIOD)
+        counters = self.plane.counters()
+        value = counters.get("packets_relayed") if isinstance(counters, dict) else None
+        return int(value) if value is not None else None
 
     async def close(self) -> str:
         for call_id in self.recording:

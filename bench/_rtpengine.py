@@ -142,6 +142,14 @@ class RtpEngine:
 
         return await asyncio.to_thread(setup)
 
+    async def relayed(self) -> int | None:
+        """The packets rtpengine relayed since it started (its ``statistics``)."""
+        reply = await asyncio.to_thread(self.command, {"command": "statistics"})
+        try:
+            return int(reply["statistics"]["totalstatistics"]["relayedpackets"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
     async def close(self) -> str:
         """Deletes the calls, then stops rtpengine; says how it ended."""
 

@@ -56,6 +56,7 @@ class Relay(Protocol):
     @property
     def pids(self) -> list[int]: ...
     async def open_calls(self, sides: Sequence[tuple[int, int]], *, record: bool) -> list[tuple[str, int]]: ...
+    async def relayed(self) -> int | None: ...
     async def close(self) -> str: ...
     def recordings(self) -> list[Path]: ...
 
@@ -100,21 +101,40 @@ def rss_mib(pids: Sequence[int]) -> float:
     return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids) * PAGE / 2**20
 
 
+def udp_receive_buffer_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (all sockets)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
+
+
 HEADER = (
-    f"{'relay':<20} {'calls':>5} {'sent':>8} {'received':>8} {'lost':>6} {'loss %':>7} {'CPU %':>6} "
-    f"{'us/pkt':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} {'gen CPU %':>9}  note"
+    f"{'relay':<20} {'calls':>5} {'sent':>8} {'received':>8} {'lost':>6} {'loss %':>7} {'relayed':>8} "
+    f"{'rcvbuf':>6} {'CPU %':>6} {'us/pkt':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} "
+    f"{'gen CPU %':>9}  note"
 )
 
 
-def format_step(label: str, calls: int, load: LoadResult, cpu_s: float | None, rss: float | None, note: str) -> str:
+def format_step(
+    label: str,
+    calls: int,
+    load: LoadResult,
+    *,
+    relayed: int | None = None,
+    drops: int = 0,
+    cpu_s: float | None = None,
+    rss: float | None = None,
+    note: str = "",
+) -> str:
     wall = load.seconds
-    cpu = f"{100 * cpu_s / wall:6.1f}" if cpu_s is not None else f"{'-':>6}"
-    per_packet = f"{1e6 * cpu_s / load.received:6.1f}" if cpu_s is not None and load.received else f"{'-':>6}"
-    memory = f"{rss:7.1f}" if rss is not None else f"{'-':>7}"
+    dash = "-"
+    cpu = f"{100 * cpu_s / wall:6.1f}" if cpu_s is not None else f"{dash:>6}"
+    per_packet = f"{1e6 * cpu_s / load.received:6.1f}" if cpu_s is not None and load.received else f"{dash:>6}"
+    memory = f"{rss:7.1f}" if rss is not None else f"{dash:>7}"
+    counted = f"{relayed:>8}" if relayed is not None else f"{dash:>8}"
     return (
-        f"{label:<20} {calls:>5} {load.sent:>8} {load.received:>8} {load.lost:>6} {load.loss_percent:>7.3f} {cpu} "
-        f"{per_packet} {load.p50_us / 1000:>7.2f} {load.p99_us / 1000:>7.2f} {load.max_us / 1000:>7.2f} {memory} "
-        f"{100 * load.cpu_s / wall:>9.1f}  {note}"
+        f"{label:<20} {calls:>5} {load.sent:>8} {load.received:>8} {load.lost:>6} {load.loss_percent:>7.3f} "
+        f"{counted} {drops:>6} {cpu} {per_packet} {load.p50_us / 1000:>7.2f} {load.p99_us / 1000:>7.2f} "
+        f"{load.max_us / 1000:>7.2f} {memory} {100 * load.cpu_s / wall:>9.1f}  {note}"
     ).rstrip()
 
 
@@ -133,8 +153,10 @@ class Bench:
         """The generator against itself (side A sends straight to side B): the latency floor."""
         ports = self.sides(calls)
         destinations = [("127.0.0.1", port) for a, b in ports for port in (b, a)]
+        drops = udp_receive_buffer_errors()
         load = await run_load(self.binary, base_port=GENERATOR_BASE, destinations=destinations, seconds=self.seconds)
-        print(format_step("direct (no relay)", calls, load, None, None, "the generator's own path"), flush=True)
+        drops = udp_receive_buffer_errors() - drops
+        print(format_step("direct (no relay)", calls, load, drops=drops, note="the generator's own path"), flush=True)
 
     async def step(self, label: str, factory: RelayFactory, mode: str, calls: int) -> Step:
         self.runs += 1
@@ -146,6 +168,7 @@ class Bench:
         async def started() -> None:
             window["cpu"] = cpu_seconds(relay.pids)
             window["t"] = time.monotonic()
+            window["drops"] = udp_receive_buffer_errors()
 
         try:
             destinations = await relay.open_calls(self.sides(calls), record=mode == "recording")
@@ -159,7 +182,9 @@ class Bench:
             )
             cpu = cpu_seconds(relay.pids) - window["cpu"]
             wall = time.monotonic() - window["t"]
+            drops = udp_receive_buffer_errors() - int(window["drops"])
             rss = rss_mib(relay.pids)
+            relayed = await relay.relayed()
         finally:
             ended = await relay.close()
         files = len(relay.recordings())
@@ -170,7 +195,8 @@ class Bench:
             note.append(ended)
         if load.foreign or load.duplicates or load.send_errors:
             note.append(f"foreign {load.foreign}, duplicates {load.duplicates}, send errors {load.send_errors}")
-        print(format_step(label, calls, load, cpu, rss, ", ".join(note)), flush=True)
+        line = format_step(label, calls, load, relayed=relayed, drops=drops, cpu_s=cpu, rss=rss, note=", ".join(note))
+        print(line, flush=True)
         return Step(label, mode, calls, load, cpu, wall, rss, files)
 
 
@@ -208,8 +234,8 @@ async def ramp(bench: Bench, factories: dict[str, RelayFactory], mode: str, step
                 continue
             try:
                 step = await bench.step(label, factory, mode, calls)
-            except (RuntimeError, OSError) as error:
-                print(f"{label:<20} {calls:>5}  failed: {error}", flush=True)
+            except Exception as error:  # a relay that fails a step is reported, and the others go on
+                print(f"{label:<20} {calls:>5}  failed: {type(error).__name__}: {error}", flush=True)
                 rising.discard(label)
                 continue
             results.append(step)
@@ -338,6 +364,10 @@ async def run(args: argparse.Namespace) -> None:
     print(
         "\n  latency: generator send -> generator receive through the relay (the direct row is the floor); "
         "CPU: the relay's processes only; us/pkt: relay CPU per relayed packet; gen CPU: the generator's"
+    )
+    print(
+        "  relayed: the packets the relay says it relayed (its own counters); rcvbuf: UDP datagrams the kernel "
+        "dropped for a full receive buffer during the step (any socket: the relay's or the generator's)"
     )
 
 
