@@ -107,10 +107,17 @@ def udp_receive_buffer_errors() -> int:
     return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 HEADER = (
     f"{'relay':<20} {'calls':>5} {'sent':>8} {'received':>8} {'lost':>6} {'loss %':>7} {'relayed':>8} "
     f"{'rcvbuf':>6} {'CPU %':>6} {'us/pkt':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} "
-    f"{'gen CPU %':>9}  note"
+    f"{'gen CPU %':>9} {'other %':>7}  note"
 )
 
 
@@ -123,6 +130,7 @@ def format_step(
     drops: int = 0,
     cpu_s: float | None = None,
     rss: float | None = None,
+    busy_s: float | None = None,
     note: str = "",
 ) -> str:
     wall = load.seconds
@@ -131,10 +139,12 @@ def format_step(
     per_packet = f"{1e6 * cpu_s / load.received:6.1f}" if cpu_s is not None and load.received else f"{dash:>6}"
     memory = f"{rss:7.1f}" if rss is not None else f"{dash:>7}"
     counted = f"{relayed:>8}" if relayed is not None else f"{dash:>8}"
+    # What the rest of the machine used meanwhile (other processes: a busy machine shows here).
+    others = f"{dash:>7}" if busy_s is None else f"{100 * max(0.0, busy_s - (cpu_s or 0) - load.cpu_s) / wall:7.1f}"
     return (
         f"{label:<20} {calls:>5} {load.sent:>8} {load.received:>8} {load.lost:>6} {load.loss_percent:>7.3f} "
         f"{counted} {drops:>6} {cpu} {per_packet} {load.p50_us / 1000:>7.2f} {load.p99_us / 1000:>7.2f} "
-        f"{load.max_us / 1000:>7.2f} {memory} {100 * load.cpu_s / wall:>9.1f}  {note}"
+        f"{load.max_us / 1000:>7.2f} {memory} {100 * load.cpu_s / wall:>9.1f} {others}  {note}"
     ).rstrip()
 
 
@@ -153,10 +163,11 @@ class Bench:
         """The generator against itself (side A sends straight to side B): the latency floor."""
         ports = self.sides(calls)
         destinations = [("127.0.0.1", port) for a, b in ports for port in (b, a)]
-        drops = udp_receive_buffer_errors()
+        drops, busy = udp_receive_buffer_errors(), machine_busy_seconds()
         load = await run_load(self.binary, base_port=GENERATOR_BASE, destinations=destinations, seconds=self.seconds)
-        drops = udp_receive_buffer_errors() - drops
-        print(format_step("direct (no relay)", calls, load, drops=drops, note="the generator's own path"), flush=True)
+        drops, busy = udp_receive_buffer_errors() - drops, machine_busy_seconds() - busy
+        line = format_step("direct (no relay)", calls, load, drops=drops, busy_s=busy, note="the generator's own path")
+        print(line, flush=True)
 
     async def step(self, label: str, factory: RelayFactory, mode: str, calls: int) -> Step:
         self.runs += 1
@@ -169,6 +180,7 @@ class Bench:
             window["cpu"] = cpu_seconds(relay.pids)
             window["t"] = time.monotonic()
             window["drops"] = udp_receive_buffer_errors()
+            window["busy"] = machine_busy_seconds()
 
         try:
             destinations = await relay.open_calls(self.sides(calls), record=mode == "recording")
@@ -183,6 +195,7 @@ class Bench:
             cpu = cpu_seconds(relay.pids) - window["cpu"]
             wall = time.monotonic() - window["t"]
             drops = udp_receive_buffer_errors() - int(window["drops"])
+            busy = machine_busy_seconds() - window["busy"]
             rss = rss_mib(relay.pids)
             relayed = await relay.relayed()
         finally:
@@ -195,7 +208,9 @@ class Bench:
             note.append(ended)
         if load.foreign or load.duplicates or load.send_errors:
             note.append(f"foreign {load.foreign}, duplicates {load.duplicates}, send errors {load.send_errors}")
-        line = format_step(label, calls, load, relayed=relayed, drops=drops, cpu_s=cpu, rss=rss, note=", ".join(note))
+        line = format_step(
+            label, calls, load, relayed=relayed, drops=drops, cpu_s=cpu, rss=rss, busy_s=busy, note=", ".join(note)
+        )
         print(line, flush=True)
         return Step(label, mode, calls, load, cpu, wall, rss, files)
 
@@ -367,7 +382,9 @@ async def run(args: argparse.Namespace) -> None:
     )
     print(
         "  relayed: the packets the relay says it relayed (its own counters); rcvbuf: UDP datagrams the kernel "
-        "dropped for a full receive buffer during the step (any socket: the relay's or the generator's)"
+        "dropped for a full receive buffer during the step (any socket: the relay's or the generator's); "
+        "lost: not back within 300 ms after the last send (so very late packets count as lost); "
+        "other %: CPU the rest of the machine used meanwhile (% of one core): figures taken beside it are contended"
     )
 
 
