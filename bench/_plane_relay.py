@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 PCMU = [(0, "PCMU", 8000)]
-COUNTERS_PERIOD = 1.2  # the workers report their counters every second
+COUNTERS_PERIOD = 1.1  # the workers report their counters every second
+COUNTER_REPORTS = 6
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -112,11 +113,16 @@ class PlaneRelay:
         return destinations
 
     async def relayed(self) -> int | None:
-        """The packets the worker relayed since it started, from its next counters report (every second)."""
-        await asyncio.sleep(COUNTERS_PERIOD)
-        counters = self.plane.counters()
-        value = counters.get("packets_relayed") if isinstance(counters, dict) else None
-        return int(value) if value is not None else None
+        """The packets the worker relayed since it started, once its counters (reported every second)
+        stop moving: a worker that fell behind still has packets queued when the load ends."""
+        last: int | None = None
+        for _ in range(COUNTER_REPORTS):
+            await asyncio.sleep(COUNTERS_PERIOD)
+            value = self.plane.counters().get("packets_relayed")
+            if value is None or value == last:
+                break
+            last = int(value)
+        return last
 
     async def close(self) -> str:
         for call_id in self.recording:
