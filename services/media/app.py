@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
-from services.media.plane import Event, Plane
+from services.media.plane import Event, LegFreed, Plane, RecordingClosed, RecordingFailed
 from services.media.recordings import Catalog
 from services.media.segments import Segments
 from services.media.service import ASSETS, MediaService
@@ -91,14 +91,16 @@ class MediaApp:
         return True
 
     def _event(self, event: Event) -> None:
-        if event.kind in ("recording_closed", "recording_failed"):
-            error = getattr(event, "error", "")
-            if error:
-                self.recording_errors += event.kind == "recording_failed"
-                _log.error("recording of %s stopped: %s", event.segment_id, error)
-            if event.kind == "recording_closed":
-                self.catalog.finish(event.segment_id, error)
-            return
+        if isinstance(event, RecordingFailed):
+            self.recording_errors += 1
+            _log.error("recording of %s stopped: %s", event.segment_id, event.error)
+        elif isinstance(event, RecordingClosed):
+            if event.error:
+                _log.warning("recording of %s ended early: %s", event.segment_id, event.error)
+            self.catalog.finish(event.segment_id, event.error)
+        elif isinstance(event, LegFreed) and event.why == "worker exited" and not self.failed.is_set():
+            _log.error("a media worker ended: the media service stops (its gateway moves calls to direct media)")
+            self.failed.set()
         if self.service is not None:
             self.service.on_event(event)
 

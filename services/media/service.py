@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pbxmesh.media.v1 import media_pb2 as pb
 from pbxmesh.media.v1 import media_pb2_grpc as pb_grpc
-from services.media.plane import Event, NoPortFree, Plane
+from services.media.plane import Digit, Event, LegFreed, NoPortFree, Plane, PlayFinished
 from services.media.recordings import CALL_ID_RE, Catalog, Entry
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.subscription import Subscription
@@ -151,15 +151,19 @@ class MediaService(pb_grpc.MediaServiceServicer):
 
     def on_event(self, event: Event) -> None:
         """The workers' news: digits and finished files go to the gateway that owns the leg."""
-        leg_id = getattr(event, "leg_id", "")
-        owner = self.owners.get(self.owner_of.get(leg_id, ""))
-        if event.kind == "digit" and owner is not None:
-            digit = pb.Digit(leg_id=leg_id, digit=event.digit, duration_ms=event.duration_ms)
+        if isinstance(event, LegFreed):
+            self.owner_of.pop(event.leg_id, None)
+            return
+        if not isinstance(event, Digit | PlayFinished):
+            return
+        owner = self.owners.get(self.owner_of.get(event.leg_id, ""))
+        if owner is None:
+            return
+        if isinstance(event, Digit):
+            digit = pb.Digit(leg_id=event.leg_id, digit=event.digit, duration_ms=event.duration_ms)
             owner.put(pb.AttachResponse(digit=digit))
-        elif event.kind == "play_finished" and owner is not None:
-            owner.put(pb.AttachResponse(play_finished=pb.PlayFinished(leg_id=leg_id)))
-        elif event.kind == "leg_freed":
-            self.owner_of.pop(leg_id, None)
+        else:
+            owner.put(pb.AttachResponse(play_finished=pb.PlayFinished(leg_id=event.leg_id)))
 
     # -- views -----------------------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ def bridge(
             done(False)
             return
         # A2 takes the place of the trunk leg on ``side``: it is given that side's media leg.
-        offer = table.media.answer(outer, side, response.body)
+        offer = table.media.offer(outer, side, response.body, refuse=False)
         reoffer = table.request(a1, "INVITE", offer, "application/sdp")
 
         def a1_answered(answer: Response) -> None:

@@ -152,11 +152,12 @@ def _canonical(name: str) -> str:
     return "telephone-event" if upper == "TELEPHONE-EVENT" else upper
 
 
-def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> bytes:
+def anchored(body: bytes, address: str, port: int, origin: tuple[int, int], direction: str | None = None) -> bytes:
     """``body`` as the other party gets it when media runs through this server: its audio stream
     at ``address``:``port`` with only the codecs relayed, other streams refused (port 0), the
     party's transport attributes left out, and the gateway's own origin line (session id,
-    version) so that the other party sees one session whoever is behind it."""
+    version) so that the other party sees one session whoever is behind it. ``direction`` replaces
+    the stream's own (session-level directions move into the stream)."""
     stream = audio_stream(body)
     kept = {pt for pt, _, _ in stream.codecs} if stream is not None else set()
     out: list[str] = []
@@ -168,6 +169,8 @@ def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> b
         if line.startswith("o="):
             out.append(f"o=pbxmesh {origin[0]} {origin[1]} IN IP4 {address}")
             continue
+        if direction is not None and line[2:] in DIRECTIONS:
+            continue  # said once, in the audio stream
         if line.startswith("m="):
             fields = line.split()
             in_audio = fields[0] == "m=audio" and not seen_audio
@@ -175,6 +178,8 @@ def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> b
                 seen_audio = True
                 formats = [f for f in fields[3:] if f.isdigit() and int(f) in kept]
                 out.append(" ".join([fields[0], str(port), fields[2], *formats]))
+                if direction is not None:
+                    out.append(f"a={direction}")
             else:
                 out.append(" ".join([fields[0], "0", *fields[2:]]))
             continue

@@ -187,7 +187,7 @@ class CallSetup:
         if content_type != "application/sdp" or not offer:
             return None
         try:
-            carried = media.carry(call, Side.CALLER, offer)
+            carried = media.offer(call, Side.CALLER, offer)
         except NotAcceptable:
             media.close(call)
             return (488, "Not Acceptable Here (no PCMU or PCMA offered)")
@@ -250,7 +250,7 @@ class CallSetup:
             return
         placed.offer = response.body
         try:
-            offer = self.table.media.carry(call, Side.CALLER, response.body)
+            offer = self.table.media.offer(call, Side.CALLER, response.body)
         except NotAcceptable:
             self.refuse_first(call)
             self.table.end(call, "the first party offered no PCMU or PCMA")

@@ -247,8 +247,37 @@ class CallState:
             await self.process.stop()
 
 
+class Media:
+    """A server's media service; ``stop`` and ``start`` again restart it on the same address."""
+
+    def __init__(self, path: Path, env: dict[str, str] | None = None):
+        self.path = path
+        self.env = env
+        self.process: ServiceProcess | None = None
+        self.address = ""
+        self.recordings = Path(load_config(path, environ=child_env(env)).recording.dir)
+
+    @property
+    def log(self) -> list[str]:
+        return self.process.log if self.process is not None else []
+
+    async def start(self) -> None:
+        self.process = await ServiceProcess("media", self.path, env=child_env(self.env)).start()
+        self.address = self.process.address
+
+    async def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+            await self.process.wait_exit()
+        else:
+            await self.process.stop()
+
+
 __all__ = [
     "CallState",
+    "Media",
     "Gateway",
     "Group",
     "Server",

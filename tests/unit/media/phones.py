@@ -92,7 +92,9 @@ class Phone(asyncio.DatagramProtocol):
         if packet is not None:
             self.received.put_nowait(packet)
 
-    def attach(self, plane: Plane, leg: LegInfo, codecs: list[tuple[int, str, int]], direction: str = "sendrecv") -> None:
+    def attach(
+        self, plane: Plane, leg: LegInfo, codecs: list[tuple[int, str, int]], direction: str = "sendrecv"
+    ) -> None:
         self.leg = leg
         plane.set_remote(leg.leg_id, "127.0.0.1", self.port, self.port + 1, codecs, direction)
 

@@ -1,0 +1,347 @@
+"""The media plane with real softphones: every call's audio runs through its servers' media
+services, each server records every segment of it (channel 1 its own party, channel 2 the other),
+a held party hears the music, a stranger's packets are neither heard nor recorded, and a media
+service killed mid-call leaves the phones talking directly.
+
+Each baresip phone sends its own tone; what each phone heard and what each server recorded is
+checked by spectrum. The music on hold is a tone of its own here, so that it is recognised too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import math
+import socket
+import struct
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
+from pbxmesh.media.v1 import media_pb2 as md
+from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
+from tests.harness.baresip import Baresip, samples, tone_level
+from tests.harness.servers import Group, Media
+from tests.harness.site import Site, Spec, logs_of, running_sites
+from tests.harness.wait import wait_for
+from tests.integration.test_callstate import ALICE, BOB, CAROL, Watch
+
+ALICE_TONE, BOB_TONE, CAROL_TONE, MUSIC_TONE, STRANGER_TONE = 440, 620, 1000, 760, 2300  # Hz
+RATE = 8000
+
+
+def write_tone(path: Path, hz: float, seconds: float = 2.0) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        n = int(seconds * RATE)
+        out.writeframes(struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * hz * i / RATE)) for i in range(n))))
+    return path
+
+
+@pytest.fixture
+async def sites(group: Group, tmp_path: Path) -> AsyncIterator[dict[str, Site]]:
+    env = {"PBXMESH_MEDIA_MUSIC_ON_HOLD": str(write_tone(tmp_path / "music.wav", MUSIC_TONE))}
+    specs = {
+        "alpha": Spec(ALICE, "sales", (BOB,), env=env, media=True),
+        "beta": Spec(CAROL, "support", env=env, media=True),
+    }
+    async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100"}}) as made:
+        yield made
+
+
+# -- reading audio ------------------------------------------------------------------------------
+
+
+def level(values: np.ndarray | list[int], hz: float) -> float:
+    return tone_level([int(v) for v in values], hz)
+
+
+def strongest(values: np.ndarray, tones: tuple[int, ...]) -> int:
+    """Which of ``tones`` dominates ``values`` (by FFT power near each frequency)."""
+    spectrum = np.abs(np.fft.rfft(values.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(values), 1 / RATE)
+    power = {hz: float(spectrum[(freqs > hz - 15) & (freqs < hz + 15)].sum()) for hz in tones}
+    return max(power, key=lambda hz: power[hz])
+
+
+def channels(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """Channel 1, channel 2 and the frame rate of a two-channel 16-bit WAV."""
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        assert (reader.getnchannels(), reader.getsampwidth()) == (2, 2), "two channels of 16-bit PCM"
+        rate = reader.getframerate()
+        frames = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+    return frames[0::2], frames[1::2], rate
+
+
+def middle(values: np.ndarray, trim: float = 0.3) -> np.ndarray:
+    """Without the edges, where the commutation was in flight."""
+    cut = int(trim * RATE)
+    return values[cut:-cut] if len(values) > 3 * cut else values
+
+
+async def heard_seconds(phone: Baresip, seconds: float) -> bool:
+    files = phone.heard()
+    return bool(files) and len(samples(files[-1])) >= seconds * RATE
+
+
+async def wait_heard(phone: Baresip, more: float) -> None:
+    """Until the phone has heard ``more`` seconds beyond what it has now."""
+    files = phone.heard()
+    now = len(samples(files[-1])) / RATE if files else 0.0
+    await wait_for(functools.partial(heard_seconds, phone, now + more), what=f"{phone.number} hearing {more} s more")
+
+
+# -- the media services' API --------------------------------------------------------------------
+
+
+async def recordings(media: Media, call_id: str) -> list[md.Recording]:
+    async with grpc.aio.insecure_channel(media.address) as channel:
+        stub = md_grpc.MediaServiceStub(channel)
+        return list((await stub.ListRecordings(md.ListRecordingsRequest(call_id=call_id), timeout=5)).recordings)
+
+
+async def finished(media: Media, call_id: str, count: int) -> list[md.Recording]:
+    found: list[md.Recording] = []
+
+    async def done() -> bool:
+        found[:] = await recordings(media, call_id)
+        return len(found) >= count and all(r.sha256 for r in found)
+
+    await wait_for(done, timeout=10, what=f"{count} finished recordings of {call_id}")
+    return found
+
+
+async def fetch(media: Media, segment_id: str) -> bytes:
+    async with grpc.aio.insecure_channel(media.address) as channel:
+        stub = md_grpc.MediaServiceStub(channel)
+        parts = [p async for p in stub.GetRecording(md.GetRecordingRequest(segment_id=segment_id), timeout=10)]
+    assert parts[0].WhichOneof("part") == "recording"
+    return b"".join(p.chunk for p in parts[1:])
+
+
+async def legs(media: Media) -> list[md.LegState]:
+    async with grpc.aio.insecure_channel(media.address) as channel:
+        stub = md_grpc.MediaServiceStub(channel)
+        return list((await stub.ListLegs(md.ListLegsRequest(), timeout=5)).legs)
+
+
+async def start_phones(tmp_path: Path, *phones: tuple[tuple[str, str], Site, int]) -> list[Baresip]:
+    started: list[Baresip] = []
+    try:
+        for (number, password), site, tone in phones:
+            folder = tmp_path / number
+            started.append(await Baresip(folder, number, password, site.gateway.sip, tone).start())
+    except BaseException:
+        for phone in started:
+            await phone.stop()
+        raise
+    return started
+
+
+async def connect(caller: Baresip, callee: Baresip, number: str) -> None:
+    await caller.dial(number)
+    await caller.event("CALL_ESTABLISHED")
+    await callee.event("CALL_ESTABLISHED")
+    for phone in (caller, callee):
+        await wait_heard(phone, 1.5)
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_a_cross_server_call_is_anchored_recorded_per_segment_on_both_servers_with_music_on_hold(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, carol = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (CAROL, beta, CAROL_TONE))
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, carol, CAROL[0])
+        # The audio runs through both media services: each has two legs carrying packets both ways.
+        for site in (alpha, beta):
+            busy = [leg for leg in await legs(site.media) if leg.packets_in > 20 and leg.packets_out > 20]
+            assert len(busy) == 2, (site.registry.id, await legs(site.media))
+        heard_before_hold = len(samples(carol.heard()[-1]))
+        await alice.command("hold")
+        await watch.seen(lambda c: c.phase == cs.CALL_PHASE_HELD, "the call held on alpha")
+        await wait_heard(carol, 2.0)
+        heard_during_hold = len(samples(carol.heard()[-1]))
+        held = len(watch.calls)
+        await alice.command("resume")
+
+        async def resumed() -> bool:
+            return any(c.phase == cs.CALL_PHASE_ANSWERED for c in watch.calls[held:])
+
+        await wait_for(resumed, timeout=10, what="the call resumed on alpha")
+        await wait_heard(carol, 1.5)
+        await alice.command("hangup")
+        await carol.event("CALL_CLOSED")
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+        call_id = ended.call_id
+        on_alpha = await finished(alpha.media, call_id, 3)
+        on_beta = await finished(beta.media, call_id, 3)
+    except BaseException:
+        print("alice:", alice.log(), "carol:", carol.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        await watch.close()
+        for phone in (alice, carol):
+            await phone.stop()
+
+    # Carol, held behind the other server, heard the music while held; the tones around it.
+    carol_heard = np.array(samples(carol.heard()[-1]))
+    during = carol_heard[heard_before_hold + RATE // 2 : heard_during_hold - RATE // 4]
+    assert strongest(during, (ALICE_TONE, MUSIC_TONE)) == MUSIC_TONE, level(during, MUSIC_TONE)
+    assert level(carol_heard[:heard_before_hold], ALICE_TONE) > 0.2
+    assert level(carol_heard[-RATE:], ALICE_TONE) > 0.2
+
+    # The same segments on both servers: answered, held, resumed; durations within 100 ms.
+    ids = [f"{call_id}/{n}" for n in (1, 2, 3)]
+    for found in (on_alpha, on_beta):
+        assert [r.segment_id for r in found] == ids
+        assert [r.held for r in found] == [False, True, False]
+        assert all(r.duration_ms > 500 and not r.error for r in found), found
+    for a, b in zip(on_alpha, on_beta, strict=True):
+        assert abs(a.duration_ms - b.duration_ms) <= 100, (a.segment_id, a.duration_ms, b.duration_ms)
+        assert a.started_at == b.started_at, a.segment_id
+    assert (on_alpha[0].local_number, on_alpha[0].remote_number) == (ALICE[0], CAROL[0])
+    assert (on_beta[0].local_number, on_beta[0].remote_number) == (CAROL[0], ALICE[0])
+
+    # Channel 1 is this server's party, channel 2 the other; the held stretch holds the music.
+    tones = (ALICE_TONE, CAROL_TONE, MUSIC_TONE)
+    expected = {
+        "alpha": [(ALICE_TONE, CAROL_TONE), (MUSIC_TONE, None), (ALICE_TONE, CAROL_TONE)],
+        "beta": [(CAROL_TONE, ALICE_TONE), (None, MUSIC_TONE), (CAROL_TONE, ALICE_TONE)],
+    }
+    for name, site in (("alpha", alpha), ("beta", beta)):
+        for segment_id, (one, two) in zip(ids, expected[name], strict=True):
+            first, second, rate = channels(await fetch(site.media, segment_id))
+            assert rate == RATE
+            if one is not None:
+                assert strongest(middle(first), tones) == one, (name, segment_id, "channel 1")
+            if two is not None:
+                assert strongest(middle(second), tones) == two, (name, segment_id, "channel 2")
+
+
+async def test_a_local_call_is_anchored_and_recorded(sites: dict[str, Site], tmp_path: Path) -> None:
+    alpha = sites["alpha"]
+    watch = Watch(alpha.callstate)
+    alice, bob = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (BOB, alpha, BOB_TONE))
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, bob, BOB[0])
+        assert len([leg for leg in await legs(alpha.media) if leg.packets_in > 20]) == 2
+        await bob.command("hangup")
+        await alice.event("CALL_CLOSED")
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended")
+        (recording,) = await finished(alpha.media, ended.call_id, 1)
+    except BaseException:
+        print("alice:", alice.log(), "bob:", bob.log(), logs_of(alpha), sep="\n")
+        raise
+    finally:
+        await watch.close()
+        for phone in (alice, bob):
+            await phone.stop()
+    alice_heard, bob_heard = samples(alice.heard()[-1]), samples(bob.heard()[-1])
+    assert level(alice_heard, BOB_TONE) > 0.2 and level(bob_heard, ALICE_TONE) > 0.2
+    first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
+    assert strongest(middle(first), (ALICE_TONE, BOB_TONE)) == ALICE_TONE
+    assert strongest(middle(second), (ALICE_TONE, BOB_TONE)) == BOB_TONE
+
+
+def tone_packets(hz: float, count: int, ssrc: int = 0x5EED) -> list[bytes]:
+    """RTP packets (PCMU, 20 ms each) of a loud tone."""
+    import audioop
+
+    packets = []
+    for k in range(count):
+        pcm = struct.pack(
+            "<160h", *(int(20000 * math.sin(2 * math.pi * hz * (k * 160 + i) / RATE)) for i in range(160))
+        )
+        header = struct.pack("!BBHII", 0x80, 0, k & 0xFFFF, k * 160, ssrc)
+        packets.append(header + audioop.lin2ulaw(pcm, 2))
+    return packets
+
+
+async def test_packets_from_an_address_the_sdp_did_not_name_are_neither_heard_nor_recorded(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, carol = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (CAROL, beta, CAROL_TONE))
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, carol, CAROL[0])
+        targets = [(leg.leg.address, leg.leg.rtp_port) for leg in await legs(alpha.media)]
+        for packet in tone_packets(STRANGER_TONE, 100):  # two seconds, into every leg of alpha
+            for target in targets:
+                stranger.sendto(packet, target)
+            await asyncio.sleep(0.02)
+        await wait_heard(alice, 0.5)
+        dropped = sum(leg.packets_dropped for leg in await legs(alpha.media))
+        await alice.command("hangup")
+        await carol.event("CALL_CLOSED")
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended")
+        (recording,) = await finished(alpha.media, ended.call_id, 1)
+    except BaseException:
+        print("alice:", alice.log(), "carol:", carol.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        stranger.close()
+        await watch.close()
+        for phone in (alice, carol):
+            await phone.stop()
+    assert dropped >= 2 * 100, dropped  # every one of them, counted
+    for phone in (alice, carol):
+        heard = samples(phone.heard()[-1])
+        assert level(heard, STRANGER_TONE) < 0.01, (phone.number, level(heard, STRANGER_TONE))
+    first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
+    for channel in (first, second):
+        assert level(channel, STRANGER_TONE) < 0.01
+
+
+async def test_a_media_service_killed_mid_call_leaves_the_phones_talking_directly(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, carol = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (CAROL, beta, CAROL_TONE))
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, carol, CAROL[0])
+        call = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ANSWERED, "the answer")
+        await asyncio.sleep(1.0)  # some recording on alpha
+        await alpha.media.stop(kill=True)
+        # Within 2 s the gateway moves its phone to direct media (to beta's media service).
+        await asyncio.sleep(2.5)
+        marks = [len(samples(p.heard()[-1])) for p in (alice, carol)]
+        for phone in (alice, carol):
+            await wait_heard(phone, 2.0)
+        alice_after = np.array(samples(alice.heard()[-1])[marks[0] :])
+        carol_after = np.array(samples(carol.heard()[-1])[marks[1] :])
+        await alice.command("hangup")
+        await carol.event("CALL_CLOSED")
+    except BaseException:
+        print("alice:", alice.log(), "carol:", carol.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        await watch.close()
+        for phone in (alice, carol):
+            await phone.stop()
+    assert level(alice_after, CAROL_TONE) > 0.2, level(alice_after, CAROL_TONE)
+    assert level(carol_after, ALICE_TONE) > 0.2, level(carol_after, ALICE_TONE)
+    # What alpha recorded before it was killed is a valid WAV (its header kept up to date).
+    (path,) = (alpha.media.recordings / call.call_id).glob("1.wav")
+    with wave.open(str(path), "rb") as reader:
+        assert reader.getnchannels() == 2 and reader.getnframes() >= RATE // 2
