@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,7 @@ def show_recordings(call_id: str) -> bool:
     for server, media in MEDIA:
         try:
             # The last segment's file is closed when its end reaches the media service: soon after.
-            wait_until(
-                lambda m=media: _finished(_recordings(m, call_id)), 10, f"{server}'s recordings of the call", 0.2
-            )
-            recordings = _recordings(media, call_id)
+            recordings = wait_until(partial(_finished, media, call_id), 10, f"{server}'s recordings of the call", 0.2)
         except (grpc.RpcError, AssertionError) as exc:
             print(f"== {server}: no recordings of the call ({exc})", file=sys.stderr)
             found = False
@@ -160,8 +158,10 @@ def show_recordings(call_id: str) -> bool:
     return found
 
 
-def _finished(recordings: list[Any]) -> bool:
-    return bool(recordings) and all(r.sha256 or r.error for r in recordings)
+def _finished(media: str, call_id: str) -> list[Any]:
+    """The call's recordings on that media service once each is closed (a hash or an error); else []."""
+    recordings = _recordings(media, call_id)
+    return recordings if all(r.sha256 or r.error for r in recordings) else []
 
 
 def _ended(call_id: str) -> bool:
