@@ -87,7 +87,7 @@ class Phone(asyncio.DatagramProtocol):
         port: int = self.transport.get_extra_info("sockname")[1]
         return port
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         packet = rtp.parse(data)
         if packet is not None:
             self.received.put_nowait(packet)
@@ -145,7 +145,7 @@ class _Rtcp(asyncio.DatagramProtocol):
     def __init__(self, phone: Phone):
         self.phone = phone
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.phone.rtcp_received.put_nowait(data)
 
 
