@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := $(TOOLS)/node_modules/@bufbuild/buf-linux-x64/bin/buf
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench soak clean sip-peers demo image image-check
+.PHONY: up test check lint typecheck protos proto-check buf-check pytest bench soak clean sip-peers media-peers demo image image-check
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ sip-peers:
 		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip and sipvicious (or run make as root)"; exit 1; fi; \
 	fi
 
+# The media bench's reference relay (rtpengine, userspace) and the compiler of its load generator.
+media-peers:
+	@missing=""; for t in rtpengine gcc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rtpengine-daemon gcc libc6-dev; \
+		else echo "missing:$$missing: install the Debian packages rtpengine-daemon and gcc (or run make as root)"; exit 1; fi; \
+	fi
+
 pytest: $(STAMP) sip-peers
 	$(BIN)/python -m pytest
 
@@ -71,12 +80,13 @@ check: proto-check buf-check lint typecheck
 
 test: check pytest
 
-bench: $(STAMP) sip-peers
+bench: $(STAMP) sip-peers media-peers
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/sipgw_bench.py
 	$(BIN)/python bench/callstate_bench.py
 	$(BIN)/python bench/lockout_bench.py
 	$(BIN)/python bench/watchers_bench.py
+	$(BIN)/python bench/media_bench.py
 
 # Ten minutes of steady local calls through one gateway: its memory every 30 s.
 soak: $(STAMP) sip-peers
