@@ -218,7 +218,7 @@ async def test_a_cross_server_call_is_anchored_recorded_per_segment_on_both_serv
 
     # Channel 1 is this server's party, channel 2 the other; the held stretch holds the music.
     tones = (ALICE_TONE, CAROL_TONE, MUSIC_TONE)
-    expected = {
+    expected: dict[str, list[tuple[int | None, int | None]]] = {
         "alpha": [(ALICE_TONE, CAROL_TONE), (MUSIC_TONE, None), (ALICE_TONE, CAROL_TONE)],
         "beta": [(CAROL_TONE, ALICE_TONE), (None, MUSIC_TONE), (CAROL_TONE, ALICE_TONE)],
     }
