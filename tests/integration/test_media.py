@@ -28,11 +28,12 @@ from pbxmesh.media.v1 import media_pb2 as md
 from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
 from tests.harness.baresip import Baresip, samples, tone_level
 from tests.harness.servers import Group, Media
+from tests.harness.sipp import register_phone
 from tests.harness.site import Site, Spec, logs_of, running_sites
 from tests.harness.wait import wait_for
-from tests.integration.test_callstate import ALICE, BOB, CAROL, Watch
+from tests.integration.test_callstate import ALICE, BOB, CAROL, DAVE, Transferor, Watch, place
 
-ALICE_TONE, BOB_TONE, CAROL_TONE, MUSIC_TONE, STRANGER_TONE = 440, 620, 1000, 760, 2300  # Hz
+ALICE_TONE, BOB_TONE, CAROL_TONE, DAVE_TONE, MUSIC_TONE, STRANGER_TONE = 440, 620, 1000, 1300, 760, 2300  # Hz
 RATE = 8000
 
 
@@ -51,7 +52,7 @@ async def sites(group: Group, tmp_path: Path) -> AsyncIterator[dict[str, Site]]:
     env = {"PBXMESH_MEDIA_MUSIC_ON_HOLD": str(write_tone(tmp_path / "music.wav", MUSIC_TONE))}
     specs = {
         "alpha": Spec(ALICE, "sales", (BOB,), env=env, media=True),
-        "beta": Spec(CAROL, "support", env=env, media=True),
+        "beta": Spec(CAROL, "support", (DAVE,), env=env, media=True),
     }
     async with running_sites(group, specs, {"alpha": {"200"}, "beta": {"100"}}) as made:
         yield made
@@ -345,3 +346,112 @@ async def test_a_media_service_killed_mid_call_leaves_the_phones_talking_directl
     (path,) = (alpha.media.recordings / call.call_id).glob("1.wav")
     with wave.open(str(path), "rb") as reader:
         assert reader.getnchannels() == 2 and reader.getnframes() >= RATE // 2
+
+
+async def check_transferred(sites: dict[str, Site], call_id: str, alice: Baresip, mark: int) -> None:
+    """After Carol (beta) handed Alice's call to Dave (beta): Alice heard Dave from then on, and
+    both servers recorded two segments, Carol then Dave, with the same ids and durations."""
+    alpha, beta = sites["alpha"], sites["beta"]
+    after = np.array(samples(alice.heard()[-1])[mark:])
+    assert strongest(middle(after), (CAROL_TONE, DAVE_TONE)) == DAVE_TONE
+    on_alpha, on_beta = await finished(alpha.media, call_id, 2), await finished(beta.media, call_id, 2)
+    ids = [f"{call_id}/1", f"{call_id}/2"]
+    assert [r.segment_id for r in on_alpha] == [r.segment_id for r in on_beta] == ids
+    for a, b in zip(on_alpha, on_beta, strict=True):
+        assert abs(a.duration_ms - b.duration_ms) <= 100, (a.segment_id, a.duration_ms, b.duration_ms)
+    assert [r.remote_number for r in on_alpha] == [CAROL[0], DAVE[0]]
+    assert [r.local_number for r in on_beta] == [CAROL[0], DAVE[0]]
+    first, second, _ = channels(await fetch(alpha.media, ids[1]))
+    assert strongest(middle(first), (ALICE_TONE, DAVE_TONE)) == ALICE_TONE
+    assert strongest(middle(second), (ALICE_TONE, CAROL_TONE, DAVE_TONE)) == DAVE_TONE
+    first, second, _ = channels(await fetch(beta.media, ids[1]))
+    assert strongest(middle(first), (ALICE_TONE, DAVE_TONE)) == DAVE_TONE
+    assert strongest(middle(second), (ALICE_TONE, DAVE_TONE)) == ALICE_TONE
+
+
+async def test_a_blind_transfer_on_the_other_server_reconnects_the_media_and_the_recordings_line_up(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, carol, dave = await start_phones(
+        tmp_path, (ALICE, alpha, ALICE_TONE), (CAROL, beta, CAROL_TONE), (DAVE, beta, DAVE_TONE)
+    )
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, carol, CAROL[0])
+        await carol.command("transfer", DAVE[0])
+        await dave.event("CALL_ESTABLISHED")
+        await watch.seen(lambda c: c.remote_party.number == DAVE[0], "Dave on alpha's stream")
+        mark = len(samples(alice.heard()[-1]))
+        await wait_heard(alice, 2.0)
+        await alice.command("hangup")
+        await dave.event("CALL_CLOSED")
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+        await check_transferred(sites, ended.call_id, alice, mark)
+    except BaseException:
+        print("alice:", alice.log(), "carol:", carol.log(), "dave:", dave.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        await watch.close()
+        for phone in (alice, carol, dave):
+            await phone.stop()
+
+
+async def test_an_attended_transfer_on_the_other_server_reconnects_the_media_and_the_recordings_line_up(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    """Carol (beta) answers Alice (alpha), calls Dave (beta) herself, then REFERs Alice to Dave
+    with Replaces: beta joins the two calls, and Alice hears Dave."""
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    (alice,) = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE))
+    (dave,) = await start_phones(tmp_path, (DAVE, beta, DAVE_TONE))
+    transferor = Transferor(beta.gateway, await register_phone(beta.gateway, CAROL))
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        carols_side = asyncio.create_task(asyncio.to_thread(transferor.run))
+        await alice.dial(CAROL[0])
+        await alice.event("CALL_ESTABLISHED")
+        await dave.event("CALL_ESTABLISHED")
+        await watch.seen(lambda c: c.remote_party.number == DAVE[0], "Dave on alpha's stream")
+        await asyncio.wait_for(carols_side, 20)
+        mark = len(samples(alice.heard()[-1]))
+        await wait_heard(alice, 2.0)
+        await alice.command("hangup")
+        await dave.event("CALL_CLOSED")
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended on alpha")
+        await check_transferred(sites, ended.call_id, alice, mark)
+    except BaseException:
+        print("alice:", alice.log(), "dave:", dave.log(), transferor.seen, logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        transferor.close()
+        await watch.close()
+        for phone in (alice, dave):
+            await phone.stop()
+
+
+async def test_a_call_placed_through_the_api_is_anchored_and_recorded(sites: dict[str, Site], tmp_path: Path) -> None:
+    """RFC 3725 flow I: the gateway rings Alice, offers her SDP to Carol, ACKs Alice with the answer."""
+    alpha, beta = sites["alpha"], sites["beta"]
+    alice, carol = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (CAROL, beta, CAROL_TONE))
+    try:
+        call = await place(alpha.gateway, ALICE[0], CAROL[0])
+        for phone in (alice, carol):
+            await phone.event("CALL_ESTABLISHED")
+            await wait_heard(phone, 1.5)
+        await carol.command("hangup")
+        await alice.event("CALL_CLOSED")
+        (recording,) = await finished(alpha.media, call.call_id, 1)
+    except BaseException:
+        print("alice:", alice.log(), "carol:", carol.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        for phone in (alice, carol):
+            await phone.stop()
+    assert level(samples(alice.heard()[-1]), CAROL_TONE) > 0.2
+    assert level(samples(carol.heard()[-1]), ALICE_TONE) > 0.2
+    first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
+    assert strongest(middle(first), (ALICE_TONE, CAROL_TONE)) == ALICE_TONE
+    assert strongest(middle(second), (ALICE_TONE, CAROL_TONE)) == CAROL_TONE
