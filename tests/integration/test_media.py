@@ -26,6 +26,7 @@ import pytest
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.media.v1 import media_pb2 as md
 from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
+from services.runtime.embedded_etcd import free_port
 from tests.harness.baresip import Baresip, samples, tone_level
 from tests.harness.servers import Group, Media
 from tests.harness.sipp import register_phone
@@ -455,3 +456,40 @@ async def test_a_call_placed_through_the_api_is_anchored_and_recorded(sites: dic
     first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
     assert strongest(middle(first), (ALICE_TONE, CAROL_TONE)) == ALICE_TONE
     assert strongest(middle(second), (ALICE_TONE, CAROL_TONE)) == CAROL_TONE
+
+
+async def test_without_a_media_service_calls_go_direct_unless_recording_is_required(
+    group: Group, tmp_path: Path
+) -> None:
+    """listen.media names a port nothing listens on. On beta a call connects with direct media
+    (and a warning); on alpha, with recording.required, a call gets 503 and PlaceCall UNAVAILABLE."""
+    nowhere = {"PBXMESH_LISTEN_MEDIA": f"127.0.0.1:{free_port()}"}
+    specs = {
+        "alpha": Spec(ALICE, "sales", (BOB,), env={**nowhere, "PBXMESH_RECORDING_REQUIRED": "true"}),
+        "beta": Spec(CAROL, "support", (DAVE,), env=nowhere),
+    }
+    async with running_sites(group, specs) as made:
+        alpha, beta = made["alpha"], made["beta"]
+        alice, bob, carol, dave = await start_phones(
+            tmp_path,
+            (ALICE, alpha, ALICE_TONE),
+            (BOB, alpha, BOB_TONE),
+            (CAROL, beta, CAROL_TONE),
+            (DAVE, beta, DAVE_TONE),
+        )
+        try:
+            await connect(carol, dave, DAVE[0])
+            await carol.command("hangup")
+            await alice.dial(BOB[0])
+            closed = await alice.event("CALL_CLOSED")
+            assert "503" in str(closed.get("param")), closed
+            assert not any(e.get("type") == "CALL_INCOMING" for e in bob.events)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await place(alpha.gateway, ALICE[0], BOB[0])
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            for phone in (alice, bob, carol, dave):
+                await phone.stop()
+        assert level(samples(dave.heard()[-1]), CAROL_TONE) > 0.2
+        assert any("direct media, not recorded" in line for line in beta.gateway.log)
+        assert any("refused: recording.required" in line for line in alpha.gateway.log)
