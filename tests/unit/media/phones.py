@@ -18,9 +18,10 @@ Address = tuple[str, int]
 PCMU_ONLY = [(0, "PCMU", 8000), (101, "telephone-event", 8000)]
 
 
-def port_range(pairs: int = 40) -> tuple[int, int]:
-    """A range of ports (random, so that tests running side by side rarely meet)."""
-    first = random.randrange(20000, 50000, 2)
+def port_range(pairs: int = 200) -> tuple[int, int]:
+    """A range of ports (random, so that tests running side by side rarely meet), below the ephemeral
+    ports the phones get."""
+    first = random.randrange(20000, 32000 - 2 * pairs, 2)
     return first, first + 2 * pairs - 1
 
 
