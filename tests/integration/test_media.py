@@ -493,3 +493,48 @@ async def test_without_a_media_service_calls_go_direct_unless_recording_is_requi
         assert level(samples(dave.heard()[-1]), CAROL_TONE) > 0.2
         assert any("direct media, not recorded" in line for line in beta.gateway.log)
         assert any("refused: recording.required" in line for line in alpha.gateway.log)
+
+
+async def test_a_call_transferred_back_to_its_server_is_closed_there_with_its_media(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    """Alice (alpha) calls Carol (beta), who transfers her to Bob (alpha): the call came back and
+    is closed on alpha into a local call; Alice hears Bob without being asked anything, and
+    alpha's second segment is Alice and Bob."""
+    alpha, beta = sites["alpha"], sites["beta"]
+    watch = Watch(alpha.callstate)
+    alice, bob, carol = await start_phones(
+        tmp_path, (ALICE, alpha, ALICE_TONE), (BOB, alpha, BOB_TONE), (CAROL, beta, CAROL_TONE)
+    )
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 5)
+        await connect(alice, carol, CAROL[0])
+        await carol.command("transfer", BOB[0])
+        await bob.event("CALL_ESTABLISHED")
+        await watch.seen(lambda c: c.remote_party.number == BOB[0] and not c.cross_server, "a local call on alpha")
+        mark = len(samples(alice.heard()[-1]))
+        await wait_heard(alice, 2.0)
+
+        async def beta_left() -> bool:  # its legs are closed shortly after its part of the call ended
+            return not [leg for leg in await legs(beta.media) if leg.remote]
+
+        await wait_for(beta_left, timeout=5, what="beta's media legs of the call closed")
+        await alice.command("hangup")
+        await bob.event("CALL_CLOSED")
+        ended = await watch.seen(
+            lambda c: c.phase == cs.CALL_PHASE_ENDED and c.remote_party.number == BOB[0], "the call ended on alpha"
+        )
+        on_alpha = await finished(alpha.media, ended.call_id, 2)
+    except BaseException:
+        print("alice:", alice.log(), "bob:", bob.log(), "carol:", carol.log(), logs_of(alpha, beta), sep="\n")
+        raise
+    finally:
+        await watch.close()
+        for phone in (alice, bob, carol):
+            await phone.stop()
+    after = np.array(samples(alice.heard()[-1])[mark:])
+    assert strongest(middle(after), (BOB_TONE, CAROL_TONE)) == BOB_TONE
+    assert [r.remote_number for r in on_alpha[:2]] == [CAROL[0], BOB[0]]
+    first, second, _ = channels(await fetch(alpha.media, on_alpha[1].segment_id))
+    assert strongest(middle(first), (ALICE_TONE, BOB_TONE)) == ALICE_TONE
+    assert strongest(middle(second), (ALICE_TONE, BOB_TONE, CAROL_TONE)) == BOB_TONE
