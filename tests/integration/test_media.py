@@ -347,6 +347,16 @@ async def test_a_media_service_killed_mid_call_leaves_the_phones_talking_directl
     (path,) = (alpha.media.recordings / call.call_id).glob("1.wav")
     with wave.open(str(path), "rb") as reader:
         assert reader.getnchannels() == 2 and reader.getnframes() >= RATE // 2
+    # Started again, the media service lists it, finished, and says why it is short; the gateway
+    # attaches again (it opens its legs ahead).
+    await alpha.media.start()
+    (recording,) = await finished(alpha.media, call.call_id, 1)
+    assert recording.error == "the media service stopped during the recording" and recording.duration_ms >= 500
+
+    async def attached_again() -> bool:
+        return len(await legs(alpha.media)) >= 2
+
+    await wait_for(attached_again, timeout=10, what="alpha's gateway attached to the new media service")
 
 
 async def check_transferred(sites: dict[str, Site], call_id: str, alice: Baresip, mark: int) -> None:
