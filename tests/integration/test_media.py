@@ -548,3 +548,29 @@ async def test_a_call_transferred_back_to_its_server_is_closed_there_with_its_me
     first, second, _ = channels(await fetch(alpha.media, on_alpha[1].segment_id))
     assert strongest(middle(first), (ALICE_TONE, BOB_TONE)) == ALICE_TONE
     assert strongest(middle(second), (ALICE_TONE, BOB_TONE, CAROL_TONE)) == BOB_TONE
+
+
+async def test_a_call_forked_to_two_phones_of_a_number_connects_the_one_that_answers(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
+    """Bob is registered from two phones with tones of their own; Alice's call rings both, the
+    first answer wins and Alice hears that phone (the other branch's media is not taken)."""
+    alpha = sites["alpha"]
+    alice, bob_desk = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (BOB, alpha, BOB_TONE))
+    bob_mobile = await Baresip(tmp_path / "101-mobile", *BOB, alpha.gateway.sip, DAVE_TONE).start()
+    phones = (alice, bob_desk, bob_mobile)
+    try:
+        await alice.dial(BOB[0])
+        await alice.event("CALL_ESTABLISHED")
+        await wait_heard(alice, 2.0)
+        answered = [p for p in (bob_desk, bob_mobile) if p.heard() and len(samples(p.heard()[-1])) > RATE]
+        await alice.command("hangup")
+    except BaseException:
+        print(*(p.log() for p in phones), logs_of(alpha), sep="\n")
+        raise
+    finally:
+        for phone in phones:
+            await phone.stop()
+    assert len(answered) == 1, [p.tone_hz for p in answered]
+    heard = np.array(samples(alice.heard()[-1]))
+    assert strongest(middle(heard), (BOB_TONE, DAVE_TONE)) == answered[0].tone_hz
