@@ -17,7 +17,7 @@ from pbxmesh.media.v1 import media_pb2_grpc as pb_grpc
 from services.media.plane import Digit, Event, LegFreed, NoPortFree, Plane, PlayFinished
 from services.media.recordings import CALL_ID_RE, Catalog, Entry
 from services.runtime.errors import InvalidArgument, NotFound
-from services.runtime.subscription import Subscription
+from services.runtime.subscription import Subscription, answer_while
 from services.runtime.text import MAX_ID, problem
 
 _log = logging.getLogger(__name__)
@@ -66,18 +66,10 @@ class MediaService(pb_grpc.MediaServiceServicer):
             async for request in request_iterator:
                 await self._command(owner, request, out)
 
-        reader = asyncio.ensure_future(read())
         try:
-            while not reader.done():
-                getter = asyncio.ensure_future(out.get())
-                done, _ = await asyncio.wait({reader, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            reader.result()
+            async for response in answer_while(read(), out):
+                yield response
         finally:
-            reader.cancel()
             del self.owners[owner]
             self.plane.disown(owner)
             _log.info("a gateway detached: its legs are freed once idle")
