@@ -64,7 +64,11 @@ class MediaService(pb_grpc.MediaServiceServicer):
 
         async def read() -> None:
             async for request in request_iterator:
-                await self._command(owner, request, out)
+                try:
+                    await self._command(owner, request, out)
+                except InvalidArgument as exc:
+                    # One bad command (a party's odd SDP) must not cut the stream every call uses.
+                    _log.warning("a gateway's command refused: %s", exc.message)
 
         try:
             async for response in answer_while(read(), out):

@@ -138,6 +138,8 @@ class Anchoring:
         if not stream.speaks_g711:
             raise NotAcceptable("no PCMU or PCMA offered")
         anchor.heard[side] = body
+        if not stream.reachable:
+            return  # nothing to send to (held with 0.0.0.0, a name, IPv6): the media service keeps what it had
         remote = pb.SetRemote(
             leg_id=anchor.legs[side].leg_id,
             address=stream.address,
