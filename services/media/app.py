@@ -12,7 +12,7 @@ from pathlib import Path
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.media.plane import Event, LegFreed, Plane, RecordingClosed, RecordingFailed
-from services.media.recordings import Catalog
+from services.media.recordings import Catalog, Entry
 from services.media.segments import Segments
 from services.media.service import ASSETS, MediaService
 from services.runtime.config import Config, ConfigError
@@ -42,6 +42,7 @@ class MediaApp:
         self.failed = asyncio.Event()
         self.recording_errors = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Future[Entry | None]] = set()  # recordings' metadata being completed
         self.metrics = Metrics("media", config.server.id, config.telemetry.metrics.media)
 
     async def start(self) -> None:
@@ -97,7 +98,11 @@ class MediaApp:
         elif isinstance(event, RecordingClosed):
             if event.error:
                 _log.warning("recording of %s ended early: %s", event.segment_id, event.error)
-            self.catalog.finish(event.segment_id, event.error)
+            # Its digest reads the whole file: not on the loop that answers the gateway.
+            self._tasks.append(
+                asyncio.ensure_future(asyncio.to_thread(self.catalog.finish, event.segment_id, event.error))
+            )
+            self._tasks = [t for t in self._tasks if not t.done()]
         elif isinstance(event, LegFreed) and event.why == "worker exited" and not self.failed.is_set():
             _log.error("a media worker ended: the media service stops (its gateway moves calls to direct media)")
             self.failed.set()
@@ -158,4 +163,7 @@ class MediaApp:
                 await task
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
         if self.plane is not None:
-            await self.plane.stop()
+            await self.plane.stop()  # closes the recordings still open
+            await asyncio.sleep(0)
+        if self._finishing:
+            await asyncio.wait(self._finishing)

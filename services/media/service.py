@@ -149,6 +149,8 @@ class MediaService(pb_grpc.MediaServiceServicer):
         """The workers' news: digits and finished files go to the gateway that owns the leg."""
         if isinstance(event, LegFreed):
             self.owner_of.pop(event.leg_id, None)
+            for call_id in [c for c, legs in self.calls.items() if event.leg_id in legs]:
+                del self.calls[call_id]
             return
         if not isinstance(event, Digit | PlayFinished):
             return
