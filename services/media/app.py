@@ -12,7 +12,7 @@ from pathlib import Path
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.media.plane import Event, LegFreed, Plane, RecordingClosed, RecordingFailed
-from services.media.recordings import Catalog, Entry
+from services.media.recordings import Catalog
 from services.media.segments import Segments
 from services.media.service import ASSETS, MediaService
 from services.runtime.config import Config, ConfigError
@@ -42,7 +42,7 @@ class MediaApp:
         self.failed = asyncio.Event()
         self.recording_errors = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._finishing: set[asyncio.Future[Entry | None]] = set()  # recordings' metadata being completed
+        self._finishing: set[asyncio.Task[None]] = set()  # recordings' metadata being completed
         self.metrics = Metrics("media", config.server.id, config.telemetry.metrics.media)
 
     async def start(self) -> None:
@@ -108,6 +108,9 @@ class MediaApp:
             self.failed.set()
         if self.service is not None:
             self.service.on_event(event)
+
+    async def _finish(self, segment_id: str, error: str) -> None:
+        await asyncio.to_thread(self.catalog.finish, segment_id, error)
 
     async def _follow_segments(self) -> None:
         if not self.config.listen.callstate:
