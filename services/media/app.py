@@ -99,10 +99,9 @@ class MediaApp:
             if event.error:
                 _log.warning("recording of %s ended early: %s", event.segment_id, event.error)
             # Its digest reads the whole file: not on the loop that answers the gateway.
-            self._tasks.append(
-                asyncio.ensure_future(asyncio.to_thread(self.catalog.finish, event.segment_id, event.error))
-            )
-            self._tasks = [t for t in self._tasks if not t.done()]
+            done = asyncio.ensure_future(self._finish(event.segment_id, event.error))
+            self._finishing.add(done)
+            done.add_done_callback(self._finishing.discard)
         elif isinstance(event, LegFreed) and event.why == "worker exited" and not self.failed.is_set():
             _log.error("a media worker ended: the media service stops (its gateway moves calls to direct media)")
             self.failed.set()
