@@ -55,13 +55,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester), sipsak, the
-# baresip softphone and sipvicious (svcrack, the password cracker the lockout is tested with).
+# baresip softphone and sipvicious (svcrack, the password cracker the lockout is tested with);
+# gcc builds the media bench's load generator, which a test runs.
 sip-peers:
-	@missing=""; for t in sipp sipsak baresip svcrack; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in sipp sipsak baresip svcrack gcc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip sipvicious; \
-		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip and sipvicious (or run make as root)"; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip sipvicious gcc libc6-dev; \
+		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip, sipvicious and gcc (or run make as root)"; exit 1; fi; \
 	fi
 
 # The media bench's reference relay (rtpengine, userspace) and the compiler of its load generator.

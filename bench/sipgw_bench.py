@@ -6,13 +6,16 @@
    answers leg A and rings leg B.
 3. Trunk calls across two gateways (each with its registry, on one embedded etcd): phone on alpha
    -> alpha's gateway -> trunk -> beta's gateway -> phone on beta.
+4. and 5. The same as 2 and 3 with each server's media anchored on its media service and recorded
+   (callstate and media service beside the gateway): what anchoring adds to call set-up, in the
+   same run. SIPp's phones send no RTP: the cost measured is the signalling and the legs.
 
 Per rate: calls attempted, succeeded, failed, and the call-setup time (from the call's first
 INVITE to its 200 OK, through the 407 challenge where there is one: SIPp's response time 1, in
 whole milliseconds) p50/p99, measured by SIPp. Then the highest rate with no failed call.
 Not part of `make test`.
 
-    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3]
+    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3,4,5]
 
 BENCH_LOGS=DIR keeps the services' logs there; BENCH_PROFILE=DIR writes a cProfile of each there.
 """
@@ -48,8 +51,15 @@ CALLEE = ("101", "bench-pw-101")
 
 
 def server_config(
-    server_id: str, etcd: str, numbers: list[tuple[str, str]], trunk: str = "", callstate: bool = False
+    server_id: str,
+    etcd: str,
+    numbers: list[tuple[str, str]],
+    trunk: str = "",
+    callstate: bool = False,
+    media: str = "",
 ) -> str:
+    """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service."""
+    callstate = callstate or bool(media)
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
         "sip": f"127.0.0.1:{free_port()}",
@@ -59,6 +69,8 @@ def server_config(
         listen["trunk"] = trunk
     if callstate:
         listen["callstate"] = f"127.0.0.1:{free_port()}"
+    if media:
+        listen["media"] = f"127.0.0.1:{free_port()}"
     lines = [
         f"server: {{id: {server_id}}}",
         f'connector: {{endpoints: ["{etcd}"], group: bench, lease_ttl: 5}}',
@@ -67,6 +79,9 @@ def server_config(
         "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
         f'trunk: {{secret: "{SECRET}", lines: 1000}}',
     ]
+    if media:
+        recordings = Path(tempfile.gettempdir()) / f"sipgw-bench-recordings-{server_id}-{os.getpid()}"
+        lines += [f'media: {{rtp_ports: "{media}"}}', f'recording: {{dir: "{recordings}"}}']
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +311,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--sections", default="1,2,3")
+    parser.add_argument("--sections", default="1,2,3,4,5")
     parser.add_argument("--ceiling-rates", default="500,1500,3000", help="section 1's rates (SIPp alone goes far)")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -355,7 +370,61 @@ async def main() -> int:
             )
         finally:
             await rig.close()
+    if "4" in sections:
+        rig = Rig()
+        try:
+            config = server_config("bench", "ETCD", [CALLER, CALLEE], media="40000-49999")
+            await rig.servers({"bench": config}, ("registry", "callstate", "media", "sipgw"))
+            await media_ready(config)
+            target = listen_of(config, "sip")
+            rig.answering_phone(target, CALLEE)
+            table(
+                "4. local calls through one gateway, anchored on its media service and recorded",
+                target,
+                SIPP_DIR / "caller.xml",
+                rates,
+                args.calls,
+                caller_auth,
+                rig.gateways,
+            )
+        finally:
+            await rig.close()
+    if "5" in sections:
+        rig = Rig()
+        try:
+            alpha = server_config("alpha", "ETCD", [CALLER], trunk=f"127.0.0.1:{free_port()}", media="40000-44999")
+            beta = server_config("beta", "ETCD", [CALLEE], trunk=f"127.0.0.1:{free_port()}", media="45000-49999")
+            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "media", "sipgw"))
+            for config in (alpha, beta):
+                await media_ready(config)
+            rig.answering_phone(listen_of(beta, "sip"), CALLEE)
+            table(
+                "5. trunk calls, each server's media anchored on its media service and recorded",
+                listen_of(alpha, "sip"),
+                SIPP_DIR / "caller.xml",
+                rates,
+                args.calls,
+                caller_auth,
+                rig.gateways,
+            )
+        finally:
+            await rig.close()
     return 0
+
+
+async def media_ready(config: str) -> None:
+    """Until the gateway has attached to its media service (it keeps legs opened ahead)."""
+    import grpc.aio
+
+    from pbxmesh.media.v1 import media_pb2 as md
+    from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
+
+    async def attached() -> bool:
+        async with grpc.aio.insecure_channel(listen_of(config, "media")) as channel:
+            legs = (await md_grpc.MediaServiceStub(channel).ListLegs(md.ListLegsRequest(), timeout=5)).legs
+        return len(legs) >= 2
+
+    await wait_for(attached, timeout=30, what="the gateway attached to its media service")
 
 
 def listen_of(config: str, key: str) -> str:

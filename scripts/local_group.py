@@ -1,5 +1,6 @@
 """`make up`: a local group on an embedded etcd: per config file given, a registry, (when the
-file has listen.callstate) a callstate and (when it has listen.sip) a SIP gateway.
+file has listen.callstate) a callstate, (when it has listen.media) a media service that relays and
+records the calls, and (when it has listen.sip) a SIP gateway.
 
 Each service is started through the test harness's process layer (tests/harness/process.py):
 ready once its gRPC health says SERVING, stopped with SIGTERM, a bounded wait, then SIGKILL.
@@ -26,12 +27,14 @@ from services.runtime.embedded_etcd import EmbeddedEtcd  # noqa: E402
 from tests.harness.process import ServiceError, ServiceProcess, stop_all  # noqa: E402
 
 ETCD_PORT = 2379
-LABELS = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   "}
+LABELS = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   ", "media": "media   "}
 
 
 def services_of(config: Config) -> list[str]:
-    # callstate before sipgw: the gateway's report stream finds it at once.
+    # callstate before media (which follows its segments) and both before sipgw: the gateway's report
+    # stream and its media control stream find them at once.
     services = ["registry"] + (["callstate"] if config.listen.callstate else [])
+    services += ["media"] if config.listen.media else []
     return services + (["sipgw"] if config.listen.sip else [])
 
 
@@ -71,6 +74,10 @@ async def main(paths: list[str]) -> int:
                     return 1
                 where = shown_address(service, config)
                 print(f"{config.server.id:<15} {LABELS[service]} {where}  ({config.server.name})")
+                if service == "media":
+                    recording = config.recording
+                    kept = "off" if not recording.enabled else f"recordings in {recording.dir}/"
+                    print(f"{'':<15} RTP      {config.media.rtp_address} ports {config.media.rtp_ports}, {kept}")
             if config.sip.accounts:
                 # Demo accounts from the example files: what a softphone needs to register here.
                 for account in config.sip.accounts:
@@ -85,6 +92,7 @@ async def main(paths: list[str]) -> int:
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
         print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh parties --watch --callstate 127.0.0.1:50071")
+        print("      .venv/bin/pbxmesh recordings --media 127.0.0.1:50081  (alpha's recorded call segments)")
         print("      a softphone registered as 100 on alpha can call 200 on beta (over the trunk)")
         print("      make demo    (in another terminal: a scripted call alpha -> beta with hold and transfer)")
         print("Ctrl-C stops the group.", flush=True)

@@ -36,7 +36,8 @@ def tone(note: int, seconds: float) -> np.ndarray:
     f = frequency(note)
     wave_ = np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t)
     attack = np.minimum(t / 0.01, 1.0)
-    return wave_ * attack * np.exp(-t * 3.0)
+    note_: np.ndarray = wave_ * attack * np.exp(-t * 3.0)
+    return note_
 
 
 def render() -> np.ndarray:
@@ -51,7 +52,8 @@ def render() -> np.ndarray:
     length = start
     total[: len(total) - length] += total[length:]
     music = total[:length]
-    return np.round(music / np.abs(music).max() * PEAK * 32767).astype("<i2")
+    samples: np.ndarray = np.round(music / np.abs(music).max() * PEAK * 32767).astype("<i2")
+    return samples
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome
 from services.callstate.peers import Peers
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.logs import call_log, call_traces, trace_id_of
-from services.runtime.subscription import Subscription
+from services.runtime.subscription import Subscription, answer_while
 from services.runtime.telemetry import ATTR_CALL_ID
 from services.runtime.text import MAX_ID, MAX_NAME, problem
 from services.runtime.trace_context import current, from_text, to_text
@@ -66,18 +66,10 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
                 if request.replay:
                     self._end_missing({e.call_id for e in request.events})
 
-        reader = asyncio.ensure_future(read())
         try:
-            while not reader.done():
-                getter = asyncio.ensure_future(commands.get())
-                done, _ = await asyncio.wait({reader, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            reader.result()
+            async for command in answer_while(read(), commands):
+                yield command
         finally:
-            reader.cancel()
             if self.gateway is commands:
                 self.gateway = None
 

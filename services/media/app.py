@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
-from services.media.plane import Event, Plane
+from services.media.plane import Event, LegFreed, Plane, RecordingClosed, RecordingFailed
 from services.media.recordings import Catalog
 from services.media.segments import Segments
 from services.media.service import ASSETS, MediaService
@@ -42,6 +42,7 @@ class MediaApp:
         self.failed = asyncio.Event()
         self.recording_errors = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()  # recordings' metadata being completed
         self.metrics = Metrics("media", config.server.id, config.telemetry.metrics.media)
 
     async def start(self) -> None:
@@ -91,16 +92,24 @@ class MediaApp:
         return True
 
     def _event(self, event: Event) -> None:
-        if event.kind in ("recording_closed", "recording_failed"):
-            error = getattr(event, "error", "")
-            if error:
-                self.recording_errors += event.kind == "recording_failed"
-                _log.error("recording of %s stopped: %s", event.segment_id, error)
-            if event.kind == "recording_closed":
-                self.catalog.finish(event.segment_id, error)
-            return
+        if isinstance(event, RecordingFailed):
+            self.recording_errors += 1
+            _log.error("recording of %s stopped: %s", event.segment_id, event.error)
+        elif isinstance(event, RecordingClosed):
+            if event.error:
+                _log.warning("recording of %s ended early: %s", event.segment_id, event.error)
+            # Its digest reads the whole file: not on the loop that answers the gateway.
+            done = asyncio.ensure_future(self._finish(event.segment_id, event.error))
+            self._finishing.add(done)
+            done.add_done_callback(self._finishing.discard)
+        elif isinstance(event, LegFreed) and event.why == "worker exited" and not self.failed.is_set():
+            _log.error("a media worker ended: the media service stops (its gateway moves calls to direct media)")
+            self.failed.set()
         if self.service is not None:
             self.service.on_event(event)
+
+    async def _finish(self, segment_id: str, error: str) -> None:
+        await asyncio.to_thread(self.catalog.finish, segment_id, error)
 
     async def _follow_segments(self) -> None:
         if not self.config.listen.callstate:
@@ -156,4 +165,7 @@ class MediaApp:
                 await task
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
         if self.plane is not None:
-            await self.plane.stop()
+            await self.plane.stop()  # closes the recordings still open
+            await asyncio.sleep(0)
+        if self._finishing:
+            await asyncio.wait(self._finishing)

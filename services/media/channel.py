@@ -56,7 +56,7 @@ class Channel:
 
     async def drain(self) -> None:
         """Waits until everything queued has been written (or the channel closed)."""
-        while self._outbox and not self.closed:
+        while self._outbox and not self.closed:  # noqa: ASYNC110 (rare: only when a worker stops)
             await asyncio.sleep(0.005)
 
     def close(self) -> None:
@@ -79,10 +79,7 @@ class Channel:
         while self._outbox:
             data, fds = self._outbox[0]
             try:
-                if fds:
-                    sent = socket.send_fds(self.sock, [data], fds)
-                else:
-                    sent = self.sock.send(data)
+                sent = socket.send_fds(self.sock, [data], fds) if fds else self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:

@@ -46,7 +46,8 @@ def _ulaw_encode_table() -> npt.NDArray[np.uint8]:
     segment = np.searchsorted(_ULAW_SEGMENT_ENDS, magnitude, side="left")
     code = (np.minimum(segment, 7) << 4) | ((magnitude >> (np.minimum(segment, 7) + 1)) & 0x0F)
     code = np.where(segment >= 8, 0x7F, code)
-    return (code ^ mask).astype(np.uint8)
+    table: npt.NDArray[np.uint8] = (code ^ mask).astype(np.uint8)
+    return table
 
 
 def _alaw_encode_table() -> npt.NDArray[np.uint8]:
@@ -57,7 +58,8 @@ def _alaw_encode_table() -> npt.NDArray[np.uint8]:
     shift = np.where(segment < 2, 1, np.minimum(segment, 7))
     code = (np.minimum(segment, 7) << 4) | ((magnitude >> shift) & 0x0F)
     code = np.where(segment >= 8, 0x7F, code)
-    return (code ^ mask).astype(np.uint8)
+    table: npt.NDArray[np.uint8] = (code ^ mask).astype(np.uint8)
+    return table
 
 
 DECODE: dict[str, Samples] = {PCMU: _ulaw_decode_table(), PCMA: _alaw_decode_table()}

@@ -151,7 +151,7 @@ class RtpProtocol(asyncio.DatagramProtocol):
         self.leg = leg
         self.receive = receive
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.receive(self.leg, data, addr)
 
     def error_received(self, exc: Exception) -> None:

@@ -37,6 +37,8 @@ _log = logging.getLogger(__name__)
 
 # The music on hold shipped with the product (scripts/make_hold_music.py).
 MUSIC_ON_HOLD = Path(__file__).parent / "assets" / "hold.wav"
+# Where the package lives, for the workers' import path (whatever the service's working directory).
+_ROOT = str(Path(__file__).resolve().parents[2])
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -189,8 +191,7 @@ class Plane:
 
     async def _spawn(self, index: int, address: str, ports: tuple[int, int], music: Path, idle: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -311,10 +312,15 @@ class Plane:
 
     async def legs(self) -> list[LegStats]:
         replies = await asyncio.gather(*(self._request(w, {"op": "list"}) for w in self.workers if w.alive))
-        found = []
+        found: list[LegStats] = []
         for worker, reply in zip((w for w in self.workers if w.alive), replies, strict=True):
             found.extend(LegStats(worker=worker.index, **leg) for leg in reply.get("legs", []))
         return found
+
+    async def settled(self) -> None:
+        """Waits until every worker has carried out the commands sent before (a barrier: say, before
+        telling a phone where to send, once its leg's remote is set)."""
+        await asyncio.gather(*(self._request(w, {"op": "ping"}) for w in self.workers if w.alive))
 
     def counters(self) -> dict[str, int]:
         """The workers' counters summed, as of their last report (every second)."""

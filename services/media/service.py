@@ -14,10 +14,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pbxmesh.media.v1 import media_pb2 as pb
 from pbxmesh.media.v1 import media_pb2_grpc as pb_grpc
-from services.media.plane import Event, NoPortFree, Plane
+from services.media.plane import Digit, Event, LegFreed, NoPortFree, Plane, PlayFinished
 from services.media.recordings import CALL_ID_RE, Catalog, Entry
 from services.runtime.errors import InvalidArgument, NotFound
-from services.runtime.subscription import Subscription
+from services.runtime.subscription import Subscription, answer_while
 from services.runtime.text import MAX_ID, problem
 
 _log = logging.getLogger(__name__)
@@ -64,20 +64,16 @@ class MediaService(pb_grpc.MediaServiceServicer):
 
         async def read() -> None:
             async for request in request_iterator:
-                await self._command(owner, request, out)
+                try:
+                    await self._command(owner, request, out)
+                except InvalidArgument as exc:
+                    # One bad command (a party's odd SDP) must not cut the stream every call uses.
+                    _log.warning("a gateway's command refused: %s", exc.message)
 
-        reader = asyncio.ensure_future(read())
         try:
-            while not reader.done():
-                getter = asyncio.ensure_future(out.get())
-                done, _ = await asyncio.wait({reader, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            reader.result()
+            async for response in answer_while(read(), out):
+                yield response
         finally:
-            reader.cancel()
             del self.owners[owner]
             self.plane.disown(owner)
             _log.info("a gateway detached: its legs are freed once idle")
@@ -151,15 +147,21 @@ class MediaService(pb_grpc.MediaServiceServicer):
 
     def on_event(self, event: Event) -> None:
         """The workers' news: digits and finished files go to the gateway that owns the leg."""
-        leg_id = getattr(event, "leg_id", "")
-        owner = self.owners.get(self.owner_of.get(leg_id, ""))
-        if event.kind == "digit" and owner is not None:
-            digit = pb.Digit(leg_id=leg_id, digit=event.digit, duration_ms=event.duration_ms)
+        if isinstance(event, LegFreed):
+            self.owner_of.pop(event.leg_id, None)
+            for call_id in [c for c, legs in self.calls.items() if event.leg_id in legs]:
+                del self.calls[call_id]
+            return
+        if not isinstance(event, Digit | PlayFinished):
+            return
+        owner = self.owners.get(self.owner_of.get(event.leg_id, ""))
+        if owner is None:
+            return
+        if isinstance(event, Digit):
+            digit = pb.Digit(leg_id=event.leg_id, digit=event.digit, duration_ms=event.duration_ms)
             owner.put(pb.AttachResponse(digit=digit))
-        elif event.kind == "play_finished" and owner is not None:
-            owner.put(pb.AttachResponse(play_finished=pb.PlayFinished(leg_id=leg_id)))
-        elif event.kind == "leg_freed":
-            self.owner_of.pop(leg_id, None)
+        else:
+            owner.put(pb.AttachResponse(play_finished=pb.PlayFinished(leg_id=event.leg_id)))
 
     # -- views -----------------------------------------------------------------------------------
 

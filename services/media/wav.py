@@ -100,7 +100,7 @@ def repair(path: Path) -> int:
         fields = _HEADER.unpack(head)
         if fields[0] != b"RIFF" or fields[2] != b"WAVE" or fields[3] != b"fmt " or fields[11] != b"data":
             raise WavError(f"{path}: not a WAV this recorder wrote")
-        block = fields[9]
+        block = int(fields[9])
         size = file.seek(0, 2) - HEADER_SIZE
         frames = size // block
         file.truncate(HEADER_SIZE + frames * block)
@@ -149,4 +149,5 @@ def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
     kernel = 2 * cutoff * np.sinc(2 * cutoff * taps) * np.hamming(len(taps))
     filtered = np.convolve(samples, kernel / kernel.sum(), mode="same")
     positions = np.arange(0, len(samples) - 1, ratio)
-    return np.interp(positions, np.arange(len(samples)), filtered)
+    resampled: np.ndarray = np.interp(positions, np.arange(len(samples)), filtered)
+    return resampled

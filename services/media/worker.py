@@ -81,6 +81,7 @@ class Worker:
             "record": self.record,
             "stop_recording": self.stop_recording,
             "list": self.list_legs,
+            "ping": self.ping,
             "release": self.release,
             "adopt": self.adopt,
             "stop": self.stop,
@@ -218,6 +219,9 @@ class Worker:
 
     def list_legs(self, message: Message) -> None:
         self.emit({"reply": message["id"], "legs": [leg.stats() for leg in self.legs.values()]})
+
+    def ping(self, message: Message) -> None:
+        self.emit({"reply": message["id"]})
 
     def release(self, message: Message) -> None:
         """Gives a leg up to another worker: its state, and its sockets (the ports stay bound)."""

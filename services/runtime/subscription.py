@@ -7,6 +7,7 @@ buffered without bound; it can watch again and get a fresh snapshot.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from typing import Generic, TypeVar
 
 from services.runtime.errors import Unavailable
@@ -38,3 +39,20 @@ class Subscription(Generic[T]):
         if self._overflow:
             raise WatcherTooSlow("the watcher fell behind; watch again for a fresh snapshot")
         return change
+
+
+async def answer_while(read: Awaitable[None], out: Subscription[T]) -> AsyncIterator[T]:
+    """A bidirectional stream's responses: what ``out`` gets, for as long as ``read`` (the loop
+    over the requests) runs; its error, if it ends with one, ends the stream with it."""
+    reader = asyncio.ensure_future(read)
+    try:
+        while not reader.done():
+            getter = asyncio.ensure_future(out.get())
+            done, _ = await asyncio.wait({reader, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()
+        reader.result()
+    finally:
+        reader.cancel()

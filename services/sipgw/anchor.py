@@ -28,6 +28,8 @@ from services.sipgw.media_link import MediaLeg, MediaLink
 
 _log = logging.getLogger(__name__)
 
+# The direction an answer takes toward a party that offered each direction (RFC 3264 6.1).
+ANSWERING = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 DIRECTIONS = {
     "sendrecv": pb.DIRECTION_SENDRECV,
     "sendonly": pb.DIRECTION_SENDONLY,
@@ -85,26 +87,43 @@ class Anchoring:
         join = pb.Connect(call_id=call.id, home_leg_id=home.leg_id, other_leg_id=other.leg_id)
         self.link.send(pb.AttachRequest(connect=join))
 
-    def carry(self, call: Call, source: Side, body: bytes) -> bytes:
-        """SDP from ``source`` on its way to the other side. Raises NotAcceptable when it offers
-        nothing the media service can relay."""
-        anchor = call.media
-        if anchor is None or not body:
+    def offer(self, call: Call, source: Side, body: bytes, refuse: bool = True) -> bytes:
+        """An SDP offer from ``source`` on its way to the other side. Raises NotAcceptable when it
+        offers nothing the media service relays (unless ``refuse`` is off: a party taking a
+        side's place, whose offer cannot be refused any more)."""
+        if call.media is None or not body:
             return body
-        self.heard(call, source, body)
-        return self.shown(call, source.other, body)
-
-    def answer(self, call: Call, source: Side, body: bytes) -> bytes:
-        """``carry`` for an answer: one without a relayed codec cannot be refused any more (the
-        offer had them); the media service is told nothing of it."""
         try:
-            return self.carry(call, source, body)
+            self.heard(call, source, body)
+        except NotAcceptable:
+            if refuse:
+                raise
+            call_log(_log, call.id).warning("the %s offered no PCMU or PCMA", source)
+        # The media service sends to a held party whatever the holder said (the music): a hold
+        # reaches the held party as sendonly, never inactive, or it would stop playing.
+        stream = sdp.audio_stream(body)
+        direction = stream.direction if stream is not None else "sendrecv"
+        return self.shown(call, source.other, body, "sendonly" if direction == "inactive" else direction)
+
+    def answer(self, call: Call, source: Side, body: bytes, tell: bool = True) -> bytes:
+        """An SDP answer from ``source`` on its way to the side whose offer it answers: its
+        direction is the one that answers that side's own offer (the media service can take
+        and send whatever that side wants). ``tell`` off: ``body`` is what the media service
+        knows of ``source`` already (the gateway answers for it)."""
+        if call.media is None or not body:
+            return body
+        try:
+            if tell:
+                self.heard(call, source, body)
         except NotAcceptable:
             call_log(_log, call.id).warning("the %s answered without PCMU or PCMA", source)
-            return self.shown(call, source.other, body)
+        offered = call.media.heard.get(source.other)
+        stream = sdp.audio_stream(offered) if offered else None
+        direction = ANSWERING.get(stream.direction, "sendrecv") if stream is not None else None
+        return self.shown(call, source.other, body, direction)
 
     def heard_answer(self, call: Call, side: Side, body: bytes) -> None:
-        """``heard`` that never refuses (an answer, or a party taking a side's place)."""
+        """``heard`` that never refuses (a party taking a side's place through a hand-over)."""
         try:
             self.heard(call, side, body)
         except NotAcceptable:
@@ -119,6 +138,8 @@ class Anchoring:
         if not stream.speaks_g711:
             raise NotAcceptable("no PCMU or PCMA offered")
         anchor.heard[side] = body
+        if not stream.reachable:
+            return  # nothing to send to (held with 0.0.0.0, a name, IPv6): the media service keeps what it had
         remote = pb.SetRemote(
             leg_id=anchor.legs[side].leg_id,
             address=stream.address,
@@ -129,17 +150,17 @@ class Anchoring:
         )
         self.link.send(pb.AttachRequest(set_remote=remote))
 
-    def shown(self, call: Call, side: Side, body: bytes) -> bytes:
+    def shown(self, call: Call, side: Side, body: bytes, direction: str | None = None) -> bytes:
         """``body`` rewritten for ``side``'s party: it points at that side's own media leg."""
         anchor = call.media
         if anchor is None or not body:
             return body
         leg = anchor.legs[side]
         origin = anchor.origins.setdefault(side, [random.randrange(1, 2**31), 1])
-        out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]))
+        out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction)
         if side in anchor.shown and anchor.shown[side] != out:
             origin[1] += 1  # RFC 3264 8: a changed SDP carries a higher version
-            out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]))
+            out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction)
         anchor.shown[side] = out
         return out
 

@@ -11,10 +11,13 @@ module and changes calls only through the table's operations (``calls.py``):
     transfer.py  REFER, blind and attended
     loops.py     a call that came back to this server, closed here
     handover.py  a server left in the middle of a call steps out of it
-    sdp.py       what the core reads in SDP
+    sdp.py       what the core reads in SDP, and SDP rewritten for anchored media
+    anchor.py    a call's media on the media service: one media leg per side, SDP carried across
+    media_link.py  the control stream to the media service, legs opened ahead
 
-Media goes directly between the phones; each leg's packets go to the address the party's packets
-come from, never to a host named inside a message.
+With a media service (``listen.media``) every phone sends its RTP to its own server's media
+service; without one (or while it is away) media goes directly between the phones. Signalling
+goes to the address the party's packets come from, never to a host named inside a message.
 """
 
 from __future__ import annotations

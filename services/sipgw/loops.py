@@ -54,6 +54,21 @@ def bridge(
         return
     ask = table.request(a2, "INVITE")
 
+    def joined(body: bytes) -> None:
+        """A1's answer (what A2 is ACKed with): the two calls become one."""
+        table.ack(a2, ask.cseq.number, body, "application/sdp")
+        if outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
+            done(False)
+            return
+        a2.sdp = body
+        done(True)
+        table.bye(outer, side)  # the leg toward the other server
+        table.bye(inner, joining.other)  # the leg from it
+        table.detach(inner, joining)
+        table.replace_leg(outer, side, a2)
+        table.end(inner, reason)
+        tell_party(table, outer, side.other, a2.number, a2.name)
+
     def a2_offered(response: Response) -> None:
         if response.status < 200:
             return
@@ -62,7 +77,12 @@ def bridge(
             done(False)
             return
         # A2 takes the place of the trunk leg on ``side``: it is given that side's media leg.
-        offer = table.media.answer(outer, side, response.body)
+        offer = table.media.offer(outer, side, response.body, refuse=False)
+        anchor = outer.media
+        if anchor is not None and side.other in anchor.heard:
+            # A1's media stays where it is: the gateway answers for it, A1 hears of nothing.
+            joined(table.media.answer(outer, side.other, anchor.heard[side.other], tell=False))
+            return
         reoffer = table.request(a1, "INVITE", offer, "application/sdp")
 
         def a1_answered(answer: Response) -> None:
@@ -71,20 +91,12 @@ def bridge(
             assert a1.dialog is not None
             a1.dialog.refresh_target(answer)
             table.ack(a1, reoffer.cseq.number)
-            ok = 200 <= answer.status < 300
-            body = table.media.answer(outer, side.other, answer.body) if ok else b""
-            table.ack(a2, ask.cseq.number, body, "application/sdp")
-            if not ok or outer.phase != Phase.ANSWERED or inner.phase != Phase.ANSWERED:
+            if not 200 <= answer.status < 300:
+                table.ack(a2, ask.cseq.number)
                 done(False)
                 return
-            a1.sdp, a2.sdp = offer, body
-            done(True)
-            table.bye(outer, side)  # the leg toward the other server
-            table.bye(inner, joining.other)  # the leg from it
-            table.detach(inner, joining)
-            table.replace_leg(outer, side, a2)
-            table.end(inner, reason)
-            tell_party(table, outer, side.other, a2.number, a2.name)
+            a1.sdp = offer
+            joined(table.media.answer(outer, side.other, answer.body))
 
         table.send(a1, reoffer, a1_answered, lambda: done(False))
 

@@ -28,7 +28,7 @@ from services.runtime.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
-STOCK = 8  # pairs of legs kept ready: the calls that can start at once without waiting
+STOCK = 16  # pairs of legs kept ready: the calls that can start at once without waiting
 RETRY_MIN, RETRY_MAX = 0.2, 2.0
 
 
@@ -80,9 +80,13 @@ class MediaLink:
             self._queue.put_nowait(request)
 
     def _refill(self) -> None:
-        while self._queue is not None and len(self.stock) + self._asked < self.stock_size:
-            self._asked += 1
-            self._queue.put_nowait(pb.AttachRequest(open_legs=pb.OpenLegs(request_id=next(self._ids), count=2)))
+        """Asks for the pairs missing from the stock in one request, once half of it is gone
+        (one message for many calls: each message on the stream costs both processes)."""
+        missing = self.stock_size - len(self.stock) - self._asked
+        if self._queue is None or missing < max(1, self.stock_size // 2):
+            return
+        self._asked += missing
+        self._queue.put_nowait(pb.AttachRequest(open_legs=pb.OpenLegs(request_id=next(self._ids), count=2 * missing)))
 
     async def _run(self) -> None:
         backoff, said = Backoff(RETRY_MIN, RETRY_MAX), False
@@ -119,11 +123,11 @@ class MediaLink:
                 _log.info("attached to the media service at %s", self.address)
                 self._refill()
             elif which == "legs_opened":
-                self._asked = max(0, self._asked - 1)
                 opened = response.legs_opened
                 legs = [MediaLeg(x.leg_id, x.address, x.rtp_port, x.rtcp_port) for x in opened.legs]
-                if len(legs) == 2:
-                    self.stock.append((legs[0], legs[1]))
-                elif opened.error:
+                self._asked = max(0, self._asked - max(1, len(legs) // 2))
+                self.stock += list(zip(legs[0::2], legs[1::2], strict=True))
+                if opened.error:
+                    self._asked = 0  # asked again when the next call takes a pair
                     _log.warning("the media service opened no legs: %s", opened.error)
             # Digits and finished prompts are for the voice menus to come.

@@ -91,11 +91,13 @@ class InDialog:
         body = request.body
         if body and content_type == "application/sdp":
             try:
-                body = self.table.media.carry(call, side, body)
+                body = self.table.media.offer(call, side, body)
             except NotAcceptable:
                 tx.respond(response_to(request.headers, 488, "Not Acceptable Here (no PCMU or PCMA offered)"))
                 return
         self._note_hold(call, side, request.body)
+        if self._answer_here(call, side, tx, request):
+            return
         own, other = call.leg(side), call.leg(side.other)
         assert own.dialog is not None and other.dialog is not None
         own.refreshed_at = other.refreshed_at = time.monotonic()  # the session is refreshed both ways
@@ -131,6 +133,28 @@ class InDialog:
             tx.respond(response_to(request.headers, 408, "Request Timeout"))
 
         self.table.send(other, offer, on_answer, on_timeout)
+
+    def _answer_here(self, call: Call, side: Side, tx: ServerTransaction, request: Request) -> bool:
+        """With the media anchored, a phone on the other side need not hear of a new offer (a
+        hold, a resume, a codec change): the media service takes it, plays the music, converts.
+        The gateway answers with that phone's own SDP. Another server behind the trunk is told."""
+        other = call.legs.get(side.other)
+        media = call.media
+        if media is None or other is None or other.trunk or side.other not in media.heard:
+            return False
+        if request.headers.get("Content-Type") != "application/sdp" or not request.body:
+            return False
+        own = call.leg(side)
+        assert own.dialog is not None
+        own.refreshed_at = time.monotonic()
+        answer = response_to(request.headers, 200, "OK")
+        answer.headers.add("Contact", own.dialog.contact)
+        answer.headers.add("Content-Type", "application/sdp")
+        answer.body = own.sdp = self.table.media.answer(call, side.other, media.heard[side.other], tell=False)
+        tx.respond(answer)
+        if request.method == "INVITE":
+            self.table.keep_answering(call, side, answer.to_bytes())
+        return True
 
     def _note_hold(self, call: Call, side: Side, offer: bytes) -> None:
         """An offer that stops sending holds the call; one that sends again resumes it. Offers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import re
 
 from services.sipgw.sip import Request, Response
@@ -92,6 +93,16 @@ class Stream:
     def speaks_g711(self) -> bool:
         return any(encoding in ("PCMU", "PCMA") for _, encoding, _ in self.codecs)
 
+    @property
+    def reachable(self) -> bool:
+        """An IPv4 address and a port to send to (a name is never resolved; 0.0.0.0 or port 0:
+        the party takes no media now, RFC 3264 8.4)."""
+        try:
+            address = ipaddress.IPv4Address(self.address)
+        except ValueError:
+            return False
+        return not address.is_unspecified and self.port > 0
+
 
 def audio_stream(body: bytes) -> Stream | None:
     """The first audio stream of an SDP body; None when there is none (or it is not SDP)."""
@@ -137,6 +148,8 @@ def audio_stream(body: bytes) -> Stream | None:
         elif line[2:] in DIRECTIONS:
             direction = line[2:]
     address = address.split("/")[0]
+    with contextlib.suppress(ValueError):
+        address = str(ipaddress.IPv4Address(address))
     codecs = tuple(
         (pt, _canonical(maps[pt][0]), maps[pt][1])
         for pt in formats
@@ -152,11 +165,12 @@ def _canonical(name: str) -> str:
     return "telephone-event" if upper == "TELEPHONE-EVENT" else upper
 
 
-def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> bytes:
+def anchored(body: bytes, address: str, port: int, origin: tuple[int, int], direction: str | None = None) -> bytes:
     """``body`` as the other party gets it when media runs through this server: its audio stream
     at ``address``:``port`` with only the codecs relayed, other streams refused (port 0), the
     party's transport attributes left out, and the gateway's own origin line (session id,
-    version) so that the other party sees one session whoever is behind it."""
+    version) so that the other party sees one session whoever is behind it. ``direction`` replaces
+    the stream's own (session-level directions move into the stream)."""
     stream = audio_stream(body)
     kept = {pt for pt, _, _ in stream.codecs} if stream is not None else set()
     out: list[str] = []
@@ -168,13 +182,18 @@ def anchored(body: bytes, address: str, port: int, origin: tuple[int, int]) -> b
         if line.startswith("o="):
             out.append(f"o=pbxmesh {origin[0]} {origin[1]} IN IP4 {address}")
             continue
+        if direction is not None and line[2:] in DIRECTIONS:
+            continue  # said once, in the audio stream
         if line.startswith("m="):
             fields = line.split()
             in_audio = fields[0] == "m=audio" and not seen_audio
             if in_audio:
                 seen_audio = True
                 formats = [f for f in fields[3:] if f.isdigit() and int(f) in kept]
-                out.append(" ".join([fields[0], str(port), fields[2], *formats]))
+                transport = fields[2] if len(fields) > 2 else "RTP/AVP"
+                out.append(" ".join([fields[0], str(port), transport, *formats]))
+                if direction is not None:
+                    out.append(f"a={direction}")
             else:
                 out.append(" ".join([fields[0], "0", *fields[2:]]))
             continue

@@ -11,7 +11,14 @@ import grpc.aio
 from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 from services.runtime.config_calls import TARGET_RE, parse_target_uri
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from services.runtime.subscription import Subscription
 from services.sipgw.auth.lockout import MAX_KEY, Kind, LockoutEntry
 from services.sipgw.b2bua import PlaceError
@@ -159,6 +166,8 @@ def _place_error(error: PlaceError) -> ServiceError:
         return NotFound(error.reason, reason="NUMBER_NOT_FOUND")
     if error.status == 480:
         return FailedPrecondition(error.reason, reason="NOT_REGISTERED")
+    if error.media:
+        return Unavailable(error.reason, reason="MEDIA_UNAVAILABLE")
     if error.status == 503:
         return ResourceExhausted(error.reason, reason="NO_TRUNK_LINE")
     return FailedPrecondition(f"{error.status} {error.reason}", reason="CANNOT_CALL")

@@ -47,9 +47,10 @@ _WHY = {404: "no server of the group has this number", 480: "no phone is registe
 
 
 class PlaceError(Exception):
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, media: bool = False):
         super().__init__(f"{status} {reason}")
         self.status, self.reason = status, reason
+        self.media = media  # the media service was needed and could not be had
 
 
 class CallSetup:
@@ -116,7 +117,7 @@ class CallSetup:
         if not self.table.media.open(call):
             for branch in [*first_branches, *second]:
                 branch.released()
-            raise PlaceError(503, "the media service is unreachable and recording is required")
+            raise PlaceError(503, "the media service is unreachable and recording is required", media=True)
         first_fork = Fork(
             self.table.transactions,
             first_branches,
@@ -187,7 +188,7 @@ class CallSetup:
         if content_type != "application/sdp" or not offer:
             return None
         try:
-            carried = media.carry(call, Side.CALLER, offer)
+            carried = media.offer(call, Side.CALLER, offer)
         except NotAcceptable:
             media.close(call)
             return (488, "Not Acceptable Here (no PCMU or PCMA offered)")
@@ -250,7 +251,7 @@ class CallSetup:
             return
         placed.offer = response.body
         try:
-            offer = self.table.media.carry(call, Side.CALLER, response.body)
+            offer = self.table.media.offer(call, Side.CALLER, response.body)
         except NotAcceptable:
             self.refuse_first(call)
             self.table.end(call, "the first party offered no PCMU or PCMA")

@@ -168,7 +168,7 @@ class Transfer:
             return
         other = call.leg(self.side.other)
         # The target takes the transferor's side, and with it that side's media leg.
-        offer = self.table.media.answer(call, self.side, offer)
+        offer = self.table.media.offer(call, self.side, offer, refuse=False)
         reinvite = self.table.request(other, "INVITE", offer, "application/sdp")
         if other.trunk:
             tracing.to_headers(reinvite.headers, self.trace)

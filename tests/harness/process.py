@@ -28,6 +28,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pbxmesh.callstate.v1 import callstate_pb2
+from pbxmesh.media.v1 import media_pb2
 from pbxmesh.registry.v1 import registry_pb2
 from pbxmesh.sipgw.v1 import sipgw_pb2
 from services.runtime.config import ConfigError, load_config
@@ -40,6 +41,7 @@ HEALTH_NAMES = {
     "registry": registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     "sipgw": sipgw_pb2.DESCRIPTOR.services_by_name["SipGatewayService"].full_name,
     "callstate": callstate_pb2.DESCRIPTOR.services_by_name["CallStateService"].full_name,
+    "media": media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
 }
 
 # No proxy for loopback; reconnect fast, so that a poll started before the server listens sees

@@ -220,8 +220,11 @@ async def stop_gateway(gateway: Gateway) -> None:
     await gateway.process.stop()
 
 
-class CallState:
-    """A server's callstate process; ``stop`` and ``start`` again restart it on the same address."""
+class Service:
+    """One of a server's services beside its registry; ``stop`` and ``start`` again restart it
+    on the same address."""
+
+    name = ""
 
     def __init__(self, path: Path, env: dict[str, str] | None = None):
         self.path = path
@@ -234,7 +237,7 @@ class CallState:
         return self.process.log if self.process is not None else []
 
     async def start(self) -> None:
-        self.process = await ServiceProcess("callstate", self.path, env=child_env(self.env)).start()
+        self.process = await ServiceProcess(self.name, self.path, env=child_env(self.env)).start()
         self.address = self.process.address
 
     async def stop(self, kill: bool = False) -> None:
@@ -247,8 +250,23 @@ class CallState:
             await self.process.stop()
 
 
+class CallState(Service):
+    name = "callstate"
+
+
+class Media(Service):
+    """A media service; ``recordings`` is its recording folder."""
+
+    name = "media"
+
+    def __init__(self, path: Path, env: dict[str, str] | None = None):
+        super().__init__(path, env)
+        self.recordings = Path(load_config(path, environ=child_env(env)).recording.dir)
+
+
 __all__ = [
     "CallState",
+    "Media",
     "Gateway",
     "Group",
     "Server",

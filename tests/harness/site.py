@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tests.harness.config import accounts_section, loopback
-from tests.harness.servers import CallState, Gateway, Group, Server, has_numbers, start_gateway, stop_gateway
+from tests.harness.servers import CallState, Gateway, Group, Media, Server, has_numbers, start_gateway, stop_gateway
 from tests.harness.wait import wait_for
 
 SECRET = "the-group-trunk-secret-2026"
+# Media services' RTP ports: below the phones' (tests/harness/baresip.py) and the ephemeral range,
+# a share per test process and per site.
+RTP_PORTS = 200
+_rtp_ranges = itertools.cycle(
+    range(30000 + (os.getpid() % 10) * 1000, 30000 + (os.getpid() % 10 + 1) * 1000, RTP_PORTS)
+)
 
 
 class Spec(NamedTuple):
@@ -33,6 +41,7 @@ class Spec(NamedTuple):
     trunk: str = ""
     advertise: str = ""
     lease_ttl: int = 2
+    media: bool = False  # a media service beside the gateway, recording calls
 
 
 @dataclass
@@ -41,11 +50,17 @@ class Site:
     gateway: Gateway
     optional_callstate: CallState | None
     trunk: str
+    optional_media: Media | None = None
 
     @property
     def callstate(self) -> CallState:
         assert self.optional_callstate is not None, f"{self.registry.id} runs no callstate"
         return self.optional_callstate
+
+    @property
+    def media(self) -> Media:
+        assert self.optional_media is not None, f"{self.registry.id} runs no media service"
+        return self.optional_media
 
 
 async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
@@ -61,6 +76,11 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
         extra["scenarios"] = spec.scenarios
     if spec.advertise:
         extra["advertise"] = {"trunk": spec.advertise}
+    if spec.media:
+        listen["media"] = "127.0.0.1:0"
+        first = next(_rtp_ranges)
+        extra["media"] = {"rtp_address": "127.0.0.1", "rtp_ports": f"{first}-{first + RTP_PORTS - 1}"}
+        extra["recording"] = {"dir": str(group.tmp / f"{server_id}-recordings")}
     numbers: list[str | dict[str, str]]
     departments = spec.departments
     if spec.numbers is not None:
@@ -75,13 +95,18 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
     )
     await server.start()
     callstate = CallState(server.config_path, env=spec.env) if spec.callstate else None
+    media = Media(server.config_path, env=spec.env) if spec.media else None
     try:
         if callstate is not None:
             await callstate.start()
-        return Site(server, await start_gateway(server.config_path, spec.env), callstate, trunk)
+        if media is not None:
+            await media.start()
+        return Site(server, await start_gateway(server.config_path, spec.env), callstate, trunk, media)
     except BaseException:
         if callstate is not None:
             await callstate.stop()
+        if media is not None:
+            await media.stop()
         raise
 
 
@@ -91,6 +116,8 @@ async def stop_sites(*sites: Site) -> None:
         await stop_gateway(site.gateway)
         if site.optional_callstate is not None:
             await site.optional_callstate.stop()
+        if site.optional_media is not None:
+            await site.optional_media.stop()
 
 
 @contextlib.asynccontextmanager
@@ -115,5 +142,7 @@ def logs_of(*sites: Site, lines: int = 30) -> str:
     return "".join(
         line
         for site in sites
-        for line in site.gateway.log[-lines:] + (site.callstate.log[-lines:] if site.optional_callstate else [])
+        for line in site.gateway.log[-lines:]
+        + (site.callstate.log[-lines:] if site.optional_callstate else [])
+        + (site.media.log[-lines:] if site.optional_media else [])
     )

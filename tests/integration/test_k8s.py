@@ -85,8 +85,8 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_secrets(overlay: str) -> None:
     docs = render(overlay)
     found = workloads(docs)
-    assert sorted(found) == ["callstate", "registry", "sipgw"]
-    for name, port in (("registry", 50051), ("callstate", 50071), ("sipgw", 50061)):
+    assert sorted(found) == ["callstate", "media", "registry", "sipgw"]
+    for name, port in (("registry", 50051), ("callstate", 50071), ("media", 50081), ("sipgw", 50061)):
         pod = found[name]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["readinessProbe"]["grpc"] == {"port": port}
@@ -113,13 +113,44 @@ def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_se
     sip = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "sipgw-sip")
     assert sip["spec"]["externalTrafficPolicy"] == "Local"  # phones' source addresses are kept
     assert {(p["port"], p["protocol"]) for p in sip["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
-    for name, port in (("registry", 9101), ("sipgw", 9102), ("callstate", 9103)):
+    for name, port in (("registry", 9101), ("sipgw", 9102), ("callstate", 9103), ("media", 9104)):
         template = found[name]["spec"]["template"]
         assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
         assert {"name": "metrics", "containerPort": port} in template["spec"]["containers"][0]["ports"]
     assert server["telemetry"]["log_format"] == "json"
     policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
-    assert policies == {"pbxmesh-registry", "pbxmesh-callstate", "pbxmesh-sipgw"}
+    assert policies == {"pbxmesh-registry", "pbxmesh-callstate", "pbxmesh-media", "pbxmesh-sipgw"}
+
+
+@pytest.mark.parametrize("overlay", SERVERS)
+def test_the_media_service_records_on_a_volume_gets_rtp_on_the_node_and_anchors_the_gateway(overlay: str) -> None:
+    docs = render(overlay)
+    found = workloads(docs)
+    pod = found["media"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["serve", "media", "-c", "/etc/pbxmesh/server.yaml"]
+    env = env_of(container)
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    server = yaml.safe_load(config["data"]["server.yaml"])
+    # The recordings go to a volume that outlives the pod, mounted where recording.dir points.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["PBXMESH_RECORDING_DIR"] == server["recording"]["dir"] == mounts["recordings"]
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claims["recordings"] for d in docs)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]  # the volume is writable
+    # RTP: on the node's network, sent to the node's address; the segments come from the callstate.
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert env["PBXMESH_MEDIA_RTP_ADDRESS"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PBXMESH_LISTEN_CALLSTATE"] == "callstate:50071"
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "pbxmesh-media"]
+    first, last = (int(p) for p in server["media"]["rtp_ports"].split("-"))
+    rtp = [p for rule in policy["spec"]["ingress"] for p in rule["ports"] if p["protocol"] == "UDP"]
+    assert rtp == [{"port": first, "endPort": last, "protocol": "UDP"}]
+    # The gateway anchors its calls on the media Service.
+    media = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "media")
+    assert [(p["port"], p["targetPort"]) for p in media["spec"]["ports"]] == [(50081, "grpc")]
+    sipgw_env = env_of(found["sipgw"]["spec"]["template"]["spec"]["containers"][0])
+    assert sipgw_env["PBXMESH_LISTEN_MEDIA"] == "media:50081"
 
 
 @pytest.mark.parametrize("overlay", SERVERS)
@@ -148,3 +179,5 @@ def test_each_service_config_as_its_deployment_sets_it_loads(overlay: str, tmp_p
         assert loaded.advertise.trunk.startswith("sipgw-trunk.pbx-"), name
         if name != "registry":
             assert loaded.listen.registry == "registry:50051"
+        if name in ("media", "sipgw"):
+            assert loaded.listen.media in ("0.0.0.0:50081", "media:50081"), name

@@ -18,9 +18,10 @@ Address = tuple[str, int]
 PCMU_ONLY = [(0, "PCMU", 8000), (101, "telephone-event", 8000)]
 
 
-def port_range(pairs: int = 40) -> tuple[int, int]:
-    """A range of ports (random, so that tests running side by side rarely meet)."""
-    first = random.randrange(20000, 50000, 2)
+def port_range(pairs: int = 200) -> tuple[int, int]:
+    """A range of ports (random, so that tests running side by side rarely meet), below the ephemeral
+    ports the phones get."""
+    first = random.randrange(20000, 32000 - 2 * pairs, 2)
     return first, first + 2 * pairs - 1
 
 
@@ -87,12 +88,14 @@ class Phone(asyncio.DatagramProtocol):
         port: int = self.transport.get_extra_info("sockname")[1]
         return port
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         packet = rtp.parse(data)
         if packet is not None:
             self.received.put_nowait(packet)
 
-    def attach(self, plane: Plane, leg: LegInfo, codecs: list[tuple[int, str, int]], direction: str = "sendrecv") -> None:
+    def attach(
+        self, plane: Plane, leg: LegInfo, codecs: list[tuple[int, str, int]], direction: str = "sendrecv"
+    ) -> None:
         self.leg = leg
         plane.set_remote(leg.leg_id, "127.0.0.1", self.port, self.port + 1, codecs, direction)
 
@@ -143,7 +146,7 @@ class _Rtcp(asyncio.DatagramProtocol):
     def __init__(self, phone: Phone):
         self.phone = phone
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.phone.rtcp_received.put_nowait(data)
 
 

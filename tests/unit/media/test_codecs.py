@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import struct
-import wave
 import warnings
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,16 @@ def test_parse_skips_csrcs_extension_and_padding() -> None:
 
 def test_a_source_switch_continues_the_sequence_and_moves_time_forward() -> None:
     stream = rtp.OutboundStream()
-    first = rtp.parse(stream.header("a", 0, False, 100, 5000, ) + b"x")
+    first = rtp.parse(
+        stream.header(
+            "a",
+            0,
+            False,
+            100,
+            5000,
+        )
+        + b"x"
+    )
     second = rtp.parse(stream.header("a", 0, False, 101, 5160) + b"x")
     switched = rtp.parse(stream.header("b", 0, False, 9, 123456789) + b"x")
     assert first is not None and second is not None and switched is not None

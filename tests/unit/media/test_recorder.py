@@ -85,8 +85,6 @@ def test_an_unwritable_place_reports_the_failure(tmp_path: Path) -> None:
     recorder = Recorder(events.append, counters)
     (tmp_path / "file").write_text("a file, not a directory")
     recorder.record("c", "c/1", tmp_path / "file" / "c1.wav", time.time())
-    assert events == [
-        {"event": "recording_failed", "call_id": "c", "segment_id": "c/1", "error": events[0]["error"]}
-    ]
+    assert events == [{"event": "recording_failed", "call_id": "c", "segment_id": "c/1", "error": events[0]["error"]}]
     assert str(tmp_path / "file" / "c1.wav") in str(events[0]["error"])
     assert counters["recording_errors"] == 1 and not recorder.recordings
