@@ -63,14 +63,18 @@ class PlaneRelay:
 
     label = "pbxmesh"
 
-    def __init__(self, plane: Any, directory: Path, pids: list[int]) -> None:
+    def __init__(self, plane: Any, directory: Path, pids: list[int], counter_reports: int) -> None:
         self.plane = plane
+        self.counter_reports = counter_reports
         self.directory = directory
         self._pids = pids
         self.recording: list[str] = []
 
     @classmethod
-    async def start(cls, directory: Path, *, ports: tuple[int, int]) -> PlaneRelay:
+    async def start(
+        cls, directory: Path, *, ports: tuple[int, int], counter_reports: int = COUNTER_REPORTS
+    ) -> PlaneRelay:
+        """A plane with one worker; ``counter_reports``: how many counter reports ``relayed`` may wait for."""
         plane_type, why = plane_class()
         if plane_type is None:
             raise RuntimeError(why)
@@ -92,7 +96,7 @@ class PlaneRelay:
         if not pids:
             await plane.stop()
             raise RuntimeError("the plane started no worker process the bench can see (plane.pids)")
-        return cls(plane, directory, pids)
+        return cls(plane, directory, pids, counter_reports)
 
     @property
     def pids(self) -> list[int]:
@@ -116,7 +120,7 @@ class PlaneRelay:
         """The packets the worker relayed since it started, once its counters (reported every second)
         stop moving: a worker that fell behind still has packets queued when the load ends."""
         last: int | None = None
-        for _ in range(COUNTER_REPORTS):
+        for _ in range(self.counter_reports):
             await asyncio.sleep(COUNTERS_PERIOD)
             value = self.plane.counters().get("packets_relayed")
             if value is None or value == last:

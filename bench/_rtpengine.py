@@ -46,7 +46,6 @@ class RtpEngine:
         self.record = False
         self._cookies = itertools.count()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.settimeout(5)
 
     @classmethod
     async def start(cls, directory: Path, *, ports: tuple[int, int], ng_port: int, threads: int) -> RtpEngine:
@@ -80,7 +79,8 @@ class RtpEngine:
         engine = cls(process, ng_port, log)
         for _ in range(100):
             try:
-                if (await asyncio.to_thread(engine.command, {"command": "ping"})).get("result") == "pong":
+                # A ping sent before rtpengine listens is lost: ask again soon.
+                if (await asyncio.to_thread(engine.command, {"command": "ping"}, 0.1)).get("result") == "pong":
                     return engine
             except OSError:
                 pass
@@ -94,8 +94,9 @@ class RtpEngine:
     def pids(self) -> list[int]:
         return [self.process.pid]
 
-    def command(self, body: dict[str, Any]) -> dict[str, Any]:
+    def command(self, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """One ng command (blocking): a cookie and a JSON body each way."""
+        self._socket.settimeout(timeout)
         cookie = f"b{next(self._cookies)}"
         self._socket.sendto(f"{cookie} {json.dumps(body)}".encode(), ("127.0.0.1", self.ng_port))
         while True:
