@@ -83,7 +83,14 @@ class Leg:
         self.party_receives = direction in PARTY_RECEIVES
 
     def send(
-        self, source: object, encoding: str, marker: bool, sequence: int, timestamp: int, payload: bytes
+        self,
+        source: object,
+        source_ssrc: int,
+        encoding: str,
+        marker: int,
+        sequence: int,
+        timestamp: int,
+        payload: bytes,
     ) -> tuple[str, bytes] | None:
         """Sends one packet of ``source`` to the party, in its codec; returns the encoding and payload
         sent (None if nothing was: no remote yet, the party does not receive, or takes no such codec)."""
@@ -99,7 +106,7 @@ class Leg:
                 return None
             payload = payload.translate(g711.TRANSCODE[(encoding, other)])
             encoding = other
-        header = self.stream.header(source, payload_type, marker, sequence, timestamp)
+        header = self.stream.header(source, source_ssrc, payload_type, marker, sequence, timestamp)
         self.rtp.sendto(header + payload, self.remote_rtp)
         self.packets_out += 1
         return encoding, payload

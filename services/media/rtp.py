@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HEADER = struct.Struct("!BBHII")
+FIELDS = struct.Struct("!HII")  # sequence, timestamp, SSRC: after the first two bytes
 CLOCK_RATE = 8000
 _SEQ = 1 << 16
 _TS = 1 << 32
@@ -71,6 +72,7 @@ class OutboundStream:
     def __init__(self) -> None:
         self.ssrc = int.from_bytes(os.urandom(4), "big")
         self._source: object = None
+        self._source_ssrc = -1
         self._seq_offset = 0
         self._ts_offset = 0
         self.last_sequence = int.from_bytes(os.urandom(2), "big")
@@ -78,10 +80,13 @@ class OutboundStream:
         self._last_sent = 0.0
         self._started = False
 
-    def header(self, source: object, payload_type: int, marker: bool, sequence: int, timestamp: int) -> bytes:
-        """The header for one packet of ``source`` (its own sequence and timestamp), sent now."""
+    def header(
+        self, source: object, source_ssrc: int, payload_type: int, marker: int, sequence: int, timestamp: int
+    ) -> bytes:
+        """The header for one packet of ``source`` (a partner leg, the player; ``source_ssrc`` is its
+        stream's SSRC) with its own sequence and timestamp, sent now. Per packet: kept lean."""
         now = time.monotonic()
-        if source != self._source:
+        if source is not self._source or source_ssrc != self._source_ssrc:
             if self._started:
                 advance = max(round((now - self._last_sent) * CLOCK_RATE), 1)
             else:
@@ -89,15 +94,14 @@ class OutboundStream:
                 self._started = True
             self._seq_offset = (self.last_sequence + 1 - sequence) % _SEQ
             self._ts_offset = (self.last_timestamp + advance - timestamp) % _TS
-            self._source = source
-            marker = True
+            self._source, self._source_ssrc = source, source_ssrc
+            marker = 0x80
         out_sequence = (sequence + self._seq_offset) % _SEQ
         out_timestamp = (timestamp + self._ts_offset) % _TS
         self.last_sequence = out_sequence
         self.last_timestamp = out_timestamp
         self._last_sent = now
-        second = payload_type | (0x80 if marker else 0)
-        return HEADER.pack(0x80, second, out_sequence, out_timestamp, self.ssrc)
+        return HEADER.pack(0x80, payload_type | (0x80 if marker else 0), out_sequence, out_timestamp, self.ssrc)
 
     def state(self) -> dict[str, Any]:
         """What another worker needs to go on with this stream (a leg moved there)."""
