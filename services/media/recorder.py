@@ -32,6 +32,7 @@ _log = logging.getLogger(__name__)
 HOME_CHANNEL, OTHER_CHANNEL = 1, 0  # 0-based: channel 1 of the file is the other leg's output
 HOLD = 0.3  # seconds of audio kept in memory for late packets before it is written
 FLUSH_EVERY = 0.5
+FLUSH_SLICES = 10
 # A packet within this many samples of where the previous one ended follows it directly.
 JITTER = 480
 # Audio more than this many samples ahead of the clock (a burst after a stall) is dropped.
@@ -154,11 +155,7 @@ class Recorder:
     def flush(self) -> None:
         now = time.time()
         for recording in list(self.recordings.values()):
-            upto = int((now - HOLD - recording.start) * RATE)
-            try:
-                self.counters["bytes_recorded"] += recording.write_until(upto)
-            except OSError as error:
-                self._fail(recording, error)
+            self._write(recording, now)
 
     def _cut(self, call_id: str, at: float, then: tuple[str, Path] | None, error: str = "") -> None:
         carried = np.zeros((0, 2), dtype=np.int16)
@@ -209,6 +206,19 @@ class Recorder:
         self.emit({"event": "recording_failed", "call_id": call_id, "segment_id": segment_id, "error": reason})
 
     async def _flush_forever(self) -> None:
+        """Each recording is written about every FLUSH_EVERY, a slice of them at a time: writing
+        them all at once stalled the relay (its packets wait) for as long as it took."""
+        turn = 0
         while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            self.flush()
+            await asyncio.sleep(FLUSH_EVERY / FLUSH_SLICES)
+            turn = (turn + 1) % FLUSH_SLICES
+            now = time.time()
+            for recording in [r for i, r in enumerate(self.recordings.values()) if i % FLUSH_SLICES == turn]:
+                self._write(recording, now)
+
+    def _write(self, recording: Recording, now: float) -> None:
+        upto = int((now - HOLD - recording.start) * RATE)
+        try:
+            self.counters["bytes_recorded"] += recording.write_until(upto)
+        except OSError as error:
+            self._fail(recording, error)
