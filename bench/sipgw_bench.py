@@ -6,9 +6,10 @@
    answers leg A and rings leg B.
 3. Trunk calls across two gateways (each with its registry, on one embedded etcd): phone on alpha
    -> alpha's gateway -> trunk -> beta's gateway -> phone on beta.
-4. and 5. The same as 2 and 3 with each server's media anchored on its media service and recorded
-   (callstate and media service beside the gateway): what anchoring adds to call set-up, in the
-   same run. SIPp's phones send no RTP: the cost measured is the signalling and the legs.
+4. and 5. The same as 2 and 3 with each server's callstate beside its gateway, first with direct
+   media (4, 5), then with the media anchored on each server's media service and recorded (4m,
+   5m): what anchoring adds to call set-up, in the same run. SIPp's phones send no RTP: the cost
+   measured is the signalling, the legs and the recordings' bookkeeping.
 
 Per rate: calls attempted, succeeded, failed, and the call-setup time (from the call's first
 INVITE to its 200 OK, through the 407 challenge where there is one: SIPp's response time 1, in
@@ -370,45 +371,51 @@ async def main() -> int:
             )
         finally:
             await rig.close()
-    if "4" in sections:
-        rig = Rig()
-        try:
-            config = server_config("bench", "ETCD", [CALLER, CALLEE], media="40000-49999")
-            await rig.servers({"bench": config}, ("registry", "callstate", "media", "sipgw"))
-            await media_ready(config)
-            target = listen_of(config, "sip")
-            rig.answering_phone(target, CALLEE)
-            table(
-                "4. local calls through one gateway, anchored on its media service and recorded",
-                target,
-                SIPP_DIR / "caller.xml",
-                rates,
-                args.calls,
-                caller_auth,
-                rig.gateways,
-            )
-        finally:
-            await rig.close()
-    if "5" in sections:
-        rig = Rig()
-        try:
-            alpha = server_config("alpha", "ETCD", [CALLER], trunk=f"127.0.0.1:{free_port()}", media="40000-44999")
-            beta = server_config("beta", "ETCD", [CALLEE], trunk=f"127.0.0.1:{free_port()}", media="45000-49999")
-            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "media", "sipgw"))
-            for config in (alpha, beta):
-                await media_ready(config)
-            rig.answering_phone(listen_of(beta, "sip"), CALLEE)
-            table(
-                "5. trunk calls, each server's media anchored on its media service and recorded",
-                listen_of(alpha, "sip"),
-                SIPP_DIR / "caller.xml",
-                rates,
-                args.calls,
-                caller_auth,
-                rig.gateways,
-            )
-        finally:
-            await rig.close()
+    # 4 and 5: each with the callstate (recording follows it), first with direct media, then with
+    # the media anchored and recorded: what anchoring adds, the rest being the same.
+    for media in (False, True):
+        how = "anchored on the media service and recorded" if media else "with callstate, direct media"
+        services = ("registry", "callstate", "media", "sipgw") if media else ("registry", "callstate", "sipgw")
+        if "4" in sections:
+            rig = Rig()
+            try:
+                config = server_config(
+                    "bench", "ETCD", [CALLER, CALLEE], callstate=True, media="40000-49999" if media else ""
+                )
+                await rig.servers({"bench": config}, services)
+                if media:
+                    await media_ready(config)
+                target = listen_of(config, "sip")
+                rig.answering_phone(target, CALLEE)
+                title = f"4{'m' if media else ''}. local calls through one gateway, {how}"
+                table(title, target, SIPP_DIR / "caller.xml", rates, args.calls, caller_auth, rig.gateways)
+            finally:
+                await rig.close()
+        if "5" in sections:
+            rig = Rig()
+            try:
+                alpha, beta = (
+                    server_config(
+                        name, "ETCD", [number], f"127.0.0.1:{free_port()}", callstate=True, media=ports if media else ""
+                    )
+                    for name, number, ports in (("alpha", CALLER, "40000-44999"), ("beta", CALLEE, "45000-49999"))
+                )
+                await rig.servers({"alpha": alpha, "beta": beta}, services)
+                for config in (alpha, beta) if media else ():
+                    await media_ready(config)
+                rig.answering_phone(listen_of(beta, "sip"), CALLEE)
+                title = f"5{'m' if media else ''}. trunk calls, each server {how}"
+                table(
+                    title,
+                    listen_of(alpha, "sip"),
+                    SIPP_DIR / "caller.xml",
+                    rates,
+                    args.calls,
+                    caller_auth,
+                    rig.gateways,
+                )
+            finally:
+                await rig.close()
     return 0
 
 
