@@ -79,6 +79,14 @@ class Recording:
             if not items:
                 continue
             samples = g711.decode(law, b"".join(item[3] for item in items))
+            size = len(items[0][3])
+            if all(len(item[3]) == size for item in items):
+                # The usual case (every packet 20 ms): one indexed store for all of them.
+                starts = np.fromiter((item[1] for item in items), dtype=np.int64, count=len(items)) - self.flushed
+                channels = np.fromiter((item[0] for item in items), dtype=np.int64, count=len(items))
+                rows = (starts[:, None] + np.arange(size)).ravel()
+                self.buffer[rows, np.repeat(channels, size)] = samples
+                continue
             offset = 0
             for channel, frame, _law, payload in items:
                 start = frame - self.flushed
