@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from tests.harness.wait import wait_for
 MODULES = "/usr/lib/baresip/modules"
 # RTP ports: a thousand per test process (below the ephemeral range), a hundred per phone.
 _RTP_BASE = 20000 + (os.getpid() % 10) * 1000
-_rtp_ranges = iter(range(_RTP_BASE, _RTP_BASE + 1000, 100))
+_rtp_ranges = itertools.cycle(range(_RTP_BASE, _RTP_BASE + 1000, 100))  # reused once phones are gone
 
 
 def port_pair() -> int:
