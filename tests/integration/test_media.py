@@ -323,10 +323,20 @@ async def test_a_media_service_killed_mid_call_leaves_the_phones_talking_directl
         await asyncio.wait_for(watch.synced.wait(), 5)
         await connect(alice, carol, CAROL[0])
         call = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ANSWERED, "the answer")
-        await asyncio.sleep(1.0)  # some recording on alpha
+        written = alpha.media.recordings / call.call_id / "1.wav"
+
+        async def recorded_a_second() -> bool:  # header + 1 s of two 16-bit channels, flushed
+            return written.exists() and written.stat().st_size > 44 + RATE * 4
+
+        await wait_for(recorded_a_second, timeout=10, what="a second of the call recorded on alpha")
         await alpha.media.stop(kill=True)
-        # Within 2 s the gateway moves its phone to direct media (to beta's media service).
-        await asyncio.sleep(2.5)
+
+        async def moved() -> bool:
+            return any("moved to direct media" in line for line in alpha.gateway.log)
+
+        # The gateway sees its stream to the media service break and moves the calls at once.
+        await wait_for(moved, timeout=2, what="alpha's gateway moving the call to direct media")
+        await wait_heard(alice, 0.5)  # the re-INVITE and the first packets of the direct media
         marks = [len(samples(p.heard()[-1])) for p in (alice, carol)]
         for phone in (alice, carol):
             await wait_heard(phone, 2.0)
