@@ -234,7 +234,9 @@ async def test_a_cross_server_call_is_anchored_recorded_per_segment_on_both_serv
                 assert strongest(middle(second), tones) == two, (name, segment_id, "channel 2")
 
 
-async def test_a_local_call_is_anchored_and_recorded(sites: dict[str, Site], tmp_path: Path) -> None:
+async def test_a_local_call_is_anchored_and_recorded_and_a_held_phone_of_the_server_hears_the_music(
+    sites: dict[str, Site], tmp_path: Path
+) -> None:
     alpha = sites["alpha"]
     watch = Watch(alpha.callstate)
     alice, bob = await start_phones(tmp_path, (ALICE, alpha, ALICE_TONE), (BOB, alpha, BOB_TONE))
@@ -242,10 +244,23 @@ async def test_a_local_call_is_anchored_and_recorded(sites: dict[str, Site], tmp
         await asyncio.wait_for(watch.synced.wait(), 5)
         await connect(alice, bob, BOB[0])
         assert len([leg for leg in await legs(alpha.media) if leg.packets_in > 20]) == 2
+        before_hold = len(samples(bob.heard()[-1]))
+        await alice.command("hold")
+        await watch.seen(lambda c: c.phase == cs.CALL_PHASE_HELD, "the call held")
+        await wait_heard(bob, 2.0)
+        during_hold = len(samples(bob.heard()[-1]))
+        held = len(watch.calls)
+        await alice.command("resume")
+
+        async def resumed() -> bool:
+            return any(c.phase == cs.CALL_PHASE_ANSWERED for c in watch.calls[held:])
+
+        await wait_for(resumed, timeout=10, what="the call resumed")
+        await wait_heard(bob, 1.5)
         await bob.command("hangup")
         await alice.event("CALL_CLOSED")
         ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED, "the call ended")
-        (recording,) = await finished(alpha.media, ended.call_id, 1)
+        recorded = await finished(alpha.media, ended.call_id, 3)
     except BaseException:
         print("alice:", alice.log(), "bob:", bob.log(), logs_of(alpha), sep="\n")
         raise
@@ -253,11 +268,21 @@ async def test_a_local_call_is_anchored_and_recorded(sites: dict[str, Site], tmp
         await watch.close()
         for phone in (alice, bob):
             await phone.stop()
-    alice_heard, bob_heard = samples(alice.heard()[-1]), samples(bob.heard()[-1])
-    assert level(alice_heard, BOB_TONE) > 0.2 and level(bob_heard, ALICE_TONE) > 0.2
-    first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
-    assert strongest(middle(first), (ALICE_TONE, BOB_TONE)) == ALICE_TONE
-    assert strongest(middle(second), (ALICE_TONE, BOB_TONE)) == BOB_TONE
+    bob_heard = np.array(samples(bob.heard()[-1]))
+    assert level(samples(alice.heard()[-1]), BOB_TONE) > 0.2 and level(bob_heard[:before_hold], ALICE_TONE) > 0.2
+    # Bob, held by a phone of his own server, heard the music, then Alice again.
+    during = bob_heard[before_hold + RATE // 2 : during_hold - RATE // 4]
+    assert strongest(during, (ALICE_TONE, MUSIC_TONE)) == MUSIC_TONE
+    assert level(bob_heard[-RATE:], ALICE_TONE) > 0.2
+    assert [r.held for r in recorded] == [False, True, False]
+    tones = (ALICE_TONE, BOB_TONE, MUSIC_TONE)
+    for recording, one, two in zip(
+        recorded, (ALICE_TONE, MUSIC_TONE, ALICE_TONE), (BOB_TONE, None, BOB_TONE), strict=True
+    ):
+        first, second, _ = channels(await fetch(alpha.media, recording.segment_id))
+        assert strongest(middle(first), tones) == one, recording.segment_id
+        if two is not None:
+            assert strongest(middle(second), tones) == two, recording.segment_id
 
 
 def tone_packets(hz: float, count: int, ssrc: int = 0x5EED) -> list[bytes]:
