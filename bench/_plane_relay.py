@@ -114,6 +114,7 @@ class PlaneRelay:
                 self.plane.record(call_id, f"{call_id}-1", self.directory / f"{call_id}.wav", at=time.time())
                 self.recording.append(call_id)
             destinations += [(leg_a.address, leg_a.rtp_port), (leg_b.address, leg_b.rtp_port)]
+        await self.plane.settled()  # every call's remotes are applied before the load starts
         return destinations
 
     async def relayed(self) -> int | None:

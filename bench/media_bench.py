@@ -183,8 +183,8 @@ class Bench:
             window["busy"] = machine_busy_seconds()
 
         try:
+            # Each relay returns once it has applied every call (rtpengine answers each offer).
             destinations = await relay.open_calls(self.sides(calls), record=mode == "recording")
-            await asyncio.sleep(0.3)  # the relay has applied every call's remotes
             load = await run_load(
                 self.binary,
                 base_port=GENERATOR_BASE,

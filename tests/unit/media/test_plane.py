@@ -19,6 +19,7 @@ import pytest
 
 from services.media import g711, wav
 from services.media.plane import MUSIC_ON_HOLD, Digit, LegFreed, Plane, PlayFinished, RecordingClosed, RecordingFailed
+from tests.harness.wait import wait_for
 from tests.unit.media.phones import PCMU_ONLY, Events, Phone, dominant_frequency, sine, started
 
 with warnings.catch_warnings():
@@ -106,14 +107,22 @@ async def test_packets_from_elsewhere_are_dropped_counted_and_not_recorded(
     assert await b.gather(0.3) == []
     stats = {leg.leg_id: leg for leg in await plane.legs()}
     assert stats[a.leg.leg_id].packets_dropped == 20 and stats[a.leg.leg_id].packets_in == 0
-    await asyncio.sleep(1.1)  # the workers' counters come every second
-    assert plane.counters()["packets_dropped"] == 20
+    await counted(plane, "packets_dropped", 20)
     plane.stop_recording("c1", time.time())
     closed = await events.wait(RecordingClosed)
     assert isinstance(closed, RecordingClosed)
     with wave.open(str(closed.path)) as file:
         assert file.getnframes() > 0
         assert not any(file.readframes(file.getnframes()))
+
+
+async def counted(plane: Plane, name: str, value: int) -> None:
+    """Until the workers' counters (reported every second) show ``value`` for ``name``."""
+
+    async def shown() -> bool:
+        return plane.counters().get(name) == value
+
+    await wait_for(shown, timeout=5, what=f"{name} counted {value}")
 
 
 async def test_the_outbound_stream_goes_on_across_a_new_partner(plane: Plane, new_phone: NewPhone) -> None:
@@ -302,8 +311,7 @@ async def test_an_unwritable_recording_fails_and_the_relay_goes_on(
     assert isinstance(failed, RecordingFailed) and failed.segment_id == "c1/1" and failed.error
     a.send(b"\x44" * 160)
     assert (await b.next()).payload == b"\x44" * 160
-    await asyncio.sleep(1.1)
-    assert plane.counters()["recording_errors"] == 1
+    await counted(plane, "recording_errors", 1)
 
 
 async def test_a_disowned_leg_is_freed_once_idle(new_phone: NewPhone) -> None:
