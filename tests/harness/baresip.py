@@ -21,11 +21,11 @@ import json
 import math
 import os
 import shutil
-import socket
 import struct
 from pathlib import Path
 from typing import Any
 
+from services.runtime.embedded_etcd import free_port
 from tests.harness.wait import wait_for
 
 MODULES = "/usr/lib/baresip/modules"
@@ -36,21 +36,7 @@ _rtp_ranges = itertools.cycle(range(_RTP_BASE, _RTP_BASE + 1000, 100))  # reused
 
 def port_pair() -> int:
     """A loopback port ``p`` with ``p`` and ``p + 1`` free for TCP and UDP (baresip takes both)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port < 65535 and all(_free(p, kind) for p in (port, port + 1) for kind in ("tcp", "udp")):
-            return port
-
-
-def _free(port: int, kind: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    return free_port(2)
 
 
 class Baresip:
