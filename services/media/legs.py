@@ -3,27 +3,45 @@
 RTP is accepted only from the address and port the party's SDP named (symmetric RTP, RFC 4961):
 anything else is dropped and counted, never relayed or recorded, so a stranger who guesses a port
 cannot inject audio into a call. The leg always sends from its own sockets, to that same address.
+
+The packets themselves go through ``_relay`` (C): this class keeps what is not per packet (ids,
+owner, the party's codecs by name, the player) and tells the C leg what it needs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import ipaddress
 import socket
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from services.media import g711
+from services.media import _relay, g711
 from services.media.player import Playback
 from services.media.recorder import HOME_CHANNEL, OTHER_CHANNEL
-from services.media.rtp import OutboundStream
 
 Address = tuple[str, int]
 # Directions (the party's SDP, RFC 3264) in which the party sends, and in which it receives.
 PARTY_SENDS = {"sendrecv", "sendonly"}
 PARTY_RECEIVES = {"sendrecv", "recvonly"}
+
+# Encodings by id, as the C relay knows them: the laws and telephone-event fixed, others (relayed
+# by name between parties that both offered them) numbered as they come.
+_ENCODING_IDS: dict[str, int] = {
+    g711.PCMU: _relay.PCMU,
+    g711.PCMA: _relay.PCMA,
+    g711.TELEPHONE_EVENT: _relay.TELEPHONE_EVENT,
+}
+ENCODING_NAMES: dict[int, str] = {number: name for name, number in _ENCODING_IDS.items()}
+_relay.set_transcoding(g711.TRANSCODE[(g711.PCMU, g711.PCMA)], g711.TRANSCODE[(g711.PCMA, g711.PCMU)])
+
+
+def encoding_id(name: str) -> int | None:
+    """The relay's id for an encoding name (None once the relay's table is full)."""
+    number = _ENCODING_IDS.get(name)
+    if number is None and len(_ENCODING_IDS) < _relay.ENCODINGS:
+        number = _ENCODING_IDS[name] = len(_ENCODING_IDS)
+        ENCODING_NAMES[number] = name
+    return number
 
 
 def canonical(address: str) -> str:
@@ -37,14 +55,15 @@ def canonical(address: str) -> str:
 class Leg:
     """One party's side of a call on this worker."""
 
-    def __init__(self, leg_id: str, address: str, port: int, owner: str):
+    def __init__(self, leg_id: str, address: str, port: int, owner: str, rtp: socket.socket, rtcp: socket.socket):
         self.leg_id = leg_id
         self.address = address
         self.port = port
         self.owner = owner
+        self.rtp: socket.socket | None = rtp
+        self.rtcp: socket.socket | None = rtcp
+        self.fast = _relay.Leg(leg_id, rtp.fileno(), rtcp.fileno(), int(rtp.family))
         self.disowned_at: float | None = None
-        self.rtp: asyncio.DatagramTransport | None = None
-        self.rtcp: asyncio.DatagramTransport | None = None
         self.remote_rtp: Address | None = None
         self.remote_rtcp: Address | None = None
         self.codec_names: dict[int, str] = {}
@@ -56,32 +75,43 @@ class Leg:
         self.partner: Leg | None = None
         self.call_id = ""
         self.channel = HOME_CHANNEL
-        self.stream = OutboundStream()
-        self.playback: Playback | None = None
-        self.last_rtp = time.monotonic()
-        self.last_digit: tuple[int, int] | None = None  # (ssrc, timestamp) of the last event reported
-        self.packets_in = 0
-        self.packets_out = 0
-        self.packets_dropped = 0
+        self._playback: Playback | None = None
+
+    @property
+    def playback(self) -> Playback | None:
+        return self._playback
+
+    @playback.setter
+    def playback(self, playback: Playback | None) -> None:
+        self._playback = playback
+        self.fast.playing = playback is not None
 
     def set_remote(
         self, address: str, rtp_port: int, rtcp_port: int, codecs: Sequence[Sequence[Any]], direction: str
     ) -> None:
         host = canonical(address)
-        self.remote_rtp = (host, rtp_port)
-        self.remote_rtcp = (host, rtcp_port)
         self.codec_names = {}
         self.payload_types = {}
         self.clock_rates = {}
+        encodings: dict[int, int] = {}
         for payload_type, name, clock_rate in codecs:
             encoding = str(name).upper() if str(name).upper() in g711.LAWS else str(name).lower()
+            number = encoding_id(encoding)
+            if number is None or not 0 <= int(payload_type) < 128:
+                continue
             self.codec_names[int(payload_type)] = encoding
             self.clock_rates[int(payload_type)] = int(clock_rate)
             self.payload_types.setdefault(encoding, int(payload_type))
+            encodings[int(payload_type)] = number
         laws = [law for law in g711.LAWS if law in self.payload_types]
         self.law = laws[0] if laws else None
         self.party_sends = direction in PARTY_SENDS
         self.party_receives = direction in PARTY_RECEIVES
+        self.fast.set_remote(
+            host, rtp_port, rtcp_port, encodings, self.clock_rates, self.party_sends, self.party_receives
+        )  # ValueError: not an address of this leg's family
+        self.remote_rtp = (host, rtp_port)
+        self.remote_rtcp = (host, rtcp_port)
 
     def send(
         self,
@@ -93,24 +123,14 @@ class Leg:
         timestamp: int,
         payload: bytes,
     ) -> tuple[str, bytes] | None:
-        """Sends one packet of ``source`` to the party, in its codec; returns the encoding and payload
-        sent (None if nothing was: no remote yet, the party does not receive, or takes no such codec)."""
-        if self.rtp is None or self.remote_rtp is None or not self.party_receives:
+        """Sends one packet of ``source`` (the player) to the party, in its codec; returns the
+        encoding and payload sent (None if nothing was: no remote yet, the party does not receive,
+        or takes no such codec)."""
+        number = _ENCODING_IDS.get(encoding)
+        if number is None:
             return None
-        payload_type = self.payload_types.get(encoding)
-        if payload_type is None:
-            if encoding not in g711.LAWS:
-                return None  # a telephone-event the party did not offer
-            other = g711.PCMA if encoding == g711.PCMU else g711.PCMU
-            payload_type = self.payload_types.get(other)
-            if payload_type is None:
-                return None
-            payload = payload.translate(g711.TRANSCODE[(encoding, other)])
-            encoding = other
-        header = self.stream.header(source, source_ssrc, payload_type, marker, sequence, timestamp)
-        self.rtp.sendto(header + payload, self.remote_rtp)
-        self.packets_out += 1
-        return encoding, payload
+        sent = self.fast.send(source, source_ssrc, number, marker, sequence, timestamp, payload)
+        return None if sent is None else (ENCODING_NAMES[sent[0]], sent[1])
 
     def connect(self, partner: Leg, call_id: str, home: bool) -> None:
         if self.partner is not None and self.partner is not partner:
@@ -118,22 +138,36 @@ class Leg:
         self.partner = partner
         self.call_id = call_id
         self.channel = HOME_CHANNEL if home else OTHER_CHANNEL
+        self.fast.connect(partner.fast)
+        self.fast.tapping = True
 
     def disconnect(self) -> None:
         """Unlinks the leg from its partner (both ways); it leaves its call too."""
         partner, self.partner = self.partner, None
-        self.call_id = ""
+        self._leave()
         if partner is not None and partner.partner is self:
             partner.partner = None
-            partner.call_id = ""
+            partner._leave()
+
+    def _leave(self) -> None:
+        self.call_id = ""
+        self.fast.connect(None)
+        self.fast.tapping = False
+        self.fast.take_taps()
 
     def close(self) -> None:
+        """Unlinks it and closes its sockets (the worker stopped watching them first)."""
         self.disconnect()
         self.playback = None
-        for transport in (self.rtp, self.rtcp):
-            if transport is not None:
-                transport.close()
+        self.fast.close()
+        for sock in (self.rtp, self.rtcp):
+            if sock is not None:
+                sock.close()
         self.rtp = self.rtcp = None
+
+    @property
+    def last_rtp(self) -> float:
+        return self.fast.last_rtp
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -145,27 +179,11 @@ class Leg:
             "call_id": self.call_id,
             "connected_to": self.partner.leg_id if self.partner is not None else "",
             "remote": f"{self.remote_rtp[0]}:{self.remote_rtp[1]}" if self.remote_rtp else "",
-            "packets_in": self.packets_in,
-            "packets_out": self.packets_out,
-            "packets_dropped": self.packets_dropped,
+            "packets_in": self.fast.packets_in,
+            "packets_out": self.fast.packets_out,
+            "packets_dropped": self.fast.packets_dropped,
             "playing": self.playback is not None,
         }
-
-
-class RtpProtocol(asyncio.DatagramProtocol):
-    """Hands each datagram of a leg's RTP socket to the worker."""
-
-    def __init__(self, leg: Leg, receive: Callable[[Leg, bytes, Address], None]):
-        self.leg = leg
-        # The worker's handler with the leg bound (a C-level partial: one Python frame less for
-        # every packet), standing in for the method below.
-        self.datagram_received = functools.partial(receive, leg)  # type: ignore[method-assign]
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        raise NotImplementedError  # replaced per instance in __init__
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP port unreachable from a party that went away: its next packets tell
 
 
 def bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:

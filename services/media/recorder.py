@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,11 +121,23 @@ class Recording:
 
 
 class Recorder:
-    """The recordings of one worker's calls; reports through ``emit`` and counts in ``counters``."""
+    """The recordings of one worker's calls; reports through ``emit`` and counts in ``counters``.
 
-    def __init__(self, emit: Callable[[dict[str, object]], None], counters: dict[str, int]):
+    The audio comes in batches (``taps``) that the relay kept, handed over by the worker every few
+    tens of ms and by ``drain(call_id)`` (``None``: every call) before a cut, so that no audio
+    reaches a file after its time. Work on the relay's loop is done in small pieces (a recording at
+    a time, the loop's I/O in between): a packet waits for the piece in progress, not for all.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[dict[str, object]], None],
+        counters: dict[str, int],
+        drain: Callable[[str | None], None] = lambda call_id: None,
+    ):
         self.emit = emit
         self.counters = counters
+        self.drain = drain
         self.recordings: dict[str, Recording] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -147,13 +159,17 @@ class Recorder:
         else:
             self._cut(call_id, at, None)
 
-    def tap(self, call_id: str, channel: int, law: str, payload: bytes) -> None:
-        """Audio sent out of one of the call's legs."""
+    def taps(
+        self, call_id: str, channel: int, taps: Sequence[tuple[float, int, bytes]], names: Mapping[int, str]
+    ) -> None:
+        """Audio sent out of one of the call's legs: (wall time, encoding id, payload), in order."""
         recording = self.recordings.get(call_id)
         if recording is not None:
-            recording.add(channel, law, payload, time.time())
+            for arrival, encoding, payload in taps:
+                recording.add(channel, names[encoding], payload, arrival)
 
     def close_all(self, error: str) -> None:
+        self.drain(None)
         now = time.time()
         for call_id in list(self.recordings):
             self._cut(call_id, now, None, error)
@@ -161,11 +177,13 @@ class Recorder:
             self._task.cancel()
 
     def flush(self) -> None:
+        self.drain(None)
         now = time.time()
         for recording in list(self.recordings.values()):
             self._write(recording, now)
 
     def _cut(self, call_id: str, at: float, then: tuple[str, Path] | None, error: str = "") -> None:
+        self.drain(call_id)
         carried = np.zeros((0, 2), dtype=np.int16)
         next_frame = [0, 0]
         old = self.recordings.pop(call_id, None)
@@ -220,9 +238,10 @@ class Recorder:
         while True:
             await asyncio.sleep(FLUSH_EVERY / FLUSH_SLICES)
             turn = (turn + 1) % FLUSH_SLICES
-            now = time.time()
             for recording in [r for i, r in enumerate(self.recordings.values()) if i % FLUSH_SLICES == turn]:
-                self._write(recording, now)
+                if self.recordings.get(recording.call_id) is recording:  # not cut meanwhile
+                    self._write(recording, time.time())
+                await asyncio.sleep(0)
 
     def _write(self, recording: Recording, now: float) -> None:
         upto = int((now - HOLD - recording.start) * RATE)

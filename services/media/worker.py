@@ -3,8 +3,9 @@
 Started by ``Plane`` as ``python -m services.media.worker --fd N ...`` with one end of a socketpair:
 commands come in on it in order (``channel.py``), replies and events go out. The worker ends by
 itself when the socket closes (the media service ended, even by kill -9): it never relays or holds
-ports for a process that is gone. One uvloop event loop per process (uvloop costs a third of the
-default loop per packet); the hot path is ``on_rtp``: one dict lookup, one header rewrite, one send.
+ports for a process that is gone. One uvloop event loop per process watches the legs' sockets; the
+packets themselves are taken, checked, rewritten and sent in C (``_relay``): no Python per packet.
+What a recorded leg sends is kept there and handed to the recorder in batches (``drain``).
 
 Commands run one after the other from a queue, since some wait (binding a leg's sockets, a leg moved
 in from another worker): a later command never overtakes an earlier one. A leg moves between
@@ -24,23 +25,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from services.media import g711, rtp
+from services.media import _relay, g711
 from services.media.channel import Channel, Message
-from services.media.legs import Address, Leg, RtpProtocol, bind_pair
+from services.media.legs import ENCODING_NAMES, Leg, bind_pair
 from services.media.player import TICK, Playback, Track, Tracks
 from services.media.recorder import Recorder
 from services.media.wav import WavError
 
 _log = logging.getLogger("services.media.worker")
 
-COUNTERS = (
-    "packets_in",
-    "packets_relayed",
-    "packets_dropped",
+COUNTERS = (  # and the relay's: packets_in, packets_relayed, packets_dropped
     "packets_played",
     "digits",
     "recording_errors",
@@ -48,6 +46,8 @@ COUNTERS = (
     "legs_freed",
 )
 STOPPED = "the media service stopped"
+DRAIN_EVERY = 0.02  # seconds between two hand-overs of the recorded legs' audio to the recorder
+DRAIN_CHUNK = 32  # legs handed over between two turns of the loop
 GC_THRESHOLD = 100_000  # allocations between two young collections (the default is 700)
 
 
@@ -63,7 +63,7 @@ class Worker:
         self.tracks = Tracks()
         self.legs: dict[str, Leg] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.recorder = Recorder(self.emit, self.counters)
+        self.recorder = Recorder(self.emit, self.counters, self.drain_call)
         self.channel: Channel | None = None
         self.done = asyncio.Event()
         self._commands: asyncio.Queue[Message] = asyncio.Queue()
@@ -94,8 +94,10 @@ class Worker:
     def start(self, sock: socket.socket) -> None:
         self.channel = Channel(sock, self.on_message, self.on_channel_closed)
         loop = asyncio.get_running_loop()
+        _relay.set_digit_handler(self.on_digit)
         self.recorder.start()
-        for job in (self._run_commands(), self._tick_players(), self._push_counters(), self._free_idle()):
+        jobs = (self._run_commands(), self._tick_players(), self._push_counters(), self._free_idle(), self._drain())
+        for job in jobs:
             self._tasks.append(loop.create_task(job))
         self.emit({"event": "ready", "worker": self.index})
 
@@ -125,6 +127,7 @@ class Worker:
                 _log.error("unknown command %r", message.get("op"))
                 continue
             try:
+                self._drain_for(message)
                 result = handler(message)
                 if result is not None:
                     await result
@@ -133,9 +136,8 @@ class Worker:
 
     def shutdown(self, why: str) -> None:
         self.recorder.close_all(why)
-        for leg in self.legs.values():
-            leg.close()
-        self.legs.clear()
+        for leg in list(self.legs.values()):
+            self._forget(leg)
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -156,8 +158,8 @@ class Worker:
             except OSError:
                 continue  # in use (by a leg here, a leg moved to another worker, or anyone else)
             self._next_leg += 1
-            leg = Leg(f"w{self.index}-{self._next_leg}", self.address, port, owner)
-            await self._attach(leg, rtp_sock, rtcp_sock)
+            leg = Leg(f"w{self.index}-{self._next_leg}", self.address, port, owner, rtp_sock, rtcp_sock)
+            self._attach(leg)
             opened.append(leg)
         if len(opened) < count:
             for leg in opened:
@@ -171,7 +173,7 @@ class Worker:
         if leg is not None:
             leg.set_remote(
                 message["address"], message["rtp_port"], message["rtcp_port"], message["codecs"], message["direction"]
-            )
+            )  # a ValueError (an address not of the leg's family) is logged by the command loop
 
     def connect(self, message: Message) -> None:
         home = self.legs.get(message["home_leg"])
@@ -231,8 +233,7 @@ class Worker:
         if leg is None or leg.rtp is None or leg.rtcp is None:
             self.emit({"reply": message["id"], "move": message["move"], "error": f"no leg {message['leg_id']} here"})
             return
-        rtp_sock, rtcp_sock = (transport.get_extra_info("socket") for transport in (leg.rtp, leg.rtcp))
-        fds = [os.dup(rtp_sock.fileno()), os.dup(rtcp_sock.fileno())]
+        fds = [os.dup(leg.rtp.fileno()), os.dup(leg.rtcp.fileno())]
         state = leg.stats()
         state.update(
             remote_rtp=leg.remote_rtp,
@@ -241,7 +242,7 @@ class Worker:
             direction=_direction(leg),
             disowned=leg.disowned_at,
             last_rtp=leg.last_rtp,
-            stream=leg.stream.state(),
+            stream=leg.fast.stream_state(),
             play=None,
         )
         if leg.playback is not None:
@@ -263,17 +264,20 @@ class Worker:
             _log.error("leg %s could not move here: %s", message["leg_id"], handoff["error"])
             return
         state = handoff["state"]
-        leg = Leg(state["leg_id"], state["address"], state["rtp_port"], state["owner"])
+        rtp_sock, rtcp_sock = (socket.socket(fileno=fd) for fd in fds)
+        leg = Leg(state["leg_id"], state["address"], state["rtp_port"], state["owner"], rtp_sock, rtcp_sock)
         if state["remote_rtp"] is not None:
             address, rtp_port = state["remote_rtp"]
             leg.set_remote(address, rtp_port, state["remote_rtcp"][1], state["codecs"], state["direction"])
         leg.disowned_at = state["disowned"]
-        leg.last_rtp = state["last_rtp"]
-        leg.stream = rtp.OutboundStream.resume(state["stream"])
-        leg.packets_in, leg.packets_out = state["packets_in"], state["packets_out"]
-        leg.packets_dropped = state["packets_dropped"]
-        rtp_sock, rtcp_sock = (socket.socket(fileno=fd) for fd in fds)
-        await self._attach(leg, rtp_sock, rtcp_sock)
+        stream = state["stream"]
+        leg.fast.resume_stream(
+            stream["ssrc"], stream["sequence"], stream["timestamp"], stream["sent"], stream["started"]
+        )
+        leg.fast.last_rtp = state["last_rtp"]
+        leg.fast.packets_in, leg.fast.packets_out = state["packets_in"], state["packets_out"]
+        leg.fast.packets_dropped = state["packets_dropped"]
+        self._attach(leg)
         if state["play"] is not None:
             file, loop, position = state["play"]
             self.play({"leg_id": leg.leg_id, "file": file, "loop": loop, "position": position})
@@ -286,61 +290,45 @@ class Worker:
 
     # The data path.
 
-    def on_rtp(self, leg: Leg, data: bytes, addr: Address) -> None:
-        """One datagram on a leg's RTP port: the hot path (every packet of every call), so the
-        usual packet (a plain 12-byte header) is read in place, without building an object."""
-        if addr != leg.remote_rtp:
-            leg.packets_dropped += 1
-            self.counters["packets_dropped"] += 1
-            return
-        leg.packets_in += 1
-        leg.last_rtp = time.monotonic()
-        if len(data) < 12 or data[0] >> 6 != 2:
-            return
-        second = data[1]
-        encoding = leg.codec_names.get(second & 0x7F)
-        if encoding is None or not leg.party_sends:
-            return
-        if data[0] == 0x80:
-            payload = data[12:]
-        else:  # CSRCs, a header extension or padding: read in full
-            packet = rtp.parse(data)
-            if packet is None:
-                return
-            payload = packet.payload
-        sequence, timestamp, ssrc = rtp.FIELDS.unpack_from(data, 2)
-        if encoding == g711.TELEPHONE_EVENT:
-            self._digit(leg, second & 0x7F, ssrc, timestamp, payload)
-        out = leg.partner
-        if out is None or out.playback is not None:
-            return
-        sent = out.send(leg, ssrc, encoding, second & 0x80, sequence, timestamp, payload)
-        if sent is not None:
-            self.counters["packets_relayed"] += 1
-            if out.call_id and sent[0] != g711.TELEPHONE_EVENT:
-                self.recorder.tap(out.call_id, out.channel, sent[0], sent[1])
-
-    def on_rtcp(self, leg: Leg, data: bytes, addr: Address) -> None:
-        if addr != leg.remote_rtcp:
-            leg.packets_dropped += 1
-            self.counters["packets_dropped"] += 1
-            return
-        out = leg.partner
-        if out is not None and out.rtcp is not None and out.remote_rtcp is not None:
-            out.rtcp.sendto(data, out.remote_rtcp)
-
-    def _digit(self, leg: Leg, payload_type: int, ssrc: int, timestamp: int, payload: bytes) -> None:
-        event = rtp.parse_event(payload)
-        if event is None or not event.end or event.key is None:
-            return
-        if leg.last_digit == (ssrc, timestamp):
-            return  # the end packet is sent three times (RFC 4733 section 2.5.1.4)
-        leg.last_digit = (ssrc, timestamp)
-        clock = leg.clock_rates.get(payload_type, 8000) or 8000
+    def on_digit(self, leg_id: str, key: str, duration_ms: int) -> None:
+        """An RFC 4733 key ended on a leg (reported by the relay once per key)."""
         self.counters["digits"] += 1
-        self.emit(
-            {"event": "digit", "leg_id": leg.leg_id, "digit": event.key, "duration_ms": event.duration * 1000 // clock}
-        )
+        self.emit({"event": "digit", "leg_id": leg_id, "digit": key, "duration_ms": duration_ms})
+
+    def drain(self, legs: Iterable[Leg]) -> None:
+        """Hands what the legs sent since the last time to the recorder."""
+        for leg in legs:
+            if leg.call_id:
+                taps = leg.fast.take_taps()
+                if taps:
+                    self.recorder.taps(leg.call_id, leg.channel, taps, ENCODING_NAMES)
+
+    def drain_call(self, call_id: str | None) -> None:
+        """The recorder's hand-over before a cut: the call's legs (every leg for None)."""
+        self.drain(leg for leg in list(self.legs.values()) if call_id is None or leg.call_id == call_id)
+
+    async def _drain(self) -> None:
+        """Hands the audio over every DRAIN_EVERY, a few legs at a time between turns of the loop."""
+        while True:
+            await asyncio.sleep(DRAIN_EVERY)
+            legs = [leg for leg in self.legs.values() if leg.call_id]
+            for start in range(0, len(legs), DRAIN_CHUNK):
+                self.drain(leg for leg in legs[start : start + DRAIN_CHUNK] if leg.leg_id in self.legs)
+                await asyncio.sleep(0)
+
+    def _drain_for(self, message: Message) -> None:
+        """Before a command changes who a leg sends for, what it sent so far goes to its call."""
+        op = message.get("op")
+        if op == "connect":
+            ids = [message["home_leg"], message["other_leg"]]
+        elif op == "close_legs":
+            ids = list(message["leg_ids"])
+        elif op == "release":
+            ids = [message["leg_id"]]
+        else:
+            return
+        legs = [leg for leg in (self.legs.get(leg_id) for leg_id in ids) if leg is not None]
+        self.drain([*legs, *(leg.partner for leg in legs if leg.partner is not None)])
 
     async def _tick_players(self) -> None:
         loop = asyncio.get_running_loop()
@@ -361,11 +349,8 @@ class Worker:
                     leg.playback = None
                     self.emit({"event": "play_finished", "leg_id": leg.leg_id, "error": ""})
                     continue
-                sent = leg.send(playback, 0, law, 0, playback.sequence, playback.timestamp, frame)
-                if sent is not None:
-                    self.counters["packets_played"] += 1
-                    if leg.call_id:
-                        self.recorder.tap(leg.call_id, leg.channel, law, frame)
+                if leg.send(playback, 0, law, 0, playback.sequence, playback.timestamp, frame) is not None:
+                    self.counters["packets_played"] += 1  # and kept for the recording, as a relayed one
 
     async def _push_counters(self) -> None:
         while True:
@@ -374,6 +359,7 @@ class Worker:
 
     def totals(self) -> dict[str, int]:
         totals = dict(self.counters)
+        totals.update(_relay.counters())
         totals["legs"] = len(self.legs)
         totals["playing"] = sum(1 for leg in self.legs.values() if leg.playback is not None)
         totals["recordings"] = len(self.recorder.recordings)
@@ -391,14 +377,19 @@ class Worker:
 
     # Legs.
 
-    async def _attach(self, leg: Leg, rtp_sock: socket.socket, rtcp_sock: socket.socket) -> None:
+    def _attach(self, leg: Leg) -> None:
+        assert leg.rtp is not None and leg.rtcp is not None
         loop = asyncio.get_running_loop()
-        leg.rtp, _ = await loop.create_datagram_endpoint(lambda: RtpProtocol(leg, self.on_rtp), sock=rtp_sock)
-        leg.rtcp, _ = await loop.create_datagram_endpoint(lambda: RtpProtocol(leg, self.on_rtcp), sock=rtcp_sock)
+        loop.add_reader(leg.rtp.fileno(), leg.fast.read_rtp)
+        loop.add_reader(leg.rtcp.fileno(), leg.fast.read_rtcp)
         self.legs[leg.leg_id] = leg
 
     def _forget(self, leg: Leg) -> None:
         self.legs.pop(leg.leg_id, None)
+        loop = asyncio.get_running_loop()
+        for sock in (leg.rtp, leg.rtcp):
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
         leg.close()
 
     def _leg(self, message: Message) -> Leg | None:
