@@ -11,7 +11,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: up test check lint typecheck protos proto-check buf-check pytest bench soak clean sip-peers media-peers demo image image-check
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# The media relay's data path is C (services/media/_relay.c), built by the install: it needs gcc
+# and Python's headers (Debian: gcc libc6-dev python3.11-dev; installed here when run as root).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml services/media/_relay.c
+	@headers=$$($(PYTHON) -c "import sysconfig, os; print(os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"); \
+	if ! command -v gcc >/dev/null || [ "$$headers" != True ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev; \
+			[ "$$headers" = True ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3.11-dev; \
+		else echo "missing: gcc and Python's headers (Debian: gcc libc6-dev python3.11-dev), to build the media relay"; exit 1; fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .

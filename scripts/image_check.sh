@@ -30,5 +30,5 @@ root=$(podman image mount "$image")
 trap 'podman image umount "$image" >/dev/null' EXIT
 [ "$user" = "10001:10001" ] || { echo "image user is $user, not 10001:10001"; exit 1; }
 chroot --userspec="$user" "$root" /opt/pbxmesh/bin/pbxmesh --help | head -1
-chroot --userspec="$user" "$root" /opt/pbxmesh/bin/python -c "import services.sipgw.app, services.callstate.app, services.registry.app, grpc, etcd3aio, uvloop; print('imports ok')"
+chroot --userspec="$user" "$root" /opt/pbxmesh/bin/python -c "import services.sipgw.app, services.callstate.app, services.registry.app, services.media.worker, grpc, etcd3aio, uvloop; print('imports ok')"
 echo "image $image: built and runs ($(podman image inspect "$image" --format '{{.Size}}') bytes)"
