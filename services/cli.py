@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.cli_tls import add_ca_commands, add_client_options, open_channel
 from services.runtime import ConfigError, error_info, load_config
 
 _log = logging.getLogger("pbxmesh")
@@ -98,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     recordings.add_argument("-o", "--output", default="", metavar="FILE", help="where `get` writes the WAV")
     recordings.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recordings.set_defaults(func=_recordings)
+    for name, command in sub.choices.items():
+        if name != "serve":
+            add_client_options(command)
+    add_ca_commands(sub)
     return parser
 
 
@@ -129,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
-    channel = grpc.insecure_channel(args.registry)
+    channel = open_channel(args.registry, args)
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 
@@ -245,7 +250,7 @@ def _calls(args: argparse.Namespace) -> int:
         ended = f"  ({call.end_reason})" if call.end_reason else ""
         print(f"{call.call_id[:12]}  {call.caller:>8} -> {call.callee:<8}  {state:<9} {kind}{ended}")
 
-    with grpc.insecure_channel(args.sipgw) as channel:
+    with open_channel(args.sipgw, args) as channel:
         stub = gw_grpc.SipGatewayServiceStub(channel)
         if not args.watch:
             response = stub.ListCalls(gw.ListCallsRequest(), timeout=RPC_TIMEOUT)
@@ -270,7 +275,7 @@ def _dial(args: argparse.Namespace) -> int:
     request = gw.PlaceCallRequest(
         from_number=args.from_number, to=args.to, caller_id=args.caller_id, called_id=args.called_id
     )
-    with grpc.insecure_channel(args.sipgw) as channel:
+    with open_channel(args.sipgw, args) as channel:
         call = gw_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=RPC_TIMEOUT).call
     if args.json:
         _print_json(call)
@@ -284,7 +289,7 @@ def _lockouts(args: argparse.Namespace) -> int:
     from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
 
     request = gw.ListLockoutsRequest(include_failing=args.all)
-    with grpc.insecure_channel(args.sipgw) as channel:
+    with open_channel(args.sipgw, args) as channel:
         response = gw_grpc.SipGatewayServiceStub(channel).ListLockouts(request, timeout=RPC_TIMEOUT)
     if args.json:
         _print_json(response)
@@ -312,7 +317,7 @@ def _unlock(args: argparse.Namespace) -> int:
     from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
     from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
 
-    with grpc.insecure_channel(args.sipgw) as channel:
+    with open_channel(args.sipgw, args) as channel:
         response = gw_grpc.SipGatewayServiceStub(channel).Unlock(
             gw.UnlockRequest(target=args.target), timeout=RPC_TIMEOUT
         )
@@ -341,7 +346,7 @@ def _parties(args: argparse.Namespace) -> int:
         ends = f"{party(call.local_party)} <-> {party(call.remote_party)}"
         print(f"{call.call_id[:12]}  {ends}  {phase}{held}{segments}{reason}")
 
-    with grpc.insecure_channel(args.callstate) as channel:
+    with open_channel(args.callstate, args) as channel:
         stub = cs_grpc.CallStateServiceStub(channel)
         if not args.watch:
             if args.call:
@@ -368,7 +373,7 @@ def _recordings(args: argparse.Namespace) -> int:
     if args.action and (args.action[0] != "get" or len(args.action) != 2 or not args.output):
         print("pbxmesh: usage: pbxmesh recordings get SEGMENT_ID -o FILE [--media HOST:PORT]", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(args.media) as channel:
+    with open_channel(args.media, args) as channel:
         stub = md_grpc.MediaServiceStub(channel)
         if args.action:
             return _fetch_recording(stub, args.action[1], args.output)

@@ -10,7 +10,7 @@ from services.callstate.model import CallBook
 from services.callstate.peers import Peers
 from services.callstate.service import CallStateService
 from services.runtime.config import Config, ConfigError
-from services.runtime.grpc_server import GrpcHost
+from services.runtime.grpc_server import count_refusals, service_host
 from services.runtime.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -23,13 +23,14 @@ class CallStateApp:
         if not config.listen.callstate:
             raise ConfigError("listen.callstate: required to run the callstate")
         self.config = config
-        self.host = GrpcHost(config.listen.callstate, config.limits)
-        self.book = CallBook(config.server.id, config.server.name or config.server.id)
         self.peers = Peers(config.listen.registry)
+        self.host = service_host(config, config.listen.callstate, self.peers.is_member)
+        self.book = CallBook(config.server.id, config.server.name or config.server.id)
         self.service = CallStateService(self.book, self.peers)
         self.peers.on_left, self.peers.on_answer = self.service.on_left, self.service.on_answer
         self.failed = asyncio.Event()
         self.metrics = Metrics("callstate", config.server.id, config.telemetry.metrics.callstate)
+        count_refusals(self.host, self.metrics)
         book = self.book
 
         def calls() -> list[tuple[float, dict[str, str]]]:

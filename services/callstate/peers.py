@@ -23,6 +23,7 @@ from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
 from services.runtime.backoff import Backoff
 from services.runtime.follow import follow
+from services.runtime.tls import links_version, open_channel
 from services.runtime.trace_context import Context
 
 _log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class Peers:
         self.synced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._queues: dict[str, asyncio.Queue[tuple[cs.SharePartyRequest, Context | None]]] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._snapshot: dict[str, pb.Member] | None = None
 
     def start(self) -> None:
@@ -88,7 +90,7 @@ class Peers:
             member = self.members.get(server_id)
             if member is not None and member.callstate_address:
                 try:
-                    stub = cs_grpc.CallStateServiceStub(self._channel(member.callstate_address))
+                    stub = cs_grpc.CallStateServiceStub(self._channel(server_id, member.callstate_address))
                     answer = await stub.ShareParty(request, timeout=SHARE_TIMEOUT)
                 except grpc.aio.AioRpcError as exc:
                     why = exc.code().name
@@ -110,10 +112,16 @@ class Peers:
                 _log.info("call %s: sharing with server %s failed (%s), retrying", request.call_id, server_id, why)
             await backoff.sleep()
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
+    def _channel(self, server_id: str, address: str) -> grpc.aio.Channel:
+        """The channel to a peer's callstate; with TLS, the peer must present the certificate of
+        ``server_id`` (its record in the registry says where, its certificate says who). A channel
+        opened before the TLS files were renewed is replaced."""
+        key = (server_id, address, links_version())
+        channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            for old in [k for k in self._channels if k[:2] == key[:2]]:
+                self._closing.add(asyncio.create_task(self._channels.pop(old).close(grace=SHARE_TIMEOUT)))
+            channel = self._channels[key] = open_channel(address, server_id)
         return channel
 
     async def _follow(self) -> None:

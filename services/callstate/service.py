@@ -16,7 +16,8 @@ from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.callstate.convert import call_pb, event_of, party_of, party_pb, share_of, share_pb
 from services.callstate.model import ENDED, CallBook, CallRecord, Event, Outcome, Party
 from services.callstate.peers import Peers
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.access import current_caller
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.logs import call_log, call_traces, trace_id_of
 from services.runtime.subscription import Subscription, answer_while
 from services.runtime.telemetry import ATTR_CALL_ID
@@ -123,6 +124,10 @@ class CallStateService(cs_grpc.CallStateServiceServicer):
             raise InvalidArgument(f"call_id is required (at most {MAX_ID} characters)", reason="INVALID_CALL_ID")
         if not request.server_id or request.server_id == self.book.server_id:
             raise InvalidArgument("server_id must name another server of the group", reason="INVALID_SERVER")
+        sender = current_caller()
+        if sender is not None and sender.name != request.server_id:
+            # With TLS a server speaks for itself only: its certificate names who sends.
+            raise PermissionDenied(f"{sender} may not share for server {request.server_id}", reason="NOT_THE_SENDER")
         wrong = _party_problem(party_of(request.party), "party") or _text_problem(request.reason, "reason")
         wrong = (
             wrong or _text_problem(request.held_by, "held_by", MAX_ID) or _text_problem(request.server_id, "server_id")

@@ -18,7 +18,7 @@ from services.media.service import ASSETS, MediaService
 from services.runtime.config import Config, ConfigError
 from services.runtime.config_media import port_range
 from services.runtime.follow import follow
-from services.runtime.grpc_server import GrpcHost
+from services.runtime.grpc_server import count_refusals, service_host
 from services.runtime.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class MediaApp:
         if not config.listen.media:
             raise ConfigError("listen.media: required to run the media service")
         self.config = config
-        self.host = GrpcHost(config.listen.media, config.limits)
+        self.host = service_host(config, config.listen.media)
         self.music = Path(config.media.music_on_hold) if config.media.music_on_hold else MUSIC_ON_HOLD
         self.catalog = Catalog(Path(config.recording.dir))
         self.plane: Plane | None = None
@@ -44,6 +44,7 @@ class MediaApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()  # recordings' metadata being completed
         self.metrics = Metrics("media", config.server.id, config.telemetry.metrics.media)
+        count_refusals(self.host, self.metrics)
 
     async def start(self) -> None:
         recording = self.config.recording

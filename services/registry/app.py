@@ -11,7 +11,7 @@ from services.registry.records import KeyLayout, MemberInfo, NumberRecord
 from services.registry.service import RegistryService
 from services.runtime.config import Config
 from services.runtime.etcd import EtcdConnector
-from services.runtime.grpc_server import GrpcHost
+from services.runtime.grpc_server import count_refusals, service_host
 from services.runtime.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class RegistryApp:
 
     def __init__(self, config: Config):
         self.config = config
-        self.host = GrpcHost(config.listen.registry, config.limits)
+        self.host = service_host(config, config.listen.registry)
         self.etcd = EtcdConnector(config.connector)
         self.view: PlanView | None = None
         self.link: GroupLink | None = None
@@ -78,6 +78,7 @@ class RegistryApp:
 
     def _measure(self, view: PlanView, link: GroupLink) -> None:
         m = Metrics("registry", self.config.server.id, self.config.telemetry.metrics.registry)
+        count_refusals(self.host, m)
         m.gauge("pbxmesh.group.members", "live members of the group", lambda: [(len(view.live_members()), {})])
         m.gauge("pbxmesh.group.connected", "1 while this server is a live member", lambda: [(int(view.connected), {})])
         m.gauge("pbxmesh.plan.numbers", "numbers in the merged plan", lambda: [(len(view.routes), {})])

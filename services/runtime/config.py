@@ -64,6 +64,21 @@ class TlsSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupTlsSection:
+    """The server's own certificate from the group's CA: with it, every gRPC port takes mutual TLS
+    only and every gRPC link presents it (services/runtime/tls.py). ``ca_file`` may hold two CAs
+    while the group changes CA."""
+
+    ca_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
+    cert_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
+    key_file: str = dataclasses.field(default="", metadata=max_length(MAX_PATH))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file)
+
+
+@dataclasses.dataclass(frozen=True)
 class ConnectorSection:
     """How the server reaches the group: the etcd cluster and the group's key prefix."""
 
@@ -150,6 +165,7 @@ class Config:
     server: ServerSection
     connector: ConnectorSection = ConnectorSection()
     listen: ListenSection = ListenSection()
+    tls: GroupTlsSection = GroupTlsSection()
     advertise: AdvertiseSection = AdvertiseSection()
     numbering: NumberingSection = NumberingSection()
     sip: SipSection = dataclasses.field(default_factory=SipSection)
@@ -201,6 +217,30 @@ def _read_document(path: Path) -> Any:
     return document
 
 
+def _validate_tls(config: Config) -> None:
+    t = config.tls
+    given = [name for name in ("ca_file", "cert_file", "key_file") if getattr(t, name)]
+    if not given:
+        return
+    if len(given) < 3:
+        missing = next(name for name in ("ca_file", "cert_file", "key_file") if not getattr(t, name))
+        raise ConfigError(f"tls.{missing}: required with tls.{given[0]} (ca_file, cert_file and key_file go together)")
+    pems = []
+    for name in ("ca_file", "cert_file", "key_file"):
+        try:
+            pems.append(Path(getattr(t, name)).read_bytes())
+        except OSError as error:
+            raise ConfigError(f"tls.{name}: cannot read {getattr(t, name)!r}: {error.strerror}") from None
+    from services.runtime.pki import PkiError, check_pair
+
+    try:
+        identity = check_pair(*pems)
+    except PkiError as error:
+        raise ConfigError(f"tls.cert_file: {error}") from None
+    if identity.kind != "server" or identity.name != config.server.id:
+        raise ConfigError(f"tls.cert_file: the certificate is for {identity}, this is server {config.server.id}")
+
+
 def validate(config: Config) -> None:
     """Checks what types alone cannot say; raises ConfigError naming the key and value."""
     _match(SERVER_ID_RE, config.server.id, "server.id")
@@ -222,6 +262,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"connector.tls.{name}: no such file {value!r}")
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
+    _validate_tls(config)
     for name in ("registry", "sip", "trunk", "sipgw", "callstate", "media"):
         address = getattr(config.listen, name)
         if address or name == "registry":

@@ -16,6 +16,7 @@ UNDECODABLE_REQUEST) and one log line, never a traceback.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -76,12 +77,24 @@ class Unavailable(ServiceError):
     reason = "UNAVAILABLE"
 
 
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 _RPC_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
     grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
 }
 
@@ -151,13 +164,24 @@ class Streams(Protocol):
     def open(self, peer: str) -> Callable[[], None]: ...
 
 
+class Guard(Protocol):
+    """What checks who may call a method (services/runtime/access.py); raises a ServiceError."""
+
+    def check(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Any: ...
+
+
+# The identity the guard found for the RPC being served, for the servicer (access.caller).
+caller: contextvars.ContextVar[Any] = contextvars.ContextVar("caller", default=None)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps ServiceError (and anything unexpected) to a status with ErrorInfo details; refuses a
     request that does not decode (INVALID_ARGUMENT, one log line); admits every response stream
     through ``streams`` when given (RESOURCE_EXHAUSTED beyond its limits)."""
 
-    def __init__(self, streams: Streams | None = None) -> None:
+    def __init__(self, streams: Streams | None = None, guard: Guard | None = None) -> None:
         self.streams = streams
+        self.guard = guard
         # The wrapped handler of each method, built once: this runs on every call.
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -177,6 +201,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        if self.guard is not None:
+            caller.set(self.guard.check(context, method))
+
     def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[], None]:
         if self.streams is None:
             return lambda: None
@@ -193,6 +221,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
+                    self._authorize(context, method)
                     _check_decoded(request)
                     return await inner_unary(request, context)
                 except (grpc.aio.AbortError, grpc.aio.UsageError):
@@ -206,6 +235,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def client_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
+                    self._authorize(context, method)
                     return await inner_client_stream(_checked(requests), context)
                 except (grpc.aio.AbortError, grpc.aio.UsageError):
                     raise
@@ -219,6 +249,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 release: Callable[[], None] | None = None
                 try:
+                    self._authorize(context, method)
                     _check_decoded(request)
                     release = self._admit(context)
                     async for item in inner_stream(request, context):
@@ -240,6 +271,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 release: Callable[[], None] | None = None
                 try:
+                    self._authorize(context, method)
                     release = self._admit(context)
                     async for item in inner_bidi(_checked(requests), context):
                         yield item

@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 
 from services.runtime.backoff import Backoff
+from services.runtime.tls import open_channel
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ async def follow(
     backoff, said = Backoff(RETRY_MIN, RETRY_MAX), False
     while True:
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with open_channel(address) as channel:
                 on_connect()
                 async for message in open_stream(channel):
                     backoff.reset()

@@ -19,10 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime.access import Guard
 from services.runtime.addresses import join_host_port, parse_host_port
-from services.runtime.config import LimitsSection
+from services.runtime.config import Config, LimitsSection
 from services.runtime.errors import ErrorInterceptor
+from services.runtime.metrics import Metrics
 from services.runtime.streams import StreamLimiter
+from services.runtime.tls import TlsFiles, configure
 
 _log = logging.getLogger(__name__)
 
@@ -44,15 +47,27 @@ class Service(Protocol):
 class GrpcHost:
     """One gRPC server on one address; binding port 0 picks a free port (``port`` tells which)."""
 
-    def __init__(self, listen: str, limits: LimitsSection | None = None):
+    def __init__(
+        self,
+        listen: str,
+        limits: LimitsSection | None = None,
+        tls: TlsFiles | None = None,
+        guard: Guard | None = None,
+    ):
+        """With ``tls`` the port takes mutual TLS only, and ``guard`` (required then) checks who
+        calls what."""
+        if tls is not None and guard is None:
+            raise ValueError("a TLS port needs a guard")
         self.listen = listen
+        self.tls = tls
+        self.guard = guard if tls is not None else None
         self.port = 0
         self.health = HealthServicer()
         # Every response stream of every service on this server counts against one limiter.
         limits = limits or LimitsSection()
         self.streams = StreamLimiter(limits.streams_per_client, limits.streams_total)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(self.streams)],
+            interceptors=[ErrorInterceptor(self.streams, self.guard)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -74,7 +89,10 @@ class GrpcHost:
         """Takes the port now (before ``start``), so that the address can be advertised; returns it."""
         if self.port == 0:
             try:
-                self.port = self.server.add_insecure_port(self.listen)
+                if self.tls is None:
+                    self.port = self.server.add_insecure_port(self.listen)
+                else:
+                    self.port = self.server.add_secure_port(self.listen, self.tls.server_credentials())
             except RuntimeError:
                 self.port = 0
             if self.port == 0:
@@ -94,6 +112,25 @@ class GrpcHost:
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+def service_host(config: Config, listen: str, is_member: Callable[[str], bool] | None = None) -> GrpcHost:
+    """The gRPC host of one service of the server ``config`` describes: with ``tls`` configured,
+    mutual TLS on its port and on every channel the process opens (services/runtime/tls.py), and
+    a guard that knows this server (and the live members through ``is_member``, for a service
+    that other servers call)."""
+    t = config.tls
+    files = configure(t.ca_file, t.cert_file, t.key_file, config.server.id)
+    guard = Guard(config.server.id, is_member) if files is not None else None
+    return GrpcHost(listen, config.limits, files, guard)
+
+
+def count_refusals(host: GrpcHost, metrics: Metrics) -> None:
+    """The metric of the calls the host's guard refused (none without TLS)."""
+    if host.guard is not None:
+        metrics.counter_of(
+            "pbxmesh.api.refused", "gRPC calls refused: unauthenticated or not allowed", host.guard.counts
+        )
 
 
 async def run_until_signal(

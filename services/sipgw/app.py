@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.runtime.config import Config, ConfigError, check_host_port
-from services.runtime.grpc_server import GrpcHost
+from services.runtime.grpc_server import count_refusals, service_host
 from services.runtime.metrics import Metrics
 from services.sipgw.anchor import Anchoring
 from services.sipgw.auth.lockout import Lockout
@@ -54,7 +54,7 @@ class SipGatewayApp:
             if not getattr(config.listen, key):
                 raise ConfigError(f"listen.{key}: required to run the SIP gateway")
         self.config = config
-        self.host = GrpcHost(config.listen.sipgw, config.limits)
+        self.host = service_host(config, config.listen.sipgw)
         realm = config.server.name or config.server.id
         registrar = Registrar(
             config.sip.accounts, realm, lockout=Lockout(config.sip.lockout), algorithms=config.sip.digest_algorithms
@@ -91,6 +91,7 @@ class SipGatewayApp:
         self.peers = PeerMonitor(table, self.trunk) if self.trunk is not None else None
         self.failed = asyncio.Event()
         self.metrics = Metrics("sipgw", config.server.id, config.telemetry.metrics.sipgw)
+        count_refusals(self.host, self.metrics)
         self._measure()
         self.udp: UdpEndpoint | None = None
         self.tcp: TcpListener | None = None

@@ -25,6 +25,7 @@ import grpc.aio
 from pbxmesh.media.v1 import media_pb2 as pb
 from pbxmesh.media.v1 import media_pb2_grpc as pb_grpc
 from services.runtime.backoff import Backoff
+from services.runtime.tls import open_channel
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class MediaLink:
         backoff, said = Backoff(RETRY_MIN, RETRY_MAX), False
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.address) as channel:
+                async with open_channel(self.address) as channel:
                     await self._attach(pb_grpc.MediaServiceStub(channel), backoff)
             except grpc.aio.AioRpcError as exc:
                 if not said:

@@ -22,6 +22,7 @@ from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 from services.runtime.backoff import Backoff
 from services.runtime.follow import RETRY_MAX, RETRY_MIN
 from services.runtime.logs import call_log
+from services.runtime.tls import open_channel
 from services.sipgw import tracing
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.call import Call, Change, Kind, Phase, Side
@@ -80,7 +81,7 @@ class Reporter:
             queue: asyncio.Queue[cs.CallEvent] = asyncio.Queue()
             self._queue = queue  # from now on changes queue up behind the replay
             try:
-                async with grpc.aio.insecure_channel(self.address) as channel:
+                async with open_channel(self.address) as channel:
                     stream = cs_grpc.CallStateServiceStub(channel).ReportCalls(self._requests(queue))
                     self.connected.set()
                     async for command in stream:

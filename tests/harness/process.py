@@ -32,6 +32,7 @@ from pbxmesh.media.v1 import media_pb2
 from pbxmesh.registry.v1 import registry_pb2
 from pbxmesh.sipgw.v1 import sipgw_pb2
 from services.runtime.config import ConfigError, load_config
+from tests.harness.tls import channel as tls_channel
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL; a gateway drains calls for up to a few seconds
@@ -248,7 +249,7 @@ async def wait_serving(
     time.perf_counter() when it was seen. Raises ServiceError once ``alive()`` is false (the
     process exited) or after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
+    async with tls_channel(address, options=CLIENT_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=health_name)
         while True:

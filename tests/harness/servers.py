@@ -20,6 +20,7 @@ from services.runtime.config import load_config
 from services.runtime.embedded_etcd import EmbeddedEtcd
 from tests.harness.config import write_config
 from tests.harness.process import ServiceProcess, child_env
+from tests.harness.tls import channel as tls_channel
 
 
 class Server:
@@ -45,7 +46,7 @@ class Server:
             self.address = self.process.address
             if self._channel is not None:
                 await self._channel.close()
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = tls_channel(self.address)
         return self
 
     @property
@@ -127,7 +128,7 @@ async def member_ids_are(server: Server, ids: list[str]) -> bool:
 async def registry_has_numbers(address: str, numbers: set[str]) -> bool:
     """Whether the registry at ``address`` resolves every one of ``numbers`` (for code without a
     ``Server``: a bench, a script)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls_channel(address) as channel:
         stub = pb_grpc.RegistryServiceStub(channel)
         for number in numbers:
             try:
@@ -204,7 +205,7 @@ class Gateway:
         return self.process.log
 
     async def registrations(self) -> dict[str, list[gw_pb.Contact]]:
-        async with grpc.aio.insecure_channel(self.api) as channel:
+        async with tls_channel(self.api) as channel:
             stub = gw_grpc.SipGatewayServiceStub(channel)
             response = await stub.ListRegistrations(gw_pb.ListRegistrationsRequest(), timeout=5)
         return {r.number: list(r.contacts) for r in response.registrations}

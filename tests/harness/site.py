@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from services.runtime.config import load_config
 from tests.harness.config import accounts_section, loopback
+from tests.harness.process import child_env
 from tests.harness.servers import CallState, Gateway, Group, Media, Server, has_numbers, start_gateway, stop_gateway
+from tests.harness.tls import secure, server_tls
 from tests.harness.wait import wait_for
 
 SECRET = "the-group-trunk-secret-2026"
@@ -42,6 +45,7 @@ class Spec(NamedTuple):
     advertise: str = ""
     lease_ttl: int = 2
     media: bool = False  # a media service beside the gateway, recording calls
+    tls: bool = False  # mutual TLS on every gRPC port and link (the group's CA in the group's folder)
 
 
 @dataclass
@@ -81,6 +85,8 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
         first = next(_rtp_ranges)
         extra["media"] = {"rtp_address": "127.0.0.1", "rtp_ports": f"{first}-{first + RTP_PORTS - 1}"}
         extra["recording"] = {"dir": str(group.tmp / f"{server_id}-recordings")}
+    if spec.tls:
+        extra["tls"] = server_tls(group.tmp / "pki", server_id)
     numbers: list[str | dict[str, str]]
     departments = spec.departments
     if spec.numbers is not None:
@@ -93,6 +99,9 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
     server = group.server(
         server_id, numbers, departments=departments, listen=listen, extra=extra, lease_ttl=spec.lease_ttl, env=spec.env
     )
+    if spec.tls:
+        listen_at = load_config(server.config_path, environ=child_env(spec.env)).listen
+        secure([listen_at.registry, listen_at.sipgw, listen_at.callstate, listen_at.media], group.tmp / "pki")
     await server.start()
     callstate = CallState(server.config_path, env=spec.env) if spec.callstate else None
     media = Media(server.config_path, env=spec.env) if spec.media else None
