@@ -10,6 +10,8 @@ segments on both servers. SIPp phones send no audio: the recordings are silence.
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
+from services.cli_tls import open_channel  # noqa: E402
 from services.runtime.config import load_config  # noqa: E402
 from services.runtime.embedded_etcd import free_port  # noqa: E402
 from tests.harness.sipp import wait_phone_bound  # noqa: E402
@@ -45,6 +48,24 @@ def sipp(server_port: int, scenario: str, port: int, number: str, *extra: str) -
     ]  # fmt: skip
 
 
+def use_local_pki() -> None:
+    """`make up`'s ports take mutual TLS: the command line presents the certificate it made."""
+    pki = ROOT / ".pbxmesh" / "pki"
+    if (pki / "client-operator.pem").exists():
+        os.environ.setdefault("PBXMESH_CA", str(pki / "ca.pem"))
+        os.environ.setdefault("PBXMESH_CERT", str(pki / "client-operator.pem"))
+        os.environ.setdefault("PBXMESH_KEY", str(pki / "client-operator-key.pem"))
+
+
+def api(address: str) -> Any:
+    """A channel to one of the group's gRPC ports, with the command line's certificate if any."""
+    env = os.environ
+    tls = argparse.Namespace(
+        ca=env.get("PBXMESH_CA", ""), cert=env.get("PBXMESH_CERT", ""), key=env.get("PBXMESH_KEY", ""), server_name=""
+    )
+    return open_channel(address, tls)
+
+
 def pbxmesh(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *args]
 
@@ -53,6 +74,7 @@ def main() -> int:
     if shutil.which("sipp") is None:
         print("demo: SIPp is missing (Debian package sip-tester; `make test` installs it)", file=sys.stderr)
         return 1
+    use_local_pki()
     listed = subprocess.run(pbxmesh("parties", "--callstate", ALPHA_CALLSTATE), capture_output=True, cwd=ROOT)
     if listed.returncode != 0:
         print("demo: the local group does not answer; run `make up` in another terminal first", file=sys.stderr)
@@ -87,12 +109,11 @@ def main() -> int:
         call_id = dialed.stdout.split('"callId": "', 1)[1].split('"', 1)[0]
         phones[2].wait(30)  # Carol's scenario: answer, hold, resume, transfer; it ends with her BYE
         subprocess.run(pbxmesh("calls", "--sipgw", ALPHA_SIPGW), cwd=ROOT)
-        import grpc
 
         from pbxmesh.sipgw.v1 import sipgw_pb2 as pb
         from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as pb_grpc
 
-        with grpc.insecure_channel(ALPHA_SIPGW) as channel:
+        with api(ALPHA_SIPGW) as channel:
             pb_grpc.SipGatewayServiceStub(channel).HangUpCall(pb.HangUpCallRequest(call_id=call_id), timeout=5)
         for phone in phones:
             phone.wait(20)
@@ -110,12 +131,10 @@ def main() -> int:
 
 
 def _recordings(media: str, call_id: str) -> list[Any]:
-    import grpc
-
     from pbxmesh.media.v1 import media_pb2 as md
     from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
 
-    with grpc.insecure_channel(media) as channel:
+    with api(media) as channel:
         stub = md_grpc.MediaServiceStub(channel)
         return list(stub.ListRecordings(md.ListRecordingsRequest(call_id=call_id), timeout=5).recordings)
 
@@ -159,12 +178,11 @@ def _finished(media: str, call_id: str) -> list[Any]:
 
 
 def _ended(call_id: str) -> bool:
-    import grpc
 
     from pbxmesh.callstate.v1 import callstate_pb2 as cs
     from pbxmesh.callstate.v1 import callstate_pb2_grpc as cs_grpc
 
-    with grpc.insecure_channel(ALPHA_CALLSTATE) as channel:
+    with api(ALPHA_CALLSTATE) as channel:
         call = cs_grpc.CallStateServiceStub(channel).GetCall(cs.GetCallRequest(call_id=call_id), timeout=5).call
     return bool(call.phase == cs.CALL_PHASE_ENDED)
 

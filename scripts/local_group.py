@@ -22,9 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
 
+import yaml  # noqa: E402
+
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.embedded_etcd import EmbeddedEtcd  # noqa: E402
+from services.runtime.pki import init_ca, issue  # noqa: E402
 from tests.harness.process import ServiceError, ServiceProcess, stop_all  # noqa: E402
+from tests.harness.tls import secure  # noqa: E402
 
 ETCD_PORT = 2379
 LABELS = {"registry": "registry", "sipgw": "SIP     ", "callstate": "calls   ", "media": "media   "}
@@ -43,6 +47,26 @@ def shown_address(service: str, config: Config) -> str:
     return str(config.listen.sip if service == "sipgw" else getattr(config.listen, service))
 
 
+def ensure_pki(paths: list[str]) -> Path | None:
+    """The local group's throwaway CA and certificates, made where the files' ``tls`` sections say
+    (once: kept across runs), with a client certificate (role control) for the command line."""
+    folder = None
+    for path in paths:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+        tls = document.get("tls") or {}
+        if not tls.get("ca_file"):
+            continue
+        folder = Path(tls["ca_file"]).parent
+        if not (folder / "ca.pem").exists():
+            init_ca(folder, "local")
+        server_id = document["server"]["id"]
+        if not Path(tls["cert_file"]).exists():
+            issue(folder, "server", server_id, hosts=("127.0.0.1", "localhost"))
+        if not (folder / "client-operator.pem").exists():
+            issue(folder, "client", "operator", role="control")
+    return folder
+
+
 def relay(prefix: str) -> Callable[[str], None]:
     def write(line: str) -> None:
         sys.stderr.write(f"[{prefix}] {line}")
@@ -52,7 +76,12 @@ def relay(prefix: str) -> Callable[[str], None]:
 
 async def main(paths: list[str]) -> int:
     """Runs the group of these config files (absolute paths) until a signal or a server's exit."""
+    pki = ensure_pki(paths)
     configs = [load_config(p, environ={}) for p in paths]
+    if pki is not None:
+        for config in configs:
+            listen = config.listen
+            secure([listen.registry, listen.sipgw, listen.callstate, listen.media], pki, "operator")
     etcd = EmbeddedEtcd(client_port=ETCD_PORT, peer_port=ETCD_PORT + 1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,6 +117,10 @@ async def main(paths: list[str]) -> int:
             if stop.is_set():
                 return 0
         print()
+        if pki is not None:
+            tls_hint = f"PBXMESH_CA={pki}/ca.pem PBXMESH_CERT={pki}/client-operator.pem"
+            print("Every gRPC port takes mutual TLS (the group's CA: pbxmesh ca). The command line's certificate:")
+            print(f"      export {tls_hint} PBXMESH_KEY={pki}/client-operator-key.pem")
         print("Try:  .venv/bin/pbxmesh members --registry 127.0.0.1:50051")
         print("      .venv/bin/pbxmesh numbers --conflicts --registry 127.0.0.1:50052")
         print("      .venv/bin/pbxmesh resolve 300 --registry 127.0.0.1:50051")

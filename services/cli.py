@@ -417,7 +417,9 @@ def _report_rpc_error(exc: Any) -> int:
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.UNAVAILABLE:
         print(
-            "pbxmesh: the service did not answer (is it running? see --registry / --sipgw / --callstate / --media)",
+            "pbxmesh: the service did not answer (is it running? see --registry / --sipgw / --callstate / --media;"
+            " a server with `tls` in its config takes only clients with a certificate of its group's CA:"
+            " --ca/--cert/--key or PBXMESH_CA/PBXMESH_CERT/PBXMESH_KEY)",
             file=sys.stderr,
         )
         return 2

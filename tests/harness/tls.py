@@ -11,8 +11,9 @@ import grpc.aio
 
 from services.runtime.pki import init_ca, issue
 
-# Addresses of ports that take TLS, and the CA directory that signed their servers' certificates.
-_secured: dict[str, Path] = {}
+# Addresses of ports that take TLS: the CA directory that signed their servers' certificates, and
+# the client certificate there that the harness presents.
+_secured: dict[str, tuple[Path, str]] = {}
 
 
 def group_pki(folder: Path) -> Path:
@@ -30,11 +31,12 @@ def server_tls(folder: Path, server_id: str) -> dict[str, str]:
     return {"ca_file": str(pki / "ca.pem"), "cert_file": str(cert), "key_file": str(key)}
 
 
-def secure(addresses: Sequence[str], pki: Path) -> None:
-    """From now on the harness reaches these addresses with TLS (the CA in ``pki``)."""
+def secure(addresses: Sequence[str], pki: Path, client: str = "harness") -> None:
+    """From now on the harness reaches these addresses with TLS (the CA in ``pki``, presenting
+    ``client-<client>.pem``)."""
     for address in addresses:
         if address:
-            _secured[address] = pki
+            _secured[address] = (pki, client)
 
 
 def credentials(pki: Path, client: str = "harness") -> grpc.ChannelCredentials:
@@ -47,7 +49,7 @@ def credentials(pki: Path, client: str = "harness") -> grpc.ChannelCredentials:
 
 def channel(address: str, options: Sequence[tuple[str, str | int]] = ()) -> grpc.aio.Channel:
     """A channel to ``address``: TLS with the harness's certificate if its port takes TLS."""
-    pki = _secured.get(address)
-    if pki is None:
+    found = _secured.get(address)
+    if found is None:
         return grpc.aio.insecure_channel(address, options=list(options))
-    return grpc.aio.secure_channel(address, credentials(pki), options=list(options))
+    return grpc.aio.secure_channel(address, credentials(*found), options=list(options))
