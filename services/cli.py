@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -118,16 +118,27 @@ def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     # Each service is imported only when it is the one asked for.
+    service_main: Coroutine[Any, Any, int]
     if args.service == "sipgw":
-        from services.sipgw.serve import serve_sipgw as serve_service
+        from pathlib import Path
+
+        from services.sipgw.serve import serve_sipgw
+
+        service_main = serve_sipgw(config, Path(args.config))  # the file is watched for the trunk's secrets
     elif args.service == "callstate":
-        from services.callstate.serve import serve_callstate as serve_service
+        from services.callstate.serve import serve_callstate
+
+        service_main = serve_callstate(config)
     elif args.service == "media":
-        from services.media.serve import serve_media as serve_service
+        from services.media.serve import serve_media
+
+        service_main = serve_media(config)
     else:
-        from services.registry.serve import serve_registry as serve_service
+        from services.registry.serve import serve_registry
+
+        service_main = serve_registry(config)
     try:
-        return uvloop.run(serve_service(config))
+        return uvloop.run(service_main)
     except ConfigError as exc:  # a check that needs more than the file (an address the service requires)
         print(f"pbxmesh: config error: {exc}", file=sys.stderr)
         return 2

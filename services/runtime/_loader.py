@@ -108,6 +108,8 @@ def _parse_env(tp: Any, raw: str, key: str) -> Any:
     item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
     if item in (str, int) and not raw.lstrip().startswith("["):
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if item is Secret and not raw.lstrip().startswith("["):
+        return [raw]  # one secret, taken whole (a secret may hold commas)
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -162,9 +164,10 @@ def _convert(tp: Any, value: Any, key: str, limit: int = MAX_TEXT) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(typing.cast(type[Any], tp), value, key)
     if typing.get_origin(tp) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {_kind(value)} {_short(value)}")
         item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            shown = "" if item is Secret else f" {_short(value)}"
+            raise ConfigError(f"{key}: expected a list, got {_kind(value)}{shown}")
         return tuple(_convert(item, v, f"{key}[{i}]", limit) for i, v in enumerate(value))
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 

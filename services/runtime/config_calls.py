@@ -64,6 +64,8 @@ class TrunkSection:
 
     secret: Secret = dataclasses.field(default_factory=Secret)
     lines: int = 30
+    # Secrets also accepted from peers, while the group changes its secret (see trunk_proof.py).
+    accept_secrets: tuple[Secret, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,9 @@ def validate_calls(
         raise ConfigError(f"trunk.lines: {trunk.lines} is not between 1 and {MAX_LINES}")
     if trunk_listen and len(trunk.secret.value) < MIN_SECRET:
         raise ConfigError(f"trunk.secret: at least {MIN_SECRET} characters are required when listen.trunk is set")
+    for i, accepted in enumerate(trunk.accept_secrets):
+        if len(accepted.value) < MIN_SECRET:
+            raise ConfigError(f"trunk.accept_secrets[{i}]: at least {MIN_SECRET} characters are required")
     for name in ("incoming", "inter_server"):
         for i, rule in enumerate(getattr(scenarios, name)):
             _validate_rule(rule, f"scenarios.{name}[{i}]", departments)

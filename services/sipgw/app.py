@@ -24,6 +24,7 @@ from services.sipgw.registrar import Registrar
 from services.sipgw.registrar.store import BindingsFile
 from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
+from services.sipgw.secrets_watch import watch_trunk_secrets
 from services.sipgw.service import SipGatewayService
 from services.sipgw.sip.transport import Receiver, TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
@@ -46,10 +47,16 @@ def departments_of(config: Config) -> dict[str, list[str]]:
     return departments
 
 
+def _proof(config: Config) -> TrunkProof:
+    accepted = tuple(secret.value for secret in config.trunk.accept_secrets)
+    return TrunkProof(config.trunk.secret.value, accepted=accepted)
+
+
 class SipGatewayApp:
     """The gateway's parts built from one config; the process skeleton starts and stops it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, config_path: Path | None = None):
+        self.config_path = config_path
         for key in ("sip", "sipgw"):
             if not getattr(config.listen, key):
                 raise ConfigError(f"listen.{key}: required to run the SIP gateway")
@@ -64,9 +71,7 @@ class SipGatewayApp:
         )
         self.lines = TrunkLines(config.trunk.lines)
         self.plan = PlanFeed(config.listen.registry)
-        self.trunk = (
-            Trunk(config.server.id, TrunkProof(config.trunk.secret.value), self.lines) if config.listen.trunk else None
-        )
+        self.trunk = Trunk(config.server.id, _proof(config), self.lines) if config.listen.trunk else None
         self.core = SipCore(
             registrar,
             {n.number for n in config.numbering.numbers},
@@ -90,6 +95,7 @@ class SipGatewayApp:
         self.sessions = SessionTimer(table, config.sip.session_expires)
         self.peers = PeerMonitor(table, self.trunk) if self.trunk is not None else None
         self.failed = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
         self.metrics = Metrics("sipgw", config.server.id, config.telemetry.metrics.sipgw)
         count_refusals(self.host, self.metrics)
         self._measure()
@@ -172,6 +178,8 @@ class SipGatewayApp:
             if ":" in self.trunk.endpoint.local[0]:
                 self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
+        if self.trunk is not None and self.config_path is not None:
+            self._watch = asyncio.create_task(watch_trunk_secrets(self.config_path, self.trunk.proof))
         if self.media is not None:
             self.media.start()
         self.sessions.start()
@@ -198,6 +206,8 @@ class SipGatewayApp:
         gc.set_threshold(GC_THRESHOLD, 20, 50)
 
     async def stop(self, graceful: bool) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         await self._drain_calls(graceful)
         await self.host.stop(DRAIN_SECONDS if graceful else 0)
         await self.sessions.stop()

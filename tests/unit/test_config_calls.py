@@ -122,6 +122,15 @@ def test_a_secret_is_needed_only_with_a_trunk(tmp_path: Path) -> None:
     assert "trunk.secret" in _error(tmp_path, GOOD.replace('"0123456789abcdef-group"', '""'))
 
 
+def test_accepted_trunk_secrets_are_checked_without_showing_them(tmp_path: Path) -> None:
+    text = GOOD.replace('"0123456789abcdef-group"', '"0123456789abcdef-group", accept_secrets: ["tiny-one"]')
+    error = _error(tmp_path, text)
+    assert "trunk.accept_secrets[0]: at least" in error and "tiny-one" not in error
+    text = GOOD.replace('"0123456789abcdef-group"', '"0123456789abcdef-group", accept_secrets: "not-a-list-secret"')
+    error = _error(tmp_path, text)
+    assert "trunk.accept_secrets: expected a list" in error and "not-a-list-secret" not in error
+
+
 def test_duplicate_account(tmp_path: Path) -> None:
     text = GOOD.replace(
         '[{number: "100", password: "pw-alice-1"}]', '[{number: "100", password: "a"}, {number: "100", password: "b"}]'

@@ -15,6 +15,12 @@ the peer resends its 2xx, and an ACK starts nothing).
 
 v1 proofs (no branch, replayable within the window) are refused: every server of a group moves to
 v2 together.
+
+Changing the secret: a server signs with ``secret`` and accepts it and the ``accepted`` ones
+(``trunk.accept_secrets``). The group first adds the new secret to every server's accepted ones,
+then makes it every server's ``secret`` (the old one accepted meanwhile), then drops the old one:
+at no moment does a server sign with a secret another does not accept. ``set_secrets`` takes a
+change while the gateway runs (its config file is watched).
 """
 
 from __future__ import annotations
@@ -37,13 +43,35 @@ class TrunkProofError(ValueError):
 
 
 class TrunkProof:
-    def __init__(self, secret: str, window: float = WINDOW, clock: Callable[[], float] = time.time):
-        if not secret:
-            raise ValueError("the trunk secret is empty")
-        self._key = hashlib.sha256(b"pbxmesh trunk v1\x00" + secret.encode()).digest()
+    def __init__(
+        self,
+        secret: str,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.time,
+        accepted: tuple[str, ...] = (),
+    ):
+        self._keys: tuple[bytes, ...] = ()
+        self.set_secrets(secret, accepted)
         self._window = window
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()  # proof -> when it was seen
+
+    def set_secrets(self, secret: str, accepted: tuple[str, ...] = ()) -> None:
+        """Signs with ``secret`` from now on; accepts it and ``accepted``."""
+        if not secret or not all(accepted):
+            raise ValueError("a trunk secret is empty")
+        keys = [_key(secret)]
+        keys += [key for key in map(_key, accepted) if key not in keys]
+        self._keys = tuple(keys)
+
+    def fingerprint(self) -> bytes:
+        """Changes when the secrets do (for a log line; tells nothing of them)."""
+        return hashlib.sha256(b"".join(self._keys)).digest()
+
+    @property
+    def accepted(self) -> int:
+        """How many secrets are accepted (the signing one included)."""
+        return len(self._keys)
 
     def sign(
         self,
@@ -57,7 +85,7 @@ class TrunkProof:
         asserted: str = "",
     ) -> str:
         stamp = str(int(self._clock()))
-        mac = self._mac(stamp, method, uri, call_id, cseq, from_tag, branch, body, asserted)
+        mac = _mac(self._keys[0], self._message(stamp, method, uri, call_id, cseq, from_tag, branch, body, asserted))
         return f"{VERSION};ts={stamp};sig={mac}"
 
     def verify(
@@ -84,8 +112,10 @@ class TrunkProof:
         now = self._clock()
         if abs(now - int(fields["ts"])) > self._window:
             raise TrunkProofError("trunk proof outside the time window")
-        expected = self._mac(fields["ts"], method, uri, call_id, cseq, from_tag, branch, body, asserted)
-        if not hmac.compare_digest(expected, fields["sig"]):
+        message = self._message(fields["ts"], method, uri, call_id, cseq, from_tag, branch, body, asserted)
+        # Every accepted key is tried, so that which one matched takes no time of its own to tell.
+        matches = [hmac.compare_digest(_mac(key, message), fields["sig"]) for key in self._keys]
+        if not any(matches):
             raise TrunkProofError("wrong trunk proof")
         if once:
             self._remember(fields["sig"], now)
@@ -100,8 +130,8 @@ class TrunkProof:
         if len(self._seen) > MAX_REMEMBERED:
             self._seen.popitem(last=False)
 
-    def _mac(
-        self,
+    @staticmethod
+    def _message(
         stamp: str,
         method: str,
         uri: str,
@@ -111,9 +141,16 @@ class TrunkProof:
         branch: str,
         body: bytes,
         asserted: str,
-    ) -> str:
+    ) -> bytes:
         # ``asserted``: the headers the receiving server trusts because the proof covers them.
         fields = [VERSION, stamp, method, uri, call_id, " ".join(cseq.split()), from_tag, branch]
-        message = "\n".join([*fields, hashlib.sha256(body).hexdigest(), asserted])
-        digest = hmac.new(self._key, message.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+        return "\n".join([*fields, hashlib.sha256(body).hexdigest(), asserted]).encode()
+
+
+def _key(secret: str) -> bytes:
+    return hashlib.sha256(b"pbxmesh trunk v1\x00" + secret.encode()).digest()
+
+
+def _mac(key: bytes, message: bytes) -> str:
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")

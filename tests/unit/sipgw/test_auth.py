@@ -168,3 +168,21 @@ def test_the_counts_of_expired_nonces_are_not_kept() -> None:
     now[0] += 61
     assert factory.fresh_count(factory.issue(), 1)
     assert len(factory._counts) == 1
+
+
+def test_a_change_of_trunk_secret_accepts_both_and_signs_with_the_current_one() -> None:
+    old, new = "the-group-secret-0123", "the-next-group-secret-456"
+    fields = ("INVITE", "sip:200@127.0.0.1:5070", "call-1", "1 INVITE", "tag-a", "z9hG4bK1")
+    moving = TrunkProof(old, accepted=(new,))  # step 1: accepts the new one, signs with the old one
+    moved = TrunkProof(new, accepted=(old,))  # step 2: signs with the new one, accepts the old one
+    done = TrunkProof(new)  # step 3
+    moved.verify(moving.sign(*fields), *fields)
+    moving.verify(moved.sign(*fields[:-1], "z9hG4bK2"), *fields[:-1], "z9hG4bK2")
+    done.verify(moved.sign(*fields[:-1], "z9hG4bK3"), *fields[:-1], "z9hG4bK3")
+    with pytest.raises(TrunkProofError, match="wrong"):
+        done.verify(TrunkProof(old).sign(*fields[:-1], "z9hG4bK4"), *fields[:-1], "z9hG4bK4")
+    before = done.fingerprint()
+    done.set_secrets(old, (new,))
+    assert done.fingerprint() != before and done.accepted == 2
+    with pytest.raises(ValueError, match="empty"):
+        done.set_secrets(new, ("",))
