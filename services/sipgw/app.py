@@ -26,6 +26,7 @@ from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.secrets_watch import watch_trunk_secrets
 from services.sipgw.service import SipGatewayService
+from services.sipgw.sip.tls_trunk import TlsTrunk
 from services.sipgw.sip.transport import Receiver, TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
@@ -174,7 +175,14 @@ class SipGatewayApp:
         self.core.router.phone_links["UDP"] = self.udp
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
-            self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
+            tls = self.config.tls
+            if tls.enabled:
+                files = (tls.ca_file, tls.cert_file, tls.key_file)
+                self.trunk.endpoint = await TlsTrunk.open(
+                    trunk_host, trunk_port, receive, files, self.plan.trunk_owner, self.plan.has_server
+                )
+            else:
+                self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
             if ":" in self.trunk.endpoint.local[0]:
                 self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
@@ -198,7 +206,12 @@ class SipGatewayApp:
             self.host.address,
         )
         if self.trunk is not None and self.trunk.endpoint is not None:
-            _log.info("sipgw of %s: trunk on %s:%s (UDP)", self.config.server.id, *self.trunk.endpoint.local)
+            _log.info(
+                "sipgw of %s: trunk on %s:%s (%s)",
+                self.config.server.id,
+                *self.trunk.endpoint.local,
+                self.trunk.endpoint.name,
+            )
         # What start-up made (modules, gRPC, protobuf) lives as long as the process: keep it out of
         # the collector's reach, and collect calls' short-lived objects in larger batches. A full
         # collection over everything held stalls the loop for tens of milliseconds.

@@ -53,7 +53,7 @@ class SipCore:
             transaction.respond(refusal)
             return
         if self.trunk is not None and self.trunk.carries(transaction.link):
-            if not self.trunk.verify(request, transaction.address):
+            if not self.trunk.verify(request, transaction.address, transaction.link):
                 if request.method != "ACK":
                     transaction.respond(response_to(request.headers, 403, "Forbidden"))
                 return

@@ -106,7 +106,7 @@ class PeerMonitor:
             return
         local = f"{endpoint.local[0]}:{endpoint.local[1]}"
         headers = Headers()
-        headers.add("Via", f"SIP/2.0/UDP {local};branch={new_branch()};rport")
+        headers.add("Via", f"SIP/2.0/{endpoint.name} {local};branch={new_branch()};rport")
         headers.add("Max-Forwards", "70")
         headers.add("From", f"<sip:{self.trunk.server_id}@{local}>;tag={new_tag()}")
         headers.add("To", f"<sip:ping@{address[0]}:{address[1]}>")

@@ -32,6 +32,18 @@ class PlanFeed:
     def resolve(self, number: str) -> pb.Route | None:
         return self.routes.get(number)
 
+    def trunk_owner(self, address: tuple[str, int]) -> str | None:
+        """The server whose trunk the plan puts at ``address`` (None: no member's)."""
+        for route in self.routes.values():
+            if not route.local and route.trunk_address and self.trunks.address(route.trunk_address) == address:
+                return route.server_id
+        return None
+
+    def has_server(self, server_id: str) -> bool:
+        """Whether ``server_id`` is in the plan: a live member with numbers (a member that leaves
+        or dies loses its numbers, and with them its place on the trunk)."""
+        return any(route.server_id == server_id for route in self.routes.values())
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="plan-feed")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Protocol
 
 from services.runtime.logs import Throttled
 from services.runtime.text import printable
 from services.sipgw.auth.trunk_proof import HEADER, TrunkProof, TrunkProofError
 from services.sipgw.sip import Request, SipURI, parse_name_addr
 from services.sipgw.sip.headers import Headers
-from services.sipgw.sip.transport import Address, Link, UdpEndpoint
+from services.sipgw.sip.transport import Address, Link
 from services.sipgw.trunk_lines import TrunkLines
 
 _log = logging.getLogger(__name__)
@@ -33,18 +34,25 @@ INSTANCE = "X-Pbxmesh-Instance"
 REPLACES = "Replaces"  # RFC 3891, in a hand-over's INVITE
 
 
+class TrunkLink(Link, Protocol):
+    """The trunk's link: UDP (services/sipgw/sip/transport.py) or TLS (sip/tls_trunk.py)."""
+
+    def close(self) -> None: ...
+
+
 class Trunk:
     def __init__(self, server_id: str, proof: TrunkProof, lines: TrunkLines):
         self.server_id = server_id
         self.proof = proof
         self.lines = lines
-        self.endpoint: UdpEndpoint | None = None
+        self.endpoint: TrunkLink | None = None
         self.refused = 0  # requests refused for their proof (a metric)
         self.instance = secrets.token_hex(6)
         self._refusals = Throttled(_log)  # anyone can send junk to the trunk: its lines are counted
 
     def carries(self, link: Link) -> bool:
-        return self.endpoint is not None and link is self.endpoint
+        """Whether ``link`` is the trunk, or one of its TLS connections."""
+        return self.endpoint is not None and (link is self.endpoint or getattr(link, "owner", None) is self.endpoint)
 
     def sign(self, request: Request, link: Link) -> None:
         """The transaction layer's hook: requests leaving on the trunk get their proof."""
@@ -52,9 +60,16 @@ class Trunk:
             return
         request.headers.set(HEADER, self.proof.sign(*_signed_fields(request)))
 
-    def verify(self, request: Request, source: Address) -> bool:
+    def verify(self, request: Request, source: Address, link: Link | None = None) -> bool:
+        """The request's proof, and over TLS the server its connection proved: a request that
+        claims another origin (or a new call that claims none) is refused."""
         try:
             self.proof.verify(request.headers.get(HEADER), *_signed_fields(request), once=request.method != "ACK")
+            proved = getattr(link, "peer_id", None)
+            origin = request.headers.get(ORIGIN)
+            claims = bool(origin) or not request.to_addr.tag  # a new dialog always says where it comes from
+            if proved is not None and claims and origin != proved:
+                raise TrunkProofError(f"its origin {origin or 'none'} is not the server of its TLS connection")
         except TrunkProofError as error:
             self.refused += 1
             why = f"trunk requests from {source[0]}: {error}"  # one count per source and reason

@@ -21,6 +21,7 @@ from tests.harness.servers import CallState, Gateway, Group
 from tests.harness.sipmsg import header, response
 from tests.harness.sipp import phones_done, register_phone, run, sipp_args, start_phone, stop_phones
 from tests.harness.site import SECRET, Site, Spec, logs_of, running_sites
+from tests.harness.tls import channel as api_channel
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.support import wait_for
 
@@ -53,7 +54,7 @@ class Watch:
         self._task = asyncio.create_task(self._run(callstate.address))
 
     async def _run(self, address: str) -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with api_channel(address) as channel:
             async for message in cs_grpc.CallStateServiceStub(channel).WatchCalls(cs.WatchCallsRequest()):
                 self.calls.extend(message.calls)
                 self.synced.set()
@@ -76,7 +77,7 @@ class Watch:
 
 
 async def get_call(callstate: CallState, call_id: str) -> cs.Call:
-    async with grpc.aio.insecure_channel(callstate.address) as channel:
+    async with api_channel(callstate.address) as channel:
         return (await cs_grpc.CallStateServiceStub(channel).GetCall(cs.GetCallRequest(call_id=call_id), timeout=5)).call
 
 
@@ -166,7 +167,7 @@ async def test_a_hold_on_the_other_server_shows_on_this_servers_stream(sites: di
 
 
 async def place(gateway: Gateway, first: str, to: str) -> pb.Call:
-    async with grpc.aio.insecure_channel(gateway.api) as channel:
+    async with api_channel(gateway.api) as channel:
         request = pb.PlaceCallRequest(from_number=first, to=to)
         return (await pb_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=5)).call
 
@@ -206,7 +207,7 @@ async def test_a_restarted_callstate_gets_the_live_calls_back(sites: dict[str, S
             "100 alpha phone 100 (sales@Alpha office) <-> 200 beta phone 200 (support@Beta office)  answered"
             in cli.stdout
         )
-        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+        async with api_channel(alpha.gateway.api) as channel:
             await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
                 pb.HangUpCallRequest(call_id=call.call_id), timeout=5
             )
@@ -289,12 +290,12 @@ BOB = ("101", "bob-pw-101")  # on alpha, department sales (in the loop test)
 
 
 async def usage(gateway: Gateway) -> pb.GetTrunkUsageResponse:
-    async with grpc.aio.insecure_channel(gateway.api) as channel:
+    async with api_channel(gateway.api) as channel:
         return await pb_grpc.SipGatewayServiceStub(channel).GetTrunkUsage(pb.GetTrunkUsageRequest(), timeout=5)
 
 
 async def list_calls(gateway: Gateway) -> list[pb.Call]:
-    async with grpc.aio.insecure_channel(gateway.api) as channel:
+    async with api_channel(gateway.api) as channel:
         return list((await pb_grpc.SipGatewayServiceStub(channel).ListCalls(pb.ListCallsRequest(), timeout=5)).calls)
 
 
@@ -352,7 +353,7 @@ async def test_a_call_transferred_back_to_its_server_is_collapsed_there(pair_wit
         assert "the call came back over the trunk" in log
         # Told once, though the news comes twice (the collapse here, beta's transfer via callstate).
         assert log.count(f"phone told its party is now {BOB[0]}") == 1, log
-        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+        async with api_channel(alpha.gateway.api) as channel:
             await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
                 pb.HangUpCallRequest(call_id=call.call_id), timeout=5
             )
@@ -581,7 +582,7 @@ async def test_a_chain_through_three_servers_that_comes_back_is_collapsed(trio: 
         await wait_for(collapsed, timeout=15, what="one local call Alice-Bob on alpha, no trunk line in use anywhere")
         assert await list_calls(beta.gateway) == [] and await list_calls(gamma.gateway) == []
         assert "(path alpha,beta,gamma)" in "".join(alpha.gateway.log)
-        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+        async with api_channel(alpha.gateway.api) as channel:
             await pb_grpc.SipGatewayServiceStub(channel).HangUpCall(
                 pb.HangUpCallRequest(call_id=call.call_id), timeout=5
             )
@@ -719,7 +720,7 @@ async def test_the_demo_call_hold_resume_and_transfer_as_alphas_stream_shows_it(
         call = await place(alpha.gateway, ALICE[0], CAROL[0])
         assert await phones_done(phones[2]) == [0]  # Carol: answered, held, resumed, transferred
         await watch.seen(lambda c: c.remote_party.number == DAVE[0], "Dave on alpha's stream")
-        async with grpc.aio.insecure_channel(alpha.gateway.api) as channel:
+        async with api_channel(alpha.gateway.api) as channel:
             stub = pb_grpc.SipGatewayServiceStub(channel)
             (shown,) = (await stub.ListCalls(pb.ListCallsRequest(), timeout=5)).calls
             assert shown.callee == DAVE[0]  # the gateway's view follows what the phone was told
