@@ -10,13 +10,16 @@
    media (4, 5), then with the media anchored on each server's media service and recorded (4m,
    5m): what anchoring adds to call set-up, in the same run. SIPp's phones send no RTP: the cost
    measured is the signalling, the legs and the recordings' bookkeeping.
+6. Trunk calls between two servers with callstates, plain (6) and with mutual TLS on every gRPC
+   link and the trunk over TLS (6t), in the same run: the first call to the peer against the 20
+   after it, what a new TLS connection to the trunk costs, and set-up and CPU at rising rates.
 
 Per rate: calls attempted, succeeded, failed, and the call-setup time (from the call's first
 INVITE to its 200 OK, through the 407 challenge where there is one: SIPp's response time 1, in
 whole milliseconds) p50/p99, measured by SIPp. Then the highest rate with no failed call.
 Not part of `make test`.
 
-    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3,4,5]
+    .venv/bin/python bench/sipgw_bench.py [--rates 100,300,500,800] [--calls 1000] [--sections 1,2,3,4,5,6]
 
 BENCH_LOGS=DIR keeps the services' logs there; BENCH_PROFILE=DIR writes a cProfile of each there.
 """
@@ -40,9 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 from services.runtime.config import load_config  # noqa: E402
 from services.runtime.embedded_etcd import EmbeddedEtcd, free_port  # noqa: E402
+from services.runtime.pki import init_ca, issue  # noqa: E402
 from tests.harness.process import ServiceProcess, start_all, stop_all, stop_popen  # noqa: E402
 from tests.harness.servers import registry_has_numbers  # noqa: E402
 from tests.harness.sipp import wait_phone_bound  # noqa: E402
+from tests.harness.tls import secure  # noqa: E402
 from tests.harness.wait import wait_for  # noqa: E402
 
 SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
@@ -58,8 +63,10 @@ def server_config(
     trunk: str = "",
     callstate: bool = False,
     media: str = "",
+    pki: Path | None = None,
 ) -> str:
-    """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service."""
+    """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service;
+    ``pki`` (a CA folder) turns mutual TLS on, with a certificate of that CA."""
     callstate = callstate or bool(media)
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
@@ -80,6 +87,10 @@ def server_config(
         "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
         f'trunk: {{secret: "{SECRET}", lines: 1000}}',
     ]
+    if pki is not None:
+        cert, key = issue(pki, "server", server_id, hosts=("127.0.0.1",))
+        lines.append(f'tls: {{ca_file: "{pki / "ca.pem"}", cert_file: "{cert}", key_file: "{key}"}}')
+        secure(list(listen.values()), pki)
     if media:
         recordings = Path(tempfile.gettempdir()) / f"sipgw-bench-recordings-{server_id}-{os.getpid()}"
         lines += [f'media: {{rtp_ports: "{media}"}}', f'recording: {{dir: "{recordings}"}}']
@@ -284,12 +295,20 @@ def rss_mib(pids: list[int]) -> float:
 
 
 def table(
-    title: str, target: str, scenario: Path, rates: list[int], calls: int, extra: list[str], gateways: list[int]
+    title: str,
+    target: str,
+    scenario: Path,
+    rates: list[int],
+    calls: int,
+    extra: list[str],
+    gateways: list[int],
+    who: str = "gw",
 ) -> None:
+    """``gateways``: the pids whose CPU and RSS are shown (``who`` names them in the header)."""
     print(f"\n== {title}")
     print(
         f"{'rate/s':>7} {'calls':>6} {'ok':>6} {'failed':>7} {'setup p50 ms':>13} {'setup p99 ms':>13}"
-        f" {'gw CPU ms/call':>15} {'gw RSS MiB':>11}"
+        f" {who + ' CPU ms/call':>15} {who + ' RSS MiB':>11}"
     )
     clean = 0
     for rate in rates:
@@ -312,7 +331,8 @@ async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--sections", default="1,2,3,4,5")
+    parser.add_argument("--sections", default="1,2,3,4,5,6")
+    parser.add_argument("--tls-rates", default="25,50,100", help="section 6's rates")
     parser.add_argument("--ceiling-rates", default="500,1500,3000", help="section 1's rates (SIPp alone goes far)")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -416,7 +436,72 @@ async def main() -> int:
                 )
             finally:
                 await rig.close()
+    if "6" in sections:
+        await tls_section([int(r) for r in args.tls_rates.split(",")], args.calls, caller_auth)
     return 0
+
+
+async def tls_section(rates: list[int], calls: int, caller_auth: list[str]) -> None:
+    """Trunk calls between two servers with callstates, plain and then with mutual TLS on every gRPC
+    link and the trunk over TLS: what TLS costs per call, and the first call to a new peer (its TLS
+    handshake) against the calls after it."""
+    for tls in (False, True):
+        rig = Rig()
+        pki = rig.tmp / "pki" if tls else None
+        if pki is not None:
+            init_ca(pki, "bench")
+            issue(pki, "client", "harness", role="control")
+        try:
+            alpha, beta = (
+                server_config(name, "ETCD", [number], f"127.0.0.1:{free_port()}", callstate=True, pki=pki)
+                for name, number in (("alpha", CALLER), ("beta", CALLEE))
+            )
+            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
+            rig.answering_phone(listen_of(beta, "sip"), CALLEE)
+            how = "mutual TLS (gRPC links and the trunk)" if tls else "plain (no TLS)"
+            target = listen_of(alpha, "sip")
+            first = run_load(target, SIPP_DIR / "caller.xml", 1, 1, caller_auth)
+            later = run_load(target, SIPP_DIR / "caller.xml", 5, 20, caller_auth)
+            print(f"\n== 6{'t' if tls else ''}. trunk calls, each server with callstate, {how}")
+            print(f"first call to the peer: setup {first['p50']} ms; 20 calls after it: setup p50 {later['p50']} ms")
+            if pki is not None:
+                print(handshakes(listen_of(beta, "trunk"), pki, "alpha"))
+            table(
+                f"6{'t' if tls else ''}. (load) trunk calls, {how}",
+                target,
+                SIPP_DIR / "caller.xml",
+                rates,
+                calls,
+                caller_auth,
+                rig.gateways + rig.callstates,
+                "gw+cs",
+            )
+        finally:
+            await rig.close()
+
+
+def handshakes(trunk: str, pki: Path, server_id: str, count: int = 50) -> str:
+    """What one new TLS connection to a trunk costs the caller: connect + handshake, p50/p99."""
+    import socket
+    import ssl
+    import time
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
+    context.load_cert_chain(str(pki / f"{server_id}.pem"), str(pki / f"{server_id}-key.pem"))
+    host, port = trunk.rsplit(":", 1)
+    took = []
+    for _ in range(count):
+        start = time.perf_counter()
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="beta"),
+        ):
+            took.append((time.perf_counter() - start) * 1000)
+    took.sort()
+    return (
+        f"a new TLS connection to the trunk (connect + handshake, {count} in a row): "
+        f"p50 {took[count // 2]:.1f} ms, p99 {took[min(count - 1, int(count * 0.99))]:.1f} ms"
+    )
 
 
 async def media_ready(config: str) -> None:
