@@ -100,6 +100,7 @@ class ListenSection:
     sipgw: str = ""
     callstate: str = ""
     media: str = ""  # the media service's API; the gateway anchors calls on it when set
+    sips: str = ""  # phones' SIP over TLS (the server's tls certificate), beside listen.sip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +264,12 @@ def validate(config: Config) -> None:
     if (c.tls.cert_file or c.tls.key_file) and not (c.tls.cert_file and c.tls.key_file and c.tls.ca_file):
         raise ConfigError("connector.tls: a client certificate needs ca_file, cert_file and key_file")
     _validate_tls(config)
+    if config.listen.sips:
+        check_host_port(config.listen.sips, "listen.sips")
+        if not config.tls.enabled:
+            raise ConfigError("listen.sips: set tls too (its certificate is what phones see)")
+    if config.sip.require_tls and not config.listen.sips:
+        raise ConfigError("sip.require_tls: set listen.sips too (phones need a way in)")
     for name in ("registry", "sip", "trunk", "sipgw", "callstate", "media"):
         address = getattr(config.listen, name)
         if address or name == "registry":

@@ -56,6 +56,8 @@ class SipSection:
     drain_seconds: int = 50
     # Password lockout thresholds: per account over hours, per source over minutes.
     lockout: LockoutSection = dataclasses.field(default_factory=LockoutSection)
+    # Phones must use SIP over TLS (listen.sips): a request from a phone over UDP or TCP gets 403.
+    require_tls: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class SipGatewayApp:
             departments_of(config),
             ring_timeout=config.sip.ring_timeout,
         )
+        self.core.require_tls = config.sip.require_tls
         numbering = {n.number: (n.name, n.department) for n in config.numbering.numbers}
         self.reporter = (
             Reporter(config.listen.callstate, self.core.calls, config.server.id, numbering)
@@ -96,6 +98,7 @@ class SipGatewayApp:
         self.sessions = SessionTimer(table, config.sip.session_expires)
         self.peers = PeerMonitor(table, self.trunk) if self.trunk is not None else None
         self.failed = asyncio.Event()
+        self.tls: TcpListener | None = None
         self._watch: asyncio.Task[None] | None = None
         self.metrics = Metrics("sipgw", config.server.id, config.telemetry.metrics.sipgw)
         count_refusals(self.host, self.metrics)
@@ -196,6 +199,14 @@ class SipGatewayApp:
         if self.reporter is not None:
             self.reporter.start()
         self.core.router.phone_links["TCP"] = self.tcp
+        if self.config.listen.sips:
+            sips_host, sips_port = check_host_port(self.config.listen.sips, "listen.sips")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls.cert_file, self.config.tls.key_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self.tls = await TcpListener.open(sips_host, sips_port, receive, context)
+            self.core.router.phone_links["TLS"] = self.tls
+            _log.info("sipgw of %s: phones' SIP over TLS on %s:%s", self.config.server.id, *self.tls.local)
         self.host.add(SipGatewayService(self.core, self.lines))
         await self.host.start()
         _log.info(
@@ -237,6 +248,8 @@ class SipGatewayApp:
             self.udp.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self.tls is not None:
+            await self.tls.close()
         if self.store is not None:
             self.store.write()
 

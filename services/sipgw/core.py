@@ -45,6 +45,7 @@ class SipCore:
         self.router = Router(registrar.bindings, own_numbers, departments or {}, plan, trunk)
         self.calls = B2BUA(self.transactions, self.router, scenarios, ring_timeout=ring_timeout)
         self.draining = False  # the server shuts down: no new call is taken
+        self.require_tls = False  # phones over UDP or TCP get 403 (sip.require_tls)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
         if self.draining and request.method == "INVITE" and not request.to_addr.tag:
@@ -52,7 +53,12 @@ class SipCore:
             refusal.headers.add("Retry-After", "30")
             transaction.respond(refusal)
             return
-        if self.trunk is not None and self.trunk.carries(transaction.link):
+        on_trunk = self.trunk is not None and self.trunk.carries(transaction.link)
+        if self.require_tls and not on_trunk and transaction.link.name != "TLS":
+            if request.method != "ACK":
+                transaction.respond(response_to(request.headers, 403, "Forbidden (use SIP over TLS)"))
+            return
+        if self.trunk is not None and on_trunk:
             if not self.trunk.verify(request, transaction.address, transaction.link):
                 if request.method != "ACK":
                     transaction.respond(response_to(request.headers, 403, "Forbidden"))

@@ -42,7 +42,18 @@ def port_pair() -> int:
 class Baresip:
     """One baresip phone registered as ``number`` at ``registrar`` (``host:port``)."""
 
-    def __init__(self, folder: Path, number: str, password: str, registrar: str, tone_hz: int = 440):
+    def __init__(
+        self,
+        folder: Path,
+        number: str,
+        password: str,
+        registrar: str,
+        tone_hz: int = 440,
+        tls_ca: Path | None = None,
+    ):
+        """With ``tls_ca`` the phone speaks SIP over TLS to ``registrar`` (a listen.sips address)
+        and trusts that CA."""
+        self.tls_ca = tls_ca
         path = shutil.which("baresip")
         assert path is not None, "baresip is not installed: `make test` installs it (Debian package baresip)"
         self.binary = path
@@ -84,11 +95,13 @@ class Baresip:
                 "module_app ctrl_tcp.so",
                 f"ctrl_tcp_listen 127.0.0.1:{self.control_port}",
                 f"snd_path {self.folder}",
+                *([f"sip_cafile {self.tls_ca}"] if self.tls_ca is not None else []),
                 "",
             ])
         )  # fmt: skip
         (self.folder / "accounts").write_text(
-            f"<sip:{self.number}@{self.registrar};transport=udp>;auth_pass={self.password};answermode=auto;regint=600\n"
+            f"<sip:{self.number}@{self.registrar};transport={'tls' if self.tls_ca else 'udp'}>;"
+            f"auth_pass={self.password};answermode=auto;regint=600\n"
         )
 
     async def start(self, registered: bool = True, timeout: float = 10.0) -> Baresip:

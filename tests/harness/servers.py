@@ -198,6 +198,7 @@ class Gateway:
         listen = load_config(process.config, environ=process.env).listen
         self.sip = listen.sip
         self.sip_port = int(listen.sip.rpartition(":")[2])
+        self.sips = listen.sips  # phones' SIP over TLS, when the server has tls
         self.api = listen.sipgw
 
     @property

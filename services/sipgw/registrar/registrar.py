@@ -101,7 +101,7 @@ class Registrar:
 
     def handle(self, request: Request, source: Address, transport: str = "UDP") -> Decision:
         """Answers one REGISTER that arrived from ``source`` (the packet's address) over
-        ``transport`` ("UDP" or "TCP": the phone is reached back the same way)."""
+        ``transport`` ("UDP", "TCP" or "TLS": the phone is reached back the same way)."""
         ip = source[0]
         lines = request.headers.get_lines("Authorization")
         params = self._credentials_for_realm(lines)  # parsed once: for the lockout and the check

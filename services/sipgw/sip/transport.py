@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -149,11 +150,13 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection, accepted or opened; messages are cut from the stream by Content-Length."""
+    """One TCP (or TLS) connection, accepted or opened; messages are cut from the stream by
+    Content-Length."""
 
     name = "TCP"
 
-    def __init__(self, inbound: _Inbound, pool: dict[Address, TcpConnection]):
+    def __init__(self, inbound: _Inbound, pool: dict[Address, TcpConnection], name: str = "TCP"):
+        self.name = name
         self._inbound = inbound
         self._pool = pool
         self._framer = StreamFramer()
@@ -191,22 +194,33 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpListener:
-    """Accepts TCP connections on one address, and opens them to send where none is open yet."""
+    """Accepts TCP connections on one address, and opens them to send where none is open yet.
+    With ``ssl`` it is the TLS listener of phones (RFC 3261 section 26): messages go back to a
+    phone over the connection it opened, never over a new one (it has no certificate to check)."""
 
     name = "TCP"
 
-    def __init__(self, receiver: Receiver):
+    def __init__(self, receiver: Receiver, ssl: ssl_module.SSLContext | None = None):
+        self.ssl = ssl
+        self.name = "TLS" if ssl is not None else "TCP"
         self._inbound = _Inbound(receiver)
         self._pool: dict[Address, TcpConnection] = {}
         self._server: asyncio.Server | None = None
         self.local: Address = ("", 0)
 
     @classmethod
-    async def open(cls, host: str, port: int, receiver: Receiver) -> TcpListener:
-        listener = cls(receiver)
+    async def open(
+        cls, host: str, port: int, receiver: Receiver, ssl: ssl_module.SSLContext | None = None
+    ) -> TcpListener:
+        listener = cls(receiver, ssl)
         loop = asyncio.get_running_loop()
         listener._server = await loop.create_server(
-            lambda: TcpConnection(listener._inbound, listener._pool), host, port, reuse_address=True
+            lambda: TcpConnection(listener._inbound, listener._pool, listener.name),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=10.0 if ssl is not None else None,
         )
         sockname = listener._server.sockets[0].getsockname()
         listener.local = (sockname[0], sockname[1])
@@ -217,6 +231,8 @@ class TcpListener:
         existing = self._pool.get(address)
         if existing is not None:
             return existing
+        if self.ssl is not None:
+            raise ConnectionError(f"no TLS connection from {address[0]}:{address[1]} to reuse")
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
             lambda: TcpConnection(self._inbound, self._pool), address[0], address[1]
