@@ -46,6 +46,7 @@ class Spec(NamedTuple):
     lease_ttl: int = 2
     media: bool = False  # a media service beside the gateway, recording calls
     tls: bool = False  # mutual TLS on every gRPC port and link (the group's CA in the group's folder)
+    extra: dict[str, Any] | None = None  # further config sections, as given (``probes``)
 
 
 @dataclass
@@ -87,6 +88,7 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
         extra["recording"] = {"dir": str(group.tmp / f"{server_id}-recordings")}
     if spec.tls:
         extra["tls"] = server_tls(group.tmp / "pki", server_id)
+    extra.update(spec.extra or {})
     numbers: list[str | dict[str, str]]
     departments = spec.departments
     if spec.numbers is not None:
