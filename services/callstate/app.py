@@ -24,7 +24,7 @@ class CallStateApp:
             raise ConfigError("listen.callstate: required to run the callstate")
         self.config = config
         self.peers = Peers(config.listen.registry)
-        self.host = service_host(config, config.listen.callstate, self.peers.is_member)
+        self.host = service_host(config, config.listen.callstate, self.peers.is_member, config.probes.callstate)
         self.book = CallBook(config.server.id, config.server.name or config.server.id)
         self.service = CallStateService(self.book, self.peers)
         self.peers.on_left, self.peers.on_answer = self.service.on_left, self.service.on_answer

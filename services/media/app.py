@@ -33,7 +33,7 @@ class MediaApp:
         if not config.listen.media:
             raise ConfigError("listen.media: required to run the media service")
         self.config = config
-        self.host = service_host(config, config.listen.media)
+        self.host = service_host(config, config.listen.media, probe=config.probes.media)
         self.music = Path(config.media.music_on_hold) if config.media.music_on_hold else MUSIC_ON_HOLD
         self.catalog = Catalog(Path(config.recording.dir))
         self.plane: Plane | None = None

@@ -26,7 +26,7 @@ class RegistryApp:
 
     def __init__(self, config: Config):
         self.config = config
-        self.host = service_host(config, config.listen.registry)
+        self.host = service_host(config, config.listen.registry, probe=config.probes.registry)
         self.etcd = EtcdConnector(config.connector)
         self.view: PlanView | None = None
         self.link: GroupLink | None = None

@@ -104,6 +104,17 @@ class ListenSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbesSection:
+    """Where each service also answers health checks (and reflection) in plain text, for
+    orchestrators whose probes cannot present a client certificate; empty: no such port."""
+
+    registry: str = ""
+    sipgw: str = ""
+    callstate: str = ""
+    media: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class AdvertiseSection:
     """Where the other servers reach this one's trunk and callstate, when that is not the address
     they listen on (a bind address like 0.0.0.0:5070, a Service name in Kubernetes). Host names are
@@ -167,6 +178,7 @@ class Config:
     connector: ConnectorSection = ConnectorSection()
     listen: ListenSection = ListenSection()
     tls: GroupTlsSection = GroupTlsSection()
+    probes: ProbesSection = ProbesSection()
     advertise: AdvertiseSection = AdvertiseSection()
     numbering: NumberingSection = NumberingSection()
     sip: SipSection = dataclasses.field(default_factory=SipSection)
@@ -274,6 +286,12 @@ def validate(config: Config) -> None:
         address = getattr(config.listen, name)
         if address or name == "registry":
             check_host_port(address, f"listen.{name}")
+    for name in ("registry", "sipgw", "callstate", "media"):
+        address = getattr(config.probes, name)
+        if address:
+            check_host_port(address, f"probes.{name}")
+            if address == getattr(config.listen, name):
+                raise ConfigError(f"probes.{name}: {address!r} is listen.{name} already (the probe port is another)")
     for name in ("trunk", "callstate"):
         address = getattr(config.advertise, name)
         if address:
@@ -359,6 +377,7 @@ __all__ = [
     "ListenSection",
     "NumberEntry",
     "NumberingSection",
+    "ProbesSection",
     "Secret",
     "ServerSection",
     "TelemetrySection",

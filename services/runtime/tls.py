@@ -8,7 +8,8 @@ with beta's certificate only. The files are read again when they change: a renew
 (or a second CA added to ``ca_file`` during a change of CA) is used from the next connection on,
 without a restart.
 
-Health checks and reflection answer any client of the port; everything else goes through
+Health checks and reflection answer any client of the port (and clients without a certificate on
+the plain-text probe port, services/runtime/grpc_server.py); everything else goes through
 ``Guard`` (services/runtime/access.py).
 """
 
@@ -33,22 +34,26 @@ Options = Sequence[tuple[str, str | int]]
 
 
 class TlsFiles:
-    """A server's CA bundle, certificate and key, re-read when a file changes (size or mtime)."""
+    """A server's CA bundle, certificate and key, re-read when a file changes (which file the
+    path leads to, its size or mtime)."""
 
     def __init__(self, ca_file: str | Path, cert_file: str | Path, key_file: str | Path):
         self.paths = (Path(ca_file), Path(cert_file), Path(key_file))
         self._lock = threading.Lock()  # the server's fetcher runs on gRPC's threads
-        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._stamp: tuple[tuple[int, ...], ...] = ()
         self._pems: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self.identity: Identity | None = None
         self.version = 0  # how many times the files were read: channels opened before are renewed
         self.load()
 
-    def _stamps(self) -> tuple[tuple[int, int], ...]:
+    def _stamps(self) -> tuple[tuple[int, ...], ...]:
+        # stat() follows symlinks: a Kubernetes Secret or ConfigMap volume renews its files by
+        # pointing "..data" at a new folder, so the path leads to a new file (another inode),
+        # which tells the change even where the new file has the old one's size and mtime.
         stamps = []
         for path in self.paths:
             st = os.stat(path)
-            stamps.append((st.st_mtime_ns, st.st_size))
+            stamps.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
         return tuple(stamps)
 
     def load(self) -> bool:

@@ -63,7 +63,7 @@ class SipGatewayApp:
             if not getattr(config.listen, key):
                 raise ConfigError(f"listen.{key}: required to run the SIP gateway")
         self.config = config
-        self.host = service_host(config, config.listen.sipgw)
+        self.host = service_host(config, config.listen.sipgw, probe=config.probes.sipgw)
         realm = config.server.name or config.server.id
         registrar = Registrar(
             config.sip.accounts, realm, lockout=Lockout(config.sip.lockout), algorithms=config.sip.digest_algorithms

@@ -47,6 +47,7 @@ class Spec(NamedTuple):
     media: bool = False  # a media service beside the gateway, recording calls
     tls: bool = False  # mutual TLS on every gRPC port and link (the group's CA in the group's folder)
     require_tls: bool = False  # phones only over SIP over TLS (listen.sips, which tls opens)
+    extra: dict[str, Any] | None = None  # further config sections, as given (``probes``)
 
 
 @dataclass
@@ -90,6 +91,7 @@ async def make_site(group: Group, server_id: str, spec: Spec) -> Site:
         extra["tls"] = server_tls(group.tmp / "pki", server_id)
         listen["sips"] = "127.0.0.1:0"
         extra["sip"]["require_tls"] = spec.require_tls
+    extra.update(spec.extra or {})
     numbers: list[str | dict[str, str]]
     departments = spec.departments
     if spec.numbers is not None:
