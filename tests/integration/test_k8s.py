@@ -143,6 +143,13 @@ def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_se
     sip = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "sipgw-sip")
     assert sip["spec"]["externalTrafficPolicy"] == "Local"  # phones' source addresses are kept
     assert {(p["port"], p["protocol"]) for p in sip["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    # With tls in the config the trunk runs over TLS: TCP on its port, in the Service and the policy.
+    assert server["tls"]["ca_file"]
+    trunk = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "sipgw-trunk")
+    assert [(p["port"], p["protocol"]) for p in trunk["spec"]["ports"]] == [(5070, "TCP")]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    opened = [p for d in policies for rule in d["spec"].get("ingress", []) for p in rule.get("ports", [])]
+    assert {"port": 5070, "protocol": "TCP"} in opened and {"port": 5070, "protocol": "UDP"} not in opened
     for name, port in (("registry", 9101), ("sipgw", 9102), ("callstate", 9103), ("media", 9104)):
         template = found[name]["spec"]["template"]
         assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
