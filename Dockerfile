@@ -7,10 +7,11 @@ FROM ${BASE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_CERT
 WORKDIR /src
-# The media relay's data path is C (services/media/_relay.c): a compiler and Python's headers for
-# the build stage only (the official images have the headers; Debian's python3.11 has them in -dev).
+# The media relay's data path is C (services/media/_relay.c) with libsrtp: a compiler, Python's
+# and libsrtp's headers for the build stage only (the official images have Python's headers;
+# Debian's python3.11 has them in -dev).
 RUN apt-get update -q \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev libsrtp2-dev \
  && (python -c "import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
      || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3.11-dev) \
  && rm -rf /var/lib/apt/lists/*
@@ -24,6 +25,10 @@ RUN /opt/pbxmesh/bin/pip install --no-cache-dir --no-deps . \
  && /opt/pbxmesh/bin/python -m compileall -q /opt/pbxmesh
 
 FROM ${BASE}
+# libsrtp for the media relay (SRTP between servers), the one library it links beside Python's.
+RUN apt-get update -q \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libsrtp2-1 \
+ && rm -rf /var/lib/apt/lists/*
 # A fixed non-root user: the manifests run it with runAsNonRoot and a read-only root filesystem.
 RUN groupadd --gid 10001 pbxmesh \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pbxmesh

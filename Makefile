@@ -11,15 +11,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: up test check lint typecheck protos proto-check buf-check pytest bench soak clean sip-peers media-peers demo image image-check
 
-# The media relay's data path is C (services/media/_relay.c), built by the install: it needs gcc
-# and Python's headers (Debian: gcc libc6-dev python3.11-dev; installed here when run as root).
+# The media relay's data path is C (services/media/_relay.c) with libsrtp, built by the install:
+# it needs gcc, Python's headers and libsrtp's (Debian: gcc libc6-dev libsrtp2-dev, and
+# python3.11-dev for Debian's own Python; installed here when run as root).
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml services/media/_relay.c
 	@headers=$$($(PYTHON) -c "import sysconfig, os; print(os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"); \
-	if ! command -v gcc >/dev/null || [ "$$headers" != True ]; then \
+	if ! command -v gcc >/dev/null || [ "$$headers" != True ] || [ ! -f /usr/include/srtp2/srtp.h ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev libsrtp2-dev; \
 			[ "$$headers" = True ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3.11-dev; \
-		else echo "missing: gcc and Python's headers (Debian: gcc libc6-dev python3.11-dev), to build the media relay"; exit 1; fi; \
+		else echo "missing: gcc, Python's and libsrtp's headers (Debian: gcc libc6-dev libsrtp2-dev python3.11-dev), to build the media relay"; exit 1; fi; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt

@@ -13,7 +13,13 @@
    relay did (services/media/legs.py documents them): symmetric RTP (RFC 4961), payload types
    translated by encoding, PCMU<->PCMA transcoded when the legs share no law, one outbound stream
    per leg with its own SSRC and a sequence and timestamp that go on across a change of source
-   (RFC 3550 section 5.1), the marker bit on the first packet after the change. */
+   (RFC 3550 section 5.1), the marker bit on the first packet after the change.
+
+   A leg toward another server's media service may be SRTP (RFC 3711, AES_CM_128_HMAC_SHA1_80,
+   keys exchanged in SDES lines inside the TLS trunk, RFC 4568): what it receives is checked and
+   decrypted (a packet that fails is dropped and counted) before anything else reads it, what it
+   sends is encrypted last, so relaying, transcoding and recording see plain audio. libsrtp does
+   the cryptography (the reference implementation, also under Asterisk, FreeSWITCH and Janus). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +35,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <srtp2/srtp.h>
+
 #define BATCH 16        /* datagrams taken per recvmmsg */
 #define ROUNDS 8        /* recvmmsg calls per wake-up at most: the other legs wait meanwhile */
 #define MAX_DATAGRAM 2048
@@ -37,6 +45,7 @@
 #define PCMA 1
 #define TELEPHONE_EVENT 2
 #define CLOCK_RATE 8000
+#define SRTP_KEY 30  /* master key (16) and salt (14) of AES_CM_128_HMAC_SHA1_80 */
 
 static const char DTMF_KEYS[] = "0123456789*#ABCD";
 
@@ -72,6 +81,7 @@ typedef struct LegObject {
     unsigned long long sent, received, dropped;
     double last_rtp;
     long long digit_ssrc, digit_timestamp;
+    srtp_t send_srtp, recv_srtp; /* NULL: plain RTP */
 } LegObject;
 
 static double clock_now(clockid_t clock) {
@@ -132,12 +142,15 @@ static void stream_header(LegObject *self, PyObject *source, long long source_ss
     out[8] = ssrc >> 24, out[9] = (ssrc >> 16) & 0xFF, out[10] = (ssrc >> 8) & 0xFF, out[11] = ssrc & 0xFF;
 }
 
+static int keep_tap(LegObject *self, int encoding, const unsigned char *payload, Py_ssize_t size, double wall);
+
 /* Sends one packet of `source` to this leg's party in a payload type it offered, transcoding
-   between the laws if needed. Returns the encoding sent, -1 if nothing was sent, -2 on a Python
-   error (a tap that could not be kept). `*sent_payload` points at what was sent. */
+   between the laws if needed, and keeps its audio for the recording while tapping (before SRTP
+   encrypts it in place). Returns the encoding sent, -1 if nothing was sent, -2 on a Python error
+   (a tap that could not be kept). `packet` has room for the SRTP trailer. */
 static int leg_send(LegObject *self, PyObject *source, long long source_ssrc, int encoding, int marker,
                     uint16_t sequence, uint32_t timestamp, const unsigned char *payload, Py_ssize_t size, double now,
-                    unsigned char *packet, const unsigned char **sent_payload) {
+                    double wall, unsigned char *packet) {
     if (self->rtp_fd < 0 || self->remote_len == 0 || !self->party_receives)
         return -1;
     if (encoding < 0 || encoding >= ENCODINGS || size > MAX_DATAGRAM - 12)
@@ -159,12 +172,16 @@ static int leg_send(LegObject *self, PyObject *source, long long source_ssrc, in
         memcpy(body, payload, (size_t)size);
     }
     stream_header(self, source, source_ssrc, payload_type, marker, sequence, timestamp, now, packet);
+    if (self->tapping && encoding != TELEPHONE_EVENT && keep_tap(self, encoding, body, size, wall) < 0)
+        return -2;
+    int length = (int)(12 + size);
+    if (self->send_srtp != NULL && srtp_protect(self->send_srtp, packet, &length) != srtp_err_status_ok)
+        return -1;
     /* EAGAIN (a full socket buffer) or an ICMP error from a party gone: the packet is lost, as it
        would be on the network; the next one tries again. */
-    (void)sendto(self->rtp_fd, packet, (size_t)(12 + size), MSG_DONTWAIT, (struct sockaddr *)&self->remote_rtp,
+    (void)sendto(self->rtp_fd, packet, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&self->remote_rtp,
                  self->remote_len);
     self->sent++;
-    *sent_payload = body;
     return encoding;
 }
 
@@ -204,6 +221,15 @@ static int on_rtp(LegObject *self, unsigned char *data, Py_ssize_t size, const s
         packets_dropped++;
         return 0;
     }
+    if (self->recv_srtp != NULL) {
+        int length = (int)size;
+        if (srtp_unprotect(self->recv_srtp, data, &length) != srtp_err_status_ok) {
+            self->dropped++; /* not from the key holder, replayed, or corrupt */
+            packets_dropped++;
+            return 0;
+        }
+        size = length;
+    }
     self->received++;
     packets_in++;
     self->last_rtp = now;
@@ -231,14 +257,12 @@ static int on_rtp(LegObject *self, unsigned char *data, Py_ssize_t size, const s
     LegObject *out = self->partner;
     if (out == NULL || out->playing)
         return 0;
-    const unsigned char *sent_payload = NULL;
     int sent = leg_send(out, (PyObject *)self, ssrc, encoding, data[1] & 0x80, sequence, timestamp, data + start,
-                        end - start, now, packet, &sent_payload);
-    if (sent < 0)
-        return 0;
-    packets_relayed++;
-    if (out->tapping && sent != TELEPHONE_EVENT)
-        return keep_tap(out, sent, sent_payload, end - start, wall);
+                        end - start, now, wall, packet);
+    if (sent == -2)
+        return -1;
+    if (sent >= 0)
+        packets_relayed++;
     return 0;
 }
 
@@ -247,7 +271,7 @@ static unsigned char buffers[BATCH][MAX_DATAGRAM];
 static struct sockaddr_storage sources[BATCH];
 static struct iovec vectors[BATCH];
 static struct mmsghdr headers[BATCH];
-static unsigned char outgoing[MAX_DATAGRAM];
+static unsigned char outgoing[MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN + 16];
 
 static int receive_batch(int fd) {
     for (int i = 0; i < BATCH; i++) {
@@ -291,15 +315,21 @@ static PyObject *Leg_read_rtcp(LegObject *self, PyObject *Py_UNUSED(ignored)) {
         if (count <= 0)
             break;
         for (int i = 0; i < count; i++) {
-            if (self->remote_len == 0 || !same_address(&sources[i], headers[i].msg_hdr.msg_namelen, &self->remote_rtcp)) {
+            int length = (int)headers[i].msg_len;
+            if (self->remote_len == 0 || !same_address(&sources[i], headers[i].msg_hdr.msg_namelen, &self->remote_rtcp) ||
+                (self->recv_srtp != NULL && srtp_unprotect_rtcp(self->recv_srtp, buffers[i], &length) != srtp_err_status_ok)) {
                 self->dropped++;
                 packets_dropped++;
                 continue;
             }
             LegObject *out = self->partner;
-            if (out != NULL && out->rtcp_fd >= 0 && out->remote_len != 0)
-                (void)sendto(out->rtcp_fd, buffers[i], headers[i].msg_len, MSG_DONTWAIT,
-                             (struct sockaddr *)&out->remote_rtcp, out->remote_len);
+            if (out == NULL || out->rtcp_fd < 0 || out->remote_len == 0 || length > MAX_DATAGRAM)
+                continue;
+            memcpy(outgoing, buffers[i], (size_t)length);
+            if (out->send_srtp != NULL && srtp_protect_rtcp(out->send_srtp, outgoing, &length) != srtp_err_status_ok)
+                continue;
+            (void)sendto(out->rtcp_fd, outgoing, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&out->remote_rtcp,
+                         out->remote_len);
         }
         if (count < BATCH)
             break;
@@ -413,7 +443,7 @@ static PyObject *Leg_connect(LegObject *self, PyObject *partner) {
     Py_RETURN_NONE;
 }
 
-/* send(source, source_ssrc, encoding, marker, sequence, timestamp, payload) -> (encoding, payload) | None:
+/* send(source, source_ssrc, encoding, marker, sequence, timestamp, payload) -> encoding | None:
    one packet from a source other than the partner (the player), kept for the recording like the
    partner's while tapping (one list in order, whichever the source). */
 static PyObject *Leg_send(LegObject *self, PyObject *args) {
@@ -426,17 +456,67 @@ static PyObject *Leg_send(LegObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OLiiIky*", &source, &source_ssrc, &encoding, &marker, &sequence, &timestamp,
                           &payload))
         return NULL;
-    const unsigned char *sent_payload = NULL;
     int sent = leg_send(self, source, source_ssrc, encoding, marker, (uint16_t)sequence, (uint32_t)timestamp,
-                        payload.buf, payload.len, clock_now(CLOCK_MONOTONIC), outgoing, &sent_payload);
+                        payload.buf, payload.len, clock_now(CLOCK_MONOTONIC), clock_now(CLOCK_REALTIME), outgoing);
     PyObject *result = NULL;
-    if (sent < 0)
+    if (sent == -1)
         result = Py_NewRef(Py_None);
-    else if (!self->tapping || sent == TELEPHONE_EVENT ||
-             keep_tap(self, sent, sent_payload, payload.len, clock_now(CLOCK_REALTIME)) == 0)
-        result = Py_BuildValue("(iy#)", sent, (const char *)sent_payload, payload.len);
+    else if (sent >= 0)
+        result = PyLong_FromLong(sent);
     PyBuffer_Release(&payload);
     return result;
+}
+
+static void drop_srtp(LegObject *self) {
+    if (self->send_srtp != NULL)
+        srtp_dealloc(self->send_srtp);
+    if (self->recv_srtp != NULL)
+        srtp_dealloc(self->recv_srtp);
+    self->send_srtp = self->recv_srtp = NULL;
+}
+
+static srtp_t srtp_session(const unsigned char *key, int inbound) {
+    srtp_policy_t policy;
+    memset(&policy, 0, sizeof policy);
+    srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&policy.rtp);
+    srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&policy.rtcp);
+    policy.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
+    policy.key = (unsigned char *)key; /* libsrtp derives its session keys from it at once */
+    policy.window_size = 1024;
+    srtp_t session = NULL;
+    return srtp_create(&session, &policy) == srtp_err_status_ok ? session : NULL;
+}
+
+/* set_srtp(send_key, recv_key): SRTP with these 30-byte master keys (b"" and b"": plain RTP). */
+static PyObject *Leg_set_srtp(LegObject *self, PyObject *args) {
+    Py_buffer send_key, recv_key;
+    if (!PyArg_ParseTuple(args, "y*y*", &send_key, &recv_key))
+        return NULL;
+    int plain = send_key.len == 0 && recv_key.len == 0;
+    int sized = send_key.len == SRTP_KEY && recv_key.len == SRTP_KEY;
+    PyObject *result = NULL;
+    if (!plain && !sized) {
+        PyErr_SetString(PyExc_ValueError, "set_srtp: two keys of 30 bytes, or none");
+    } else {
+        drop_srtp(self);
+        if (sized) {
+            self->send_srtp = srtp_session(send_key.buf, 0);
+            self->recv_srtp = srtp_session(recv_key.buf, 1);
+        }
+        if (sized && (self->send_srtp == NULL || self->recv_srtp == NULL)) {
+            drop_srtp(self);
+            PyErr_SetString(PyExc_RuntimeError, "set_srtp: libsrtp refused the session");
+        } else {
+            result = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&send_key);
+    PyBuffer_Release(&recv_key);
+    return result;
+}
+
+static PyObject *Leg_get_srtp(LegObject *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->send_srtp != NULL);
 }
 
 static PyObject *Leg_take_taps(LegObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -473,6 +553,7 @@ static PyObject *Leg_resume_stream(LegObject *self, PyObject *args) {
 }
 
 static PyObject *Leg_close(LegObject *self, PyObject *Py_UNUSED(ignored)) {
+    drop_srtp(self);
     self->rtp_fd = self->rtcp_fd = -1;
     self->playing = self->tapping = 0;
     Py_CLEAR(self->partner);
@@ -493,6 +574,7 @@ static int Leg_init(LegObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *taps = PyList_New(0);
     if (taps == NULL)
         return -1;
+    drop_srtp(self);
     Py_XSETREF(self->leg_id, Py_NewRef(leg_id));
     Py_XSETREF(self->taps, taps);
     self->rtp_fd = rtp_fd;
@@ -531,6 +613,7 @@ static int Leg_clear(LegObject *self) {
 
 static void Leg_dealloc(LegObject *self) {
     PyObject_GC_UnTrack(self);
+    drop_srtp(self);
     Leg_clear(self);
     Py_CLEAR(self->leg_id);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -546,6 +629,7 @@ static PyMethodDef Leg_methods[] = {
     {"set_remote", (PyCFunction)Leg_set_remote, METH_VARARGS, "Where the party is, what it offered, its direction."},
     {"connect", (PyCFunction)Leg_connect, METH_O, "The leg its party's packets go to (None: nowhere)."},
     {"send", (PyCFunction)Leg_send, METH_VARARGS, "Sends one packet of another source to the party."},
+    {"set_srtp", (PyCFunction)Leg_set_srtp, METH_VARARGS, "SRTP with these master keys (send, receive), or plain."},
     {"take_taps", (PyCFunction)Leg_take_taps, METH_NOARGS, "What it sent since the last call, while tapping."},
     {"stream_state", (PyCFunction)Leg_stream_state, METH_NOARGS, "Its outbound stream, to go on elsewhere."},
     {"resume_stream", (PyCFunction)Leg_resume_stream, METH_VARARGS, "Goes on with a stream from stream_state."},
@@ -567,6 +651,7 @@ static PyMemberDef Leg_members[] = {
 
 static PyGetSetDef Leg_getset[] = {
     {"partner", (getter)Leg_get_partner, NULL, NULL, NULL},
+    {"srtp", (getter)Leg_get_srtp, NULL, "Whether its packets are SRTP.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -630,6 +715,10 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__relay(void) {
+    if (srtp_init() != srtp_err_status_ok) {
+        PyErr_SetString(PyExc_ImportError, "libsrtp did not initialize");
+        return NULL;
+    }
     if (PyType_Ready(&LegType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

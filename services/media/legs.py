@@ -76,6 +76,7 @@ class Leg:
         self.call_id = ""
         self.channel = HOME_CHANNEL
         self._playback: Playback | None = None
+        self.srtp_keys: tuple[bytes, bytes] | None = None  # kept for a move to another worker
 
     @property
     def playback(self) -> Playback | None:
@@ -113,6 +114,14 @@ class Leg:
         self.remote_rtp = (host, rtp_port)
         self.remote_rtcp = (host, rtcp_port)
 
+    def set_srtp(self, send_key: bytes, recv_key: bytes) -> None:
+        """SRTP with these keys toward the party (both empty: plain RTP). The same keys again (a
+        re-INVITE: hold, resume) keep the sessions, with their replay windows and counters."""
+        if (send_key, recv_key) == (self.srtp_keys or (b"", b"")):
+            return
+        self.fast.set_srtp(send_key, recv_key)
+        self.srtp_keys = (send_key, recv_key) if send_key else None
+
     def send(
         self,
         source: object,
@@ -122,15 +131,15 @@ class Leg:
         sequence: int,
         timestamp: int,
         payload: bytes,
-    ) -> tuple[str, bytes] | None:
+    ) -> str | None:
         """Sends one packet of ``source`` (the player) to the party, in its codec; returns the
-        encoding and payload sent (None if nothing was: no remote yet, the party does not receive,
-        or takes no such codec)."""
+        encoding sent (None if nothing was: no remote yet, the party does not receive, or takes no
+        such codec)."""
         number = _ENCODING_IDS.get(encoding)
         if number is None:
             return None
         sent = self.fast.send(source, source_ssrc, number, marker, sequence, timestamp, payload)
-        return None if sent is None else (ENCODING_NAMES[sent[0]], sent[1])
+        return None if sent is None else ENCODING_NAMES[sent]
 
     def connect(self, partner: Leg, call_id: str, home: bool) -> None:
         if self.partner is not None and self.partner is not partner:
@@ -183,6 +192,7 @@ class Leg:
             "packets_out": self.fast.packets_out,
             "packets_dropped": self.fast.packets_dropped,
             "playing": self.playback is not None,
+            "srtp": self.fast.srtp,
         }
 
 

@@ -72,6 +72,7 @@ class LegStats:
     packets_dropped: int
     playing: bool
     worker: int
+    srtp: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,16 +247,20 @@ class Plane:
         rtcp_port: int,
         codecs: Sequence[tuple[int, str, int]],
         direction: str,
+        srtp: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """Where the leg's party is: RTP is taken only from (address, rtp_port), RTCP from rtcp_port."""
+        """Where the leg's party is: RTP is taken only from (address, rtp_port), RTCP from rtcp_port;
+        ``srtp``: the keys it sends and receives with (SRTP), None for plain RTP."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
         codec_list = [[int(pt), name, int(clock)] for pt, name, clock in codecs]
+        keys = [srtp[0].hex(), srtp[1].hex()] if srtp is not None else None
         self._to_leg(
             leg_id,
             {"op": "set_remote", "address": address, "rtp_port": rtp_port, "rtcp_port": rtcp_port},
             codecs=codec_list,
             direction=direction,
+            srtp=keys,
         )
 
     def connect(self, call_id: str, home_leg: str, other_leg: str) -> None:

@@ -25,6 +25,7 @@ _log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext
 MAX_LEGS_PER_REQUEST = 64
 MAX_CODECS = 16
+SRTP_KEY = 30  # AES_CM_128_HMAC_SHA1_80: master key (16) and salt (14)
 DEFAULT_LIST_LIMIT = 1000
 CHUNK = 64 * 1024
 ASSETS = Path(__file__).parent / "assets"  # the sound files shipped with the product
@@ -106,6 +107,7 @@ class MediaService(pb_grpc.MediaServiceServicer):
                 _port(remote.rtcp_port, "set_remote.rtcp_port"),
                 codecs,
                 DIRECTIONS.get(remote.direction, "sendrecv"),
+                _srtp_keys(remote),
             )
         elif which == "connect":
             join = request.connect
@@ -179,6 +181,7 @@ class MediaService(pb_grpc.MediaServiceServicer):
                 packets_out=leg.packets_out,
                 packets_dropped=leg.packets_dropped,
                 playing=leg.playing,
+                srtp=leg.srtp,
             )
         return response
 
@@ -255,6 +258,16 @@ def _port(value: int, key: str) -> int:
     if not 1 <= value <= 65535:
         raise InvalidArgument(f"{key}: {value} is not a port")
     return value
+
+
+def _srtp_keys(remote: pb.SetRemote) -> tuple[bytes, bytes] | None:
+    """The SRTP keys of a SetRemote: both 30 bytes, or both empty (plain RTP)."""
+    send, recv = remote.srtp_send_key, remote.srtp_recv_key
+    if not send and not recv:
+        return None
+    if len(send) != SRTP_KEY or len(recv) != SRTP_KEY:
+        raise InvalidArgument(f"set_remote.srtp_send_key, srtp_recv_key: {SRTP_KEY} bytes each, or both empty")
+    return send, recv
 
 
 def _codecs(remote: pb.SetRemote) -> list[tuple[int, str, int]]:

@@ -174,6 +174,8 @@ class Worker:
             leg.set_remote(
                 message["address"], message["rtp_port"], message["rtcp_port"], message["codecs"], message["direction"]
             )  # a ValueError (an address not of the leg's family) is logged by the command loop
+            keys = message.get("srtp")
+            leg.set_srtp(*(bytes.fromhex(key) for key in keys) if keys else (b"", b""))
 
     def connect(self, message: Message) -> None:
         home = self.legs.get(message["home_leg"])
@@ -243,6 +245,7 @@ class Worker:
             disowned=leg.disowned_at,
             last_rtp=leg.last_rtp,
             stream=leg.fast.stream_state(),
+            srtp_keys=[key.hex() for key in leg.srtp_keys] if leg.srtp_keys else None,
             play=None,
         )
         if leg.playback is not None:
@@ -270,6 +273,8 @@ class Worker:
             address, rtp_port = state["remote_rtp"]
             leg.set_remote(address, rtp_port, state["remote_rtcp"][1], state["codecs"], state["direction"])
         leg.disowned_at = state["disowned"]
+        if state.get("srtp_keys"):
+            leg.set_srtp(*(bytes.fromhex(key) for key in state["srtp_keys"]))
         stream = state["stream"]
         leg.fast.resume_stream(
             stream["ssrc"], stream["sequence"], stream["timestamp"], stream["sent"], stream["started"]

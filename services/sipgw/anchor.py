@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 from collections.abc import Callable
 
@@ -49,14 +50,20 @@ class Anchor:
     # Per side, the origin line it is shown: one session id, a version raised on every change.
     origins: dict[Side, list[int]] = dataclasses.field(default_factory=dict)
     shown: dict[Side, bytes] = dataclasses.field(default_factory=dict)  # the last SDP each side got
+    # The sides behind the TLS trunk whose media is SRTP, and this server's key toward each side.
+    secure: set[Side] = dataclasses.field(default_factory=set)
+    keys: dict[Side, bytes] = dataclasses.field(default_factory=dict)
 
 
 class Anchoring:
     """The gateway's side of the media plane; ``link`` is None when no media service is set."""
 
-    def __init__(self, link: MediaLink | None, required: bool):
+    def __init__(self, link: MediaLink | None, required: bool, srtp: bool = False):
         self.link = link
         self.required = required  # recording.required: no media service, no call
+        # The trunk runs over TLS (tls configured): media toward the other servers is SRTP, keyed
+        # in the SDP that only travels inside the trunk (SDES, RFC 4568).
+        self.srtp = srtp
         self.unanchored = 0  # calls that went without (the metric)
         self.moved = 0  # calls moved to direct media when the media service went away
 
@@ -77,6 +84,11 @@ class Anchoring:
         call.media = Anchor({Side.CALLER: pair[0], Side.CALLEE: pair[1]})
         self.connect(call)
         return True
+
+    def protect(self, call: Call, side: Side) -> None:
+        """``side`` is behind the TLS trunk: what it is shown offers SRTP."""
+        if call.media is not None and self.srtp:
+            call.media.secure.add(side)
 
     def connect(self, call: Call) -> None:
         """Tells the media service which leg is this server's party (channel 1 of recordings)."""
@@ -138,8 +150,13 @@ class Anchoring:
         if not stream.speaks_g711:
             raise NotAcceptable("no PCMU or PCMA offered")
         anchor.heard[side] = body
+        if stream.srtp_key is not None and self.srtp and call.legs.get(side) is not None and call.legs[side].trunk:
+            anchor.secure.add(side)  # another server's media service, keyed inside the TLS trunk
+        elif stream.srtp_key is None:
+            anchor.secure.discard(side)  # it answered plain RTP: plain both ways
         if not stream.reachable:
             return  # nothing to send to (held with 0.0.0.0, a name, IPv6): the media service keeps what it had
+        keys = (self._key(anchor, side), stream.srtp_key) if side in anchor.secure and stream.srtp_key else (b"", b"")
         remote = pb.SetRemote(
             leg_id=anchor.legs[side].leg_id,
             address=stream.address,
@@ -147,8 +164,15 @@ class Anchoring:
             rtcp_port=stream.rtcp_port,
             codecs=[pb.Codec(payload_type=pt, encoding=name, clock_rate=rate) for pt, name, rate in stream.codecs],
             direction=DIRECTIONS.get(stream.direction, pb.DIRECTION_SENDRECV),
+            srtp_send_key=keys[0],
+            srtp_recv_key=keys[1],
         )
         self.link.send(pb.AttachRequest(set_remote=remote))
+
+    @staticmethod
+    def _key(anchor: Anchor, side: Side) -> bytes:
+        """This server's SRTP master key and salt toward ``side`` (one for the call's life)."""
+        return anchor.keys.setdefault(side, os.urandom(30))
 
     def shown(self, call: Call, side: Side, body: bytes, direction: str | None = None) -> bytes:
         """``body`` rewritten for ``side``'s party: it points at that side's own media leg."""
@@ -157,10 +181,11 @@ class Anchoring:
             return body
         leg = anchor.legs[side]
         origin = anchor.origins.setdefault(side, [random.randrange(1, 2**31), 1])
-        out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction)
+        key = self._key(anchor, side) if side in anchor.secure else None
+        out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction, key)
         if side in anchor.shown and anchor.shown[side] != out:
             origin[1] += 1  # RFC 3264 8: a changed SDP carries a higher version
-            out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction)
+            out = sdp.anchored(body, leg.address, leg.rtp_port, (origin[0], origin[1]), direction, key)
         anchor.shown[side] = out
         return out
 

@@ -92,7 +92,7 @@ class SipGatewayApp:
         )
         table = self.core.calls.table
         self.media = MediaLink(config.listen.media) if config.listen.media else None
-        table.media = Anchoring(self.media, config.recording.required)
+        table.media = Anchoring(self.media, config.recording.required, srtp=config.tls.enabled)
         if self.media is not None:
             self.media.on_lost = lambda: table.media.go_direct(table.active(), table.offer)
         self.sessions = SessionTimer(table, config.sip.session_expires)

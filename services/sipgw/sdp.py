@@ -3,6 +3,8 @@ media is anchored on the server's media service."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import ipaddress
@@ -88,6 +90,7 @@ class Stream:
     rtcp_port: int
     codecs: tuple[tuple[int, str, int], ...]  # (payload type, encoding, clock rate), relayed ones only
     direction: str
+    srtp_key: bytes | None = None  # RTP/SAVP with an AES_CM_128_HMAC_SHA1_80 SDES key (RFC 4568)
 
     @property
     def speaks_g711(self) -> bool:
@@ -133,8 +136,10 @@ def audio_stream(body: bytes) -> Stream | None:
         formats = [int(f) for f in fields[3:]]
     except (IndexError, ValueError):
         return None
-    address, rtcp_port, maps = session_address, port + 1, dict(STATIC)
+    address, rtcp_port, maps, srtp_key = session_address, port + 1, dict(STATIC), None
     for line in block[1:]:
+        if line.startswith("a=crypto:") and srtp_key is None and fields[2] == "RTP/SAVP":
+            srtp_key = _sdes_key(line)
         if line.startswith("c="):
             address = line.split()[-1]
         elif line.startswith("a=rtcp:"):
@@ -157,7 +162,22 @@ def audio_stream(body: bytes) -> Stream | None:
     )
     if not 0 <= port <= 65535 or not 0 < rtcp_port <= 65535:
         return None
-    return Stream(address, port, rtcp_port, codecs, direction)
+    return Stream(address, port, rtcp_port, codecs, direction, srtp_key)
+
+
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def _sdes_key(line: str) -> bytes | None:
+    """The master key and salt of an ``a=crypto`` line of the one suite used here (30 bytes)."""
+    parts = line.split()
+    if len(parts) < 3 or parts[1] != SRTP_SUITE or not parts[2].startswith("inline:"):
+        return None
+    try:
+        key = base64.b64decode(parts[2][7:].split("|")[0], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return key if len(key) == 30 else None
 
 
 def _canonical(name: str) -> str:
@@ -165,12 +185,21 @@ def _canonical(name: str) -> str:
     return "telephone-event" if upper == "TELEPHONE-EVENT" else upper
 
 
-def anchored(body: bytes, address: str, port: int, origin: tuple[int, int], direction: str | None = None) -> bytes:
+def anchored(
+    body: bytes,
+    address: str,
+    port: int,
+    origin: tuple[int, int],
+    direction: str | None = None,
+    srtp_key: bytes | None = None,
+) -> bytes:
     """``body`` as the other party gets it when media runs through this server: its audio stream
     at ``address``:``port`` with only the codecs relayed, other streams refused (port 0), the
     party's transport attributes left out, and the gateway's own origin line (session id,
     version) so that the other party sees one session whoever is behind it. ``direction`` replaces
-    the stream's own (session-level directions move into the stream)."""
+    the stream's own (session-level directions move into the stream). With ``srtp_key`` the
+    stream is RTP/SAVP with that key (another server's media service, inside the TLS trunk);
+    without, plain RTP/AVP (the party's own keys never pass on)."""
     stream = audio_stream(body)
     kept = {pt for pt, _, _ in stream.codecs} if stream is not None else set()
     out: list[str] = []
@@ -191,9 +220,15 @@ def anchored(body: bytes, address: str, port: int, origin: tuple[int, int], dire
                 seen_audio = True
                 formats = [f for f in fields[3:] if f.isdigit() and int(f) in kept]
                 transport = fields[2] if len(fields) > 2 else "RTP/AVP"
+                if srtp_key is not None:
+                    transport = "RTP/SAVP"
+                elif transport in ("RTP/SAVP", "RTP/SAVPF"):
+                    transport = transport.replace("SAVP", "AVP")
                 out.append(" ".join([fields[0], str(port), transport, *formats]))
                 if direction is not None:
                     out.append(f"a={direction}")
+                if srtp_key is not None:
+                    out.append(f"a=crypto:1 {SRTP_SUITE} inline:{base64.b64encode(srtp_key).decode()}")
             else:
                 out.append(" ".join([fields[0], "0", *fields[2:]]))
             continue

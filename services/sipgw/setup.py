@@ -187,6 +187,8 @@ class CallSetup:
             return (503, "Service Unavailable (the media service is unreachable and recording is required)")
         if content_type != "application/sdp" or not offer:
             return None
+        if branches and all(branch.over_trunk for branch in branches):
+            media.protect(call, Side.CALLEE)  # over the trunk: SRTP when the trunk is TLS
         try:
             carried = media.offer(call, Side.CALLER, offer)
         except NotAcceptable:

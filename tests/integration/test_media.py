@@ -31,6 +31,7 @@ from tests.harness.baresip import Baresip, samples, tone_level
 from tests.harness.servers import Group, Media
 from tests.harness.sipp import register_phone
 from tests.harness.site import Site, Spec, logs_of, running_sites
+from tests.harness.tls import channel as api_channel
 from tests.harness.wait import wait_for
 from tests.integration.test_callstate import ALICE, BOB, CAROL, DAVE, Transferor, Watch, place
 
@@ -105,7 +106,7 @@ async def wait_heard(phone: Baresip, more: float) -> None:
 
 
 async def recordings(media: Media, call_id: str) -> list[md.Recording]:
-    async with grpc.aio.insecure_channel(media.address) as channel:
+    async with api_channel(media.address) as channel:
         stub = md_grpc.MediaServiceStub(channel)
         return list((await stub.ListRecordings(md.ListRecordingsRequest(call_id=call_id), timeout=5)).recordings)
 
@@ -122,7 +123,7 @@ async def finished(media: Media, call_id: str, count: int) -> list[md.Recording]
 
 
 async def fetch(media: Media, segment_id: str) -> bytes:
-    async with grpc.aio.insecure_channel(media.address) as channel:
+    async with api_channel(media.address) as channel:
         stub = md_grpc.MediaServiceStub(channel)
         parts = [p async for p in stub.GetRecording(md.GetRecordingRequest(segment_id=segment_id), timeout=10)]
     assert parts[0].WhichOneof("part") == "recording"
@@ -130,7 +131,7 @@ async def fetch(media: Media, segment_id: str) -> bytes:
 
 
 async def legs(media: Media) -> list[md.LegState]:
-    async with grpc.aio.insecure_channel(media.address) as channel:
+    async with api_channel(media.address) as channel:
         stub = md_grpc.MediaServiceStub(channel)
         return list((await stub.ListLegs(md.ListLegsRequest(), timeout=5)).legs)
 

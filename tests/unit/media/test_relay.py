@@ -209,3 +209,50 @@ def test_any_datagram_from_the_party_is_relayed_as_rtp_or_dropped(
         pass
     finally:
         bob.sock.settimeout(1.0)
+
+
+def test_srtp_between_two_legs_encrypts_on_the_wire_and_refuses_tampering_and_replay() -> None:
+    """alice -> a -> b ==SRTP==> c -> d -> bob, as between two servers' media services; the wire
+    between b and c is a socket of the test, which reads what passes and sends it on."""
+    alice, wire, bob = Party(), Party(), Party()
+    a = new_leg("a", alice, PCMU_AND_EVENTS, free_port(2))
+    b = new_leg("b", wire, PCMU_AND_EVENTS, free_port(2))
+    c = new_leg("c", wire, PCMU_AND_EVENTS, free_port(2))
+    d = new_leg("d", bob, PCMU_AND_EVENTS, free_port(2))
+    b_key, c_key = bytes(range(30)), bytes(range(100, 130))
+    b.fast.set_srtp(b_key, c_key)
+    c.fast.set_srtp(c_key, b_key)
+    assert b.fast.srtp and c.fast.srtp and not a.fast.srtp
+    for near, far, call in ((a, b, "one"), (c, d, "two")):
+        near.connect(far, call, home=True)
+        far.connect(near, call, home=False)
+    try:
+        payload = bytes(range(160))
+        alice.send(a, rtp.build(0, False, 7, 1120, 42, payload))
+        wait_readable(a)
+        a.fast.read_rtp()
+        sealed = wire.sock.recv(2048)
+        assert len(sealed) == 12 + 160 + 10 and payload not in sealed  # encrypted, with its 80-bit tag
+        wire.send(c, sealed)
+        wait_readable(c)
+        c.fast.read_rtp()
+        (heard,) = bob.packets(1)
+        assert heard.payload == payload and heard.payload_type == 0
+        before = c.fast.packets_dropped
+        wire.send(c, sealed)  # the same packet again: a replay
+        tampered = bytearray(sealed)
+        tampered[20] ^= 1
+        wire.send(c, bytes(tampered))
+        for _ in range(2):
+            wait_readable(c)
+            c.fast.read_rtp()
+        assert c.fast.packets_dropped == before + 2 and bob.nothing_waits()
+        with pytest.raises(ValueError, match="30 bytes"):
+            c.fast.set_srtp(b"short", c_key)
+        c.fast.set_srtp(b"", b"")  # back to plain
+        assert not c.fast.srtp
+    finally:
+        for leg in (a, b, c, d):
+            leg.close()
+        for party in (alice, wire, bob):
+            party.sock.close()

@@ -143,11 +143,19 @@ class SetRemote(_message.Message):
     RTCP_PORT_FIELD_NUMBER: _builtins.int
     CODECS_FIELD_NUMBER: _builtins.int
     DIRECTION_FIELD_NUMBER: _builtins.int
+    SRTP_SEND_KEY_FIELD_NUMBER: _builtins.int
+    SRTP_RECV_KEY_FIELD_NUMBER: _builtins.int
     leg_id: _builtins.str
     address: _builtins.str
     rtp_port: _builtins.int
     rtcp_port: _builtins.int
     direction: Global___Direction.ValueType
+    srtp_send_key: _builtins.bytes
+    """SRTP toward this party (another server's media service; the keys travel in SDES lines
+    inside the TLS trunk, RFC 4568): the AES_CM_128_HMAC_SHA1_80 master key and salt (30 bytes)
+    this leg sends with, and the one its party sends with. Both empty: plain RTP.
+    """
+    srtp_recv_key: _builtins.bytes
     @_builtins.property
     def codecs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Codec]: ...
     def __init__(
@@ -159,10 +167,12 @@ class SetRemote(_message.Message):
         rtcp_port: _builtins.int = ...,
         codecs: _abc.Iterable[Global___Codec] | None = ...,
         direction: Global___Direction.ValueType = ...,
+        srtp_send_key: _builtins.bytes = ...,
+        srtp_recv_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "codecs", b"codecs", "direction", b"direction", "leg_id", b"leg_id", "rtcp_port", b"rtcp_port", "rtp_port", b"rtp_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "codecs", b"codecs", "direction", b"direction", "leg_id", b"leg_id", "rtcp_port", b"rtcp_port", "rtp_port", b"rtp_port", "srtp_recv_key", b"srtp_recv_key", "srtp_send_key", b"srtp_send_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,6 +477,7 @@ class LegState(_message.Message):
     PACKETS_OUT_FIELD_NUMBER: _builtins.int
     PACKETS_DROPPED_FIELD_NUMBER: _builtins.int
     PLAYING_FIELD_NUMBER: _builtins.int
+    SRTP_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     connected_to: _builtins.str
     remote: _builtins.str
@@ -476,6 +487,8 @@ class LegState(_message.Message):
     packets_dropped: _builtins.int
     """Packets from an address its SDP did not name: neither relayed nor recorded."""
     playing: _builtins.bool
+    srtp: _builtins.bool
+    """Its packets are SRTP."""
     @_builtins.property
     def leg(self) -> Global___Leg: ...
     def __init__(
@@ -489,10 +502,11 @@ class LegState(_message.Message):
         packets_out: _builtins.int = ...,
         packets_dropped: _builtins.int = ...,
         playing: _builtins.bool = ...,
+        srtp: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["leg", b"leg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "connected_to", b"connected_to", "leg", b"leg", "packets_dropped", b"packets_dropped", "packets_in", b"packets_in", "packets_out", b"packets_out", "playing", b"playing", "remote", b"remote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "connected_to", b"connected_to", "leg", b"leg", "packets_dropped", b"packets_dropped", "packets_in", b"packets_in", "packets_out", b"packets_out", "playing", b"playing", "remote", b"remote", "srtp", b"srtp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
