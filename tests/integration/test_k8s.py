@@ -147,8 +147,8 @@ def test_the_services_are_probed_over_grpc_health_and_take_their_secrets_from_se
     assert server["tls"]["ca_file"]
     trunk = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "sipgw-trunk")
     assert [(p["port"], p["protocol"]) for p in trunk["spec"]["ports"]] == [(5070, "TCP")]
-    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    opened = [p for d in policies for rule in d["spec"].get("ingress", []) for p in rule.get("ports", [])]
+    rules = [rule for d in docs if d["kind"] == "NetworkPolicy" for rule in d["spec"].get("ingress", [])]
+    opened = [p for rule in rules for p in rule.get("ports", [])]
     assert {"port": 5070, "protocol": "TCP"} in opened and {"port": 5070, "protocol": "UDP"} not in opened
     for name, port in (("registry", 9101), ("sipgw", 9102), ("callstate", 9103), ("media", 9104)):
         template = found[name]["spec"]["template"]
