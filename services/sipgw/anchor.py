@@ -150,8 +150,11 @@ class Anchoring:
         if not stream.speaks_g711:
             raise NotAcceptable("no PCMU or PCMA offered")
         anchor.heard[side] = body
-        if stream.srtp_key is not None and self.srtp and call.legs.get(side) is not None and call.legs[side].trunk:
-            anchor.secure.add(side)  # another server's media service, keyed inside the TLS trunk
+        leg = call.legs.get(side)
+        if stream.srtp_key is not None and leg is not None and leg.link.name == "TLS":
+            # The key came over TLS: another server's media service (the trunk), or a phone on SIP
+            # over TLS that offered SRTP. A key sent in clear text protects nothing: plain then.
+            anchor.secure.add(side)
         elif stream.srtp_key is None:
             anchor.secure.discard(side)  # it answered plain RTP: plain both ways
         if not stream.reachable:

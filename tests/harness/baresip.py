@@ -50,10 +50,12 @@ class Baresip:
         registrar: str,
         tone_hz: int = 440,
         tls_ca: Path | None = None,
+        srtp: bool = False,
     ):
         """With ``tls_ca`` the phone speaks SIP over TLS to ``registrar`` (a listen.sips address)
-        and trusts that CA."""
+        and trusts that CA; with ``srtp`` its audio is SRTP only (SDES, RTP/SAVP)."""
         self.tls_ca = tls_ca
+        self.srtp = srtp
         path = shutil.which("baresip")
         assert path is not None, "baresip is not installed: `make test` installs it (Debian package baresip)"
         self.binary = path
@@ -90,6 +92,7 @@ class Baresip:
                 "module ausine.so",
                 "module aubridge.so",
                 "module sndfile.so",
+                *(["module srtp.so"] if self.srtp else []),
                 "module_app account.so",
                 "module_app menu.so",
                 "module_app ctrl_tcp.so",
@@ -101,7 +104,7 @@ class Baresip:
         )  # fmt: skip
         (self.folder / "accounts").write_text(
             f"<sip:{self.number}@{self.registrar};transport={'tls' if self.tls_ca else 'udp'}>;"
-            f"auth_pass={self.password};answermode=auto;regint=600\n"
+            f"auth_pass={self.password};answermode=auto;regint=600{';mediaenc=srtp-mand' if self.srtp else ''}\n"
         )
 
     async def start(self, registered: bool = True, timeout: float = 10.0) -> Baresip:
