@@ -98,6 +98,7 @@ bench: $(STAMP) sip-peers media-peers
 	$(BIN)/python bench/lockout_bench.py
 	$(BIN)/python bench/watchers_bench.py
 	$(BIN)/python bench/media_bench.py
+	$(BIN)/python bench/srtp_bench.py
 
 # Ten minutes of steady local calls through one gateway: its memory every 30 s.
 soak: $(STAMP) sip-peers
