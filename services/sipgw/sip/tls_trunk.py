@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import cast
 
 from services.runtime.pki import identity_of
-from services.sipgw.sip.errors import ParseError
-from services.sipgw.sip.parser import StreamFramer
-from services.sipgw.sip.transport import Address, Receiver, _Inbound
+from services.sipgw.sip.transport import Address, Receiver, TcpConnection, _Inbound
 
 _log = logging.getLogger(__name__)
 
@@ -52,58 +50,37 @@ def server_named(transport: asyncio.BaseTransport) -> str | None:
     return identity.name if identity is not None and identity.kind == "server" else None
 
 
-class TlsConnection(asyncio.Protocol):
-    """One TLS connection of the trunk, accepted or opened."""
-
-    name = "TLS"
+class TlsConnection(TcpConnection):
+    """One TLS connection of the trunk, accepted or opened: a TCP connection of the SIP transport
+    whose other end must prove a member of the group before anything it sends is read."""
 
     def __init__(self, owner: TlsTrunk, key: Address | None = None):
+        super().__init__(owner.inbound, owner.pool, "TLS")
         self.owner = owner
         self._key = key  # the peer address it was opened to (None: accepted)
-        self._framer = StreamFramer()
-        self._transport: asyncio.Transport | None = None
-        self.local: Address = owner.local
-        self.peer: Address = ("", 0)
+        self.local = owner.local
         self.peer_id: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
         self.owner.reload_if_changed()  # for the next handshake
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.peer_id = server_named(transport)
         if self.peer_id is None or not self.owner.is_member(self.peer_id):
-            _log.warning("trunk TLS connection from %s:%s refused: %s", *self.peer, self._why())
+            why = (
+                "its certificate names no server" if self.peer_id is None else f"server {self.peer_id} is not a member"
+            )
+            _log.warning("trunk TLS connection from %s:%s refused: %s", *self.peer, why)
             self.owner.refused += 1
             transport.close()
             return
+        self._transport = cast(asyncio.Transport, transport)
         self.owner.pool[self._key or self.peer] = self
-
-    def _why(self) -> str:
-        return "its certificate names no server" if self.peer_id is None else f"server {self.peer_id} is not a member"
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._framer.feed(data)
-        except ParseError as error:
-            self.owner.inbound.reject(error, self.peer, self)
-            self.close()
-            return
-        for message in messages:
-            self.owner.inbound.deliver(message, self.peer, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         key = self._key or self.peer
         if self.owner.pool.get(key) is self:
             del self.owner.pool[key]
-
-    def send(self, data: bytes, address: Address) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
 
 
 class TlsTrunk:
@@ -123,7 +100,7 @@ class TlsTrunk:
         self.server_context, self.client_context = contexts(*files)
         self.server_at = server_at  # the member whose trunk the plan puts at an address
         self.is_member = is_member
-        self.pool: dict[Address, TlsConnection] = {}
+        self.pool: dict[Address, TcpConnection] = {}
         self.refused = 0
         self.local: Address = ("", 0)
         self._server: asyncio.Server | None = None
