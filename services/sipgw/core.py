@@ -103,6 +103,7 @@ class SipCore:
     def _answer(transaction: ServerTransaction, decision: Decision) -> None:
         response = decision.response
         if response is None:
+            transaction.drop()  # locked out: no answer, and nothing kept for it
             return
         if decision.delay > 0:
             # A source that keeps failing waits for its answer; nothing else waits with it.
