@@ -51,6 +51,12 @@ CALLER = ("100", "bench-pw-100")
 CALLEE = ("101", "bench-pw-101")
 
 
+# SIPp's caller is every phone of a large site behind one address, at hundreds of calls a second:
+# far over the phones' per-address limit (sip.rate_limit), which is lifted here. The trunk keeps its
+# default, sized from its lines.
+UNLIMITED = "{per_second: 1000000, burst: 1000000}"
+
+
 def server_config(
     server_id: str,
     etcd: str,
@@ -58,8 +64,11 @@ def server_config(
     trunk: str = "",
     callstate: bool = False,
     media: str = "",
+    phones_rate: str = UNLIMITED,
+    trunk_rate: str = "",
 ) -> str:
-    """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service."""
+    """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service;
+    ``phones_rate`` and ``trunk_rate`` are sip.rate_limit and trunk.rate_limit (empty: the default)."""
     callstate = callstate or bool(media)
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
@@ -77,8 +86,12 @@ def server_config(
         f'connector: {{endpoints: ["{etcd}"], group: bench, lease_ttl: 5}}',
         "listen: {" + ", ".join(f'{k}: "{v}"' for k, v in listen.items()) + "}",
         "numbering: {numbers: [" + ", ".join(f'{{number: "{n}"}}' for n, _ in numbers) + "]}",
-        "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
-        f'trunk: {{secret: "{SECRET}", lines: 1000}}',
+        "sip: {accounts: ["
+        + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers)
+        + "]"
+        + (f", rate_limit: {phones_rate}" if phones_rate else "")
+        + "}",
+        f'trunk: {{secret: "{SECRET}", lines: 1000' + (f", rate_limit: {trunk_rate}" if trunk_rate else "") + "}",
     ]
     if media:
         recordings = Path(tempfile.gettempdir()) / f"sipgw-bench-recordings-{server_id}-{os.getpid()}"
