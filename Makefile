@@ -96,6 +96,7 @@ bench: $(STAMP) sip-peers media-peers
 	$(BIN)/python bench/sipgw_bench.py
 	$(BIN)/python bench/callstate_bench.py
 	$(BIN)/python bench/lockout_bench.py
+	$(BIN)/python bench/flood_bench.py
 	$(BIN)/python bench/watchers_bench.py
 	$(BIN)/python bench/media_bench.py
 	$(BIN)/python bench/srtp_bench.py

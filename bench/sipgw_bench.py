@@ -56,6 +56,12 @@ CALLER = ("100", "bench-pw-100")
 CALLEE = ("101", "bench-pw-101")
 
 
+# SIPp's caller is every phone of a large site behind one address, at hundreds of calls a second:
+# far over the phones' per-address limit (sip.rate_limit), which is lifted here. The trunk keeps its
+# default, sized from its lines.
+UNLIMITED = "{per_second: 1000000, burst: 1000000}"
+
+
 def server_config(
     server_id: str,
     etcd: str,
@@ -64,9 +70,12 @@ def server_config(
     callstate: bool = False,
     media: str = "",
     pki: Path | None = None,
+    phones_rate: str = UNLIMITED,
+    trunk_rate: str = "",
 ) -> str:
     """A server's config; ``media`` (an RTP port range) adds a callstate and a recording media service;
-    ``pki`` (a CA folder) turns mutual TLS on, with a certificate of that CA."""
+    ``pki`` (a CA folder) turns mutual TLS on, with a certificate of that CA; ``phones_rate`` and
+    ``trunk_rate`` are sip.rate_limit and trunk.rate_limit (empty: the default)."""
     callstate = callstate or bool(media)
     listen = {
         "registry": f"127.0.0.1:{free_port()}",
@@ -84,8 +93,12 @@ def server_config(
         f'connector: {{endpoints: ["{etcd}"], group: bench, lease_ttl: 5}}',
         "listen: {" + ", ".join(f'{k}: "{v}"' for k, v in listen.items()) + "}",
         "numbering: {numbers: [" + ", ".join(f'{{number: "{n}"}}' for n, _ in numbers) + "]}",
-        "sip: {accounts: [" + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers) + "]}",
-        f'trunk: {{secret: "{SECRET}", lines: 1000}}',
+        "sip: {accounts: ["
+        + ", ".join(f'{{number: "{n}", password: "{p}"}}' for n, p in numbers)
+        + "]"
+        + (f", rate_limit: {phones_rate}" if phones_rate else "")
+        + "}",
+        f'trunk: {{secret: "{SECRET}", lines: 1000' + (f", rate_limit: {trunk_rate}" if trunk_rate else "") + "}",
     ]
     if pki is not None:
         cert, key = issue(pki, "server", server_id, hosts=("127.0.0.1",))

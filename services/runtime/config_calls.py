@@ -11,6 +11,13 @@ import ipaddress
 import re
 
 from services.runtime._loader import ConfigError, Secret
+from services.runtime.config_admission import (
+    PHONES_RATE,
+    SCANNER_AGENTS,
+    RateLimitSection,
+    validate_rate_limit,
+    validate_user_agents,
+)
 from services.runtime.config_lockout import LockoutSection, validate_lockout
 
 TEMPLATE_RE = re.compile(r"\$\{(\w+)\}")
@@ -58,6 +65,10 @@ class SipSection:
     lockout: LockoutSection = dataclasses.field(default_factory=LockoutSection)
     # Phones must use SIP over TLS (listen.sips): a request from a phone over UDP or TCP gets 403.
     require_tls: bool = False
+    # Out-of-dialog requests one address may send (config_admission.py); beyond it, dropped unanswered.
+    rate_limit: RateLimitSection = PHONES_RATE
+    # Requests whose User-Agent names one of these products (scanners) are dropped unanswered.
+    drop_user_agents: tuple[str, ...] = SCANNER_AGENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,8 @@ class TrunkSection:
     lines: int = 30
     # Secrets also accepted from peers, while the group changes its secret (see trunk_proof.py).
     accept_secrets: tuple[Secret, ...] = ()
+    # Requests one peer address may send; unset: sized from ``lines`` (config_admission.trunk_rate).
+    rate_limit: RateLimitSection | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +127,9 @@ def validate_calls(
             _validate_algorithms(account.digest_algorithms, f"{key}.digest_algorithms")
     _validate_algorithms(sip.digest_algorithms, "sip.digest_algorithms")
     validate_lockout(sip.lockout)
+    validate_rate_limit(sip.rate_limit, "sip.rate_limit")
+    validate_user_agents(sip.drop_user_agents)
+    validate_rate_limit(trunk.rate_limit, "trunk.rate_limit")
     if not MIN_RING <= sip.ring_timeout <= MAX_RING:
         raise ConfigError(f"sip.ring_timeout: {sip.ring_timeout} is not between {MIN_RING} and {MAX_RING} seconds")
     if not 0 <= sip.drain_seconds <= MAX_DRAIN:

@@ -11,10 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.runtime.config import Config, ConfigError, check_host_port
+from services.runtime.config_admission import RateLimitSection, trunk_rate
 from services.runtime.grpc_server import count_refusals, service_host
 from services.runtime.metrics import Metrics
+from services.sipgw.admission import Admission
 from services.sipgw.anchor import Anchoring
 from services.sipgw.auth.lockout import Lockout
+from services.sipgw.auth.rate_limit import Rate
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
@@ -28,7 +31,7 @@ from services.sipgw.scenarios import Scenarios
 from services.sipgw.secrets_watch import watch_trunk_secrets
 from services.sipgw.service import SipGatewayService
 from services.sipgw.sip.tls_trunk import TlsTrunk
-from services.sipgw.sip.transport import Receiver, TcpListener, UdpEndpoint
+from services.sipgw.sip.transport import Gate, Receiver, TcpListener, UdpEndpoint
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
 
@@ -84,6 +87,16 @@ class SipGatewayApp:
             ring_timeout=config.sip.ring_timeout,
         )
         self.core.require_tls = config.sip.require_tls
+        # Everything from the network passes here before the transaction layer (admission.py).
+        self.admission = Admission(
+            self.core.transactions.receive,
+            _rate(config.sip.rate_limit),
+            _rate(trunk_rate(config.trunk.rate_limit, config.trunk.lines)),
+            config.sip.drop_user_agents,
+            ongoing=self.core.ongoing,
+        )
+        if self.trunk is not None:
+            self.admission.is_trunk = self.trunk.carries
         numbering = {n.number: (n.name, n.department) for n in config.numbering.numbers}
         self.reporter = (
             Reporter(config.listen.callstate, self.core.calls, config.server.id, numbering)
@@ -145,6 +158,18 @@ class SipGatewayApp:
                 "trunk requests refused for a missing, wrong, expired or replayed proof",
                 lambda: [(trunk.refused, {})],
             )
+        admission = self.admission
+        m.counter_of(
+            "pbxmesh.sip.rate_limited",
+            "requests dropped unanswered over their source address's rate limit, by port (phones, trunk) "
+            "and method (register, invite, options, other)",
+            lambda: [(n, {"port": port, "method": c}) for (port, c), n in admission.rate_limited.items()],
+        )
+        m.counter_of(
+            "pbxmesh.sip.scanners_dropped",
+            "requests dropped unanswered for a scanner's User-Agent (sip.drop_user_agents), by port and method",
+            lambda: [(n, {"port": port, "method": c}) for (port, c), n in admission.scanners.items()],
+        )
         lockout = self.core.registrar.lockout
         m.gauge("pbxmesh.sip.locked_accounts", "accounts locked out now", lambda: [(lockout.locked("account"), {})])
         m.gauge(
@@ -173,8 +198,8 @@ class SipGatewayApp:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
         if self.store is not None:
             self._restore_registrations(self.store)
-        receive = self.core.transactions.receive
-        self.udp, self.tcp = await _open_sip(host, port, receive)
+        receive, gate = self.admission.receive, self.admission
+        self.udp, self.tcp = await _open_sip(host, port, receive, gate)
         self.core.router.phone_links["UDP"] = self.udp
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
@@ -182,10 +207,10 @@ class SipGatewayApp:
             if tls.enabled:
                 files = (tls.ca_file, tls.cert_file, tls.key_file)
                 self.trunk.endpoint = await TlsTrunk.open(
-                    trunk_host, trunk_port, receive, files, self.plan.trunk_owner, self.plan.has_server
+                    trunk_host, trunk_port, receive, files, self.plan.trunk_owner, self.plan.has_server, gate
                 )
             else:
-                self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive)
+                self.trunk.endpoint = await UdpEndpoint.open(trunk_host, trunk_port, receive, gate)
             if ":" in self.trunk.endpoint.local[0]:
                 self.plan.trunks.family = socket.AF_INET6
         self.plan.start()
@@ -204,7 +229,7 @@ class SipGatewayApp:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.config.tls.cert_file, self.config.tls.key_file)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            self.tls = await TcpListener.open(sips_host, sips_port, receive, context)
+            self.tls = await TcpListener.open(sips_host, sips_port, receive, gate, context)
             self.core.router.phone_links["TLS"] = self.tls
             _log.info("sipgw of %s: phones' SIP over TLS on %s:%s", self.config.server.id, *self.tls.local)
         self.host.add(SipGatewayService(self.core, self.lines))
@@ -292,13 +317,17 @@ async def _until(check: Callable[[], bool], seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _open_sip(host: str, port: int, receive: Receiver) -> tuple[UdpEndpoint, TcpListener]:
+def _rate(section: RateLimitSection) -> Rate:
+    return Rate(section.per_second, section.burst)
+
+
+async def _open_sip(host: str, port: int, receive: Receiver, gate: Gate) -> tuple[UdpEndpoint, TcpListener]:
     """UDP and TCP on one port (RFC 3261 18.1). With port 0 the TCP side follows the port the
     system gave UDP, which some TCP socket may hold already: then another port is tried."""
     for attempt in range(SIP_PORT_TRIES):
-        udp = await UdpEndpoint.open(host, port, receive)
+        udp = await UdpEndpoint.open(host, port, receive, gate)
         try:
-            return udp, await TcpListener.open(host, udp.local[1], receive)
+            return udp, await TcpListener.open(host, udp.local[1], receive, gate)
         except OSError:
             udp.close()
             if port != 0 or attempt == SIP_PORT_TRIES - 1:

@@ -17,9 +17,9 @@ from services.sipgw.plan_feed import PlanFeed
 from services.sipgw.registrar import Decision, Registrar
 from services.sipgw.routing import ALLOW, Router
 from services.sipgw.scenarios import Scenarios
-from services.sipgw.sip import Request
+from services.sipgw.sip import ParseError, Request
 from services.sipgw.sip.transaction import ServerTransaction, TransactionLayer
-from services.sipgw.sip.transport import response_to
+from services.sipgw.sip.transport import Address, response_to
 from services.sipgw.trunk import INSTANCE, Trunk
 
 _log = logging.getLogger(__name__)
@@ -94,6 +94,24 @@ class SipCore:
             response.headers.add("Allow", ALLOW)
             transaction.respond(response)
 
+    def ongoing(self, request: Request, source: Address) -> bool:
+        """Whether ``request`` carries on what its source address already has here: a dialog of one
+        of its calls, or the INVITE its ACK or CANCEL is about. The admission lets these through a
+        phone's rate limit, so that its new requests never starve its calls in progress."""
+        try:
+            to_tag = request.to_addr.tag
+            if to_tag:
+                found = self.calls.table.find((request.call_id, to_tag, request.from_addr.tag or ""))
+                if found is not None:
+                    leg = found[0].legs.get(found[1])
+                    return leg is not None and leg.address[0] == source[0]
+            if request.method in ("ACK", "CANCEL"):
+                invite = self.transactions.invite_for(request)
+                return invite is not None and invite.address[0] == source[0]
+        except ParseError:
+            pass
+        return False
+
     def _invite(self, transaction: ServerTransaction, request: Request) -> None:
         """A phone's new call: it proves who it is first (407 challenge), as for REGISTER."""
         decision = self.registrar.authorize(request, transaction.address)
@@ -109,6 +127,7 @@ class SipCore:
     def _answer(transaction: ServerTransaction, decision: Decision) -> None:
         response = decision.response
         if response is None:
+            transaction.drop()  # locked out: no answer, and nothing kept for it
             return
         if decision.delay > 0:
             # A source that keeps failing waits for its answer; nothing else waits with it.

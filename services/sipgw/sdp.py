@@ -209,7 +209,7 @@ def anchored(
         if not line:
             continue
         if line.startswith("o="):
-            out.append(f"o=pbxmesh {origin[0]} {origin[1]} IN IP4 {address}")
+            out.append(f"o=- {origin[0]} {origin[1]} IN IP4 {address}")  # no product name: no hint
             continue
         if direction is not None and line[2:] in DIRECTIONS:
             continue  # said once, in the audio stream

@@ -152,3 +152,51 @@ def test_duplicate_account(tmp_path: Path) -> None:
 )
 def test_target_uris_name_an_ip_and_a_port(text: str, parsed: tuple[str, str, int] | None) -> None:
     assert parse_target_uri(text) == parsed
+
+
+def test_rate_limits_and_user_agents_default_and_are_read(tmp_path: Path) -> None:
+    from services.runtime.config import Config
+    from services.runtime.config_admission import PHONES_RATE, SCANNER_AGENTS, trunk_rate
+
+    config = _load(tmp_path, GOOD)
+    assert isinstance(config, Config)
+    assert config.sip.rate_limit == PHONES_RATE and config.sip.drop_user_agents == SCANNER_AGENTS
+    assert config.trunk.rate_limit is None
+    # Unset, the trunk's follows its lines: never under 2000 a second (200 calls/s, twice over).
+    assert (trunk_rate(None, 30).per_second, trunk_rate(None, 30).burst) == (2000, 4000)
+    assert trunk_rate(None, 10_000).per_second == 50_000
+    text = GOOD.replace(
+        'password: "pw-alice-1"}]}',
+        'password: "pw-alice-1"}], rate_limit: {per_second: 5, burst: 40}, drop_user_agents: [evil-scan]}',
+    ).replace("lines: 30}", "lines: 30, rate_limit: {per_second: 100, burst: 100}}")
+    config = _load(tmp_path, text, {"PBXMESH_SIP_RATE_LIMIT_BURST": "50"})
+    assert isinstance(config, Config)
+    assert (config.sip.rate_limit.per_second, config.sip.rate_limit.burst) == (5, 50)
+    assert config.sip.drop_user_agents == ("evil-scan",)
+    assert config.trunk.rate_limit is not None and trunk_rate(config.trunk.rate_limit, 30).per_second == 100
+    config = _load(
+        tmp_path, GOOD.replace('password: "pw-alice-1"}]}', 'password: "pw-alice-1"}], drop_user_agents: []}')
+    )
+    assert isinstance(config, Config) and config.sip.drop_user_agents == ()
+
+
+@pytest.mark.parametrize(
+    ("sip", "trunk", "message"),
+    [
+        ("rate_limit: {per_second: 0, burst: 10}", "", "sip.rate_limit.per_second: 0 is not between 1 and 1000000"),
+        ("rate_limit: {per_second: 10, burst: -1}", "", "sip.rate_limit.burst: -1 is not between 1 and 1000000"),
+        ("rate_limit: {per_second: 10}", "", "missing key sip.rate_limit.burst"),
+        ("rate_limit: {per_second: 1.5, burst: 10}", "", "sip.rate_limit.per_second: expected an integer"),
+        ("", "rate_limit: {per_second: 10, burst: 2000000}", "trunk.rate_limit.burst: 2000000 is not between"),
+        ("drop_user_agents: [friendly-scanner, '']", "", "sip.drop_user_agents[1]: '' is not a product name"),
+        ("drop_user_agents: ['sipcli/1.8']", "", "sip.drop_user_agents[0]: 'sipcli/1.8' is not a product name"),
+        ("drop_user_agents: ['two words']", "", "sip.drop_user_agents[0]"),
+    ],
+)
+def test_bad_rate_limits_and_user_agents_name_the_key(tmp_path: Path, sip: str, trunk: str, message: str) -> None:
+    text = GOOD
+    if sip:
+        text = text.replace('password: "pw-alice-1"}]}', f'password: "pw-alice-1"}}], {sip}}}')
+    if trunk:
+        text = text.replace("lines: 30}", f"lines: 30, {trunk}}}")
+    assert message in _error(tmp_path, text)

@@ -14,6 +14,9 @@ The AOR is the To URI's user and must be the digest username: a phone registers 
 only. The challenge offers the account's algorithms (``sip.accounts[].digest_algorithms``) where it
 has its own, else the server's (``sip.digest_algorithms``, MD5 alone by default: many phones refuse
 a challenge set with any algorithm they cannot do); an answer in an algorithm not offered fails.
+A number without an account is offered one of the accounts' sets, always the same for the number
+(a keyed hash picks it), in the proportions the accounts have them: an account's own set does not
+mark it as existing. Nothing else in an answer, nor its timing, depends on whether a number exists.
 The To host is not checked: bindings keep the packet's source address, and that is where requests
 for the number go, never to a host named inside the message.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -89,6 +94,10 @@ class Registrar:
         self._account_algorithms = {
             account.number: tuple(account.digest_algorithms) for account in accounts if account.digest_algorithms
         }
+        # One entry per account: what a number without one is offered is drawn from these. The key
+        # comes from the passwords, so a number keeps its set across restarts, as an account does.
+        self._decoy_sets = [self._account_algorithms.get(n, self._algorithms) for n in sorted(self._passwords)]
+        self._decoy_key = hashlib.sha256("\x00".join(["decoy", *sorted(self._passwords.values())]).encode()).digest()
         self._realm = realm
         self.bindings = bindings if bindings is not None else Bindings()
         self._nonces = nonces if nonces is not None else NonceFactory()
@@ -171,7 +180,15 @@ class Registrar:
 
     def algorithms_for(self, number: str | None) -> tuple[str, ...]:
         """The digest algorithms offered to (and accepted from) ``number``'s phone."""
-        return self._account_algorithms.get(number or "", self._algorithms)
+        if not self._account_algorithms:
+            return self._algorithms
+        # Drawn for every number, known or not, so that the time it takes does not tell them apart.
+        mac = hmac.new(self._decoy_key, (number or "").encode("utf-8", "replace"), hashlib.sha256).digest()
+        drawn = self._decoy_sets[int.from_bytes(mac[:8], "big") % len(self._decoy_sets)]
+        own = self._account_algorithms.get(number or "")
+        if own is not None:
+            return own
+        return self._algorithms if number in self._passwords else drawn
 
     def _challenge(self, request: Request, number: str | None, stale: bool, proxy: bool = False) -> Response:
         if proxy:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import cast
 
 from services.runtime.pki import identity_of
-from services.sipgw.sip.transport import Address, Receiver, TcpConnection, _Inbound
+from services.sipgw.sip.transport import Address, Gate, Receiver, TcpConnection, _Inbound
 
 _log = logging.getLogger(__name__)
 
@@ -94,8 +94,9 @@ class TlsTrunk:
         files: tuple[str, str, str],
         server_at: Callable[[Address], str | None],
         is_member: Callable[[str], bool],
+        gate: Gate | None = None,
     ):
-        self.inbound = _Inbound(receiver)
+        self.inbound = _Inbound(receiver, gate)
         self.files = files
         self.server_context, self.client_context = contexts(*files)
         self.server_at = server_at  # the member whose trunk the plan puts at an address
@@ -117,8 +118,9 @@ class TlsTrunk:
         files: tuple[str, str, str],
         server_at: Callable[[Address], str | None],
         is_member: Callable[[str], bool],
+        gate: Gate | None = None,
     ) -> TlsTrunk:
-        trunk = cls(receiver, files, server_at, is_member)
+        trunk = cls(receiver, files, server_at, is_member, gate)
         loop = asyncio.get_running_loop()
         trunk._server = await loop.create_server(
             lambda: TlsConnection(trunk),

@@ -228,6 +228,13 @@ class ServerTransaction(_Transaction):
                 self._resend_after(timers.t1)
             self._start("H", timers.b, self._terminate)
 
+    def drop(self) -> None:
+        """No answer will ever be sent (the request is refused silently): the transaction goes now
+        rather than wait in the table forever. A retransmission is then a new request, refused
+        the same way."""
+        if self.last is None and self.state in ("Trying", "Proceeding"):
+            self._terminate()
+
     def _resend_after(self, interval: float) -> None:
         def fire() -> None:
             if self.state == "Completed" and self.last is not None:

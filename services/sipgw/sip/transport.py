@@ -5,6 +5,8 @@ A request's top Via is stamped with ``received`` and ``rport`` (RFC 3581), so th
 back to where the request really came from, never to a host named inside the message. A request
 that cannot be parsed but can be answered gets its 400 (or 505) here; anything else malformed is
 dropped. On TCP a framing error closes the connection, as the stream can no longer be trusted.
+A ``Gate`` (the gateway's admission) may stop a datagram before it is parsed and a 400 before it
+is sent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ class Link(Protocol):
 
 
 Receiver = Callable[[Request | Response, Address, Link], None]
+
+
+class Gate(Protocol):
+    """Asked before any work is done on what arrived (services/sipgw/admission.py)."""
+
+    def before_parse(self, data: bytes, source: Address, link: Link) -> bool:
+        """False: drop this datagram without parsing it."""
+        ...
+
+    def broken(self, source: Address, link: Link) -> bool:
+        """A malformed message arrived; False: send it no 400."""
+        ...
 
 
 def stamp_via(request: Request, source: Address) -> None:
@@ -84,8 +98,9 @@ def response_to(request_headers: Headers, status: int, reason: str) -> Response:
 class _Inbound:
     """What both transports do with a message that arrived."""
 
-    def __init__(self, receiver: Receiver):
+    def __init__(self, receiver: Receiver, gate: Gate | None = None):
         self.receiver = receiver
+        self.gate = gate
 
     def deliver(self, message: Request | Response, source: Address, link: Link) -> None:
         try:
@@ -100,7 +115,8 @@ class _Inbound:
     def reject(self, error: ParseError, source: Address, link: Link) -> None:
         answer = reply_to_broken(error)
         _log.debug("malformed SIP from %s:%s over %s: %s", source[0], source[1], link.name, error.reason)
-        if answer is not None:
+        allowed = self.gate is None or self.gate.broken(source, link)
+        if answer is not None and allowed:
             link.send(answer, source)
 
 
@@ -109,19 +125,20 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     name = "UDP"
 
-    def __init__(self, receiver: Receiver):
-        self._inbound = _Inbound(receiver)
+    def __init__(self, receiver: Receiver, gate: Gate | None = None):
+        self._inbound = _Inbound(receiver, gate)
+        self._gate = gate
         self._transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("", 0)
 
     @classmethod
-    async def open(cls, host: str, port: int, receiver: Receiver) -> UdpEndpoint:
+    async def open(cls, host: str, port: int, receiver: Receiver, gate: Gate | None = None) -> UdpEndpoint:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
         sock.bind((host, port))
-        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(receiver), sock=sock)
+        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(receiver, gate), sock=sock)
         return endpoint
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,6 +150,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         source = (str(addr[0]), int(str(addr[1])))
         if data.strip(b"\r\n") == b"":
             return  # a keepalive (RFC 5626 section 3.5.1)
+        if self._gate is not None and not self._gate.before_parse(data, source, self):
+            return
         try:
             message = parse(data)
         except ParseError as error:
@@ -200,19 +219,24 @@ class TcpListener:
 
     name = "TCP"
 
-    def __init__(self, receiver: Receiver, ssl: ssl_module.SSLContext | None = None):
+    def __init__(self, receiver: Receiver, gate: Gate | None = None, ssl: ssl_module.SSLContext | None = None):
         self.ssl = ssl
         self.name = "TLS" if ssl is not None else "TCP"
-        self._inbound = _Inbound(receiver)
+        self._inbound = _Inbound(receiver, gate)
         self._pool: dict[Address, TcpConnection] = {}
         self._server: asyncio.Server | None = None
         self.local: Address = ("", 0)
 
     @classmethod
     async def open(
-        cls, host: str, port: int, receiver: Receiver, ssl: ssl_module.SSLContext | None = None
+        cls,
+        host: str,
+        port: int,
+        receiver: Receiver,
+        gate: Gate | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> TcpListener:
-        listener = cls(receiver, ssl)
+        listener = cls(receiver, gate, ssl)
         loop = asyncio.get_running_loop()
         listener._server = await loop.create_server(
             lambda: TcpConnection(listener._inbound, listener._pool, listener.name),

@@ -66,7 +66,7 @@ def test_what_no_media_can_be_sent_to() -> None:
 def test_the_other_party_gets_the_media_services_address_and_only_what_is_relayed() -> None:
     out = sdp.anchored(OFFER, "192.0.2.1", 40002, (55, 3), "sendonly").decode()
     lines = out.split("\r\n")
-    assert "o=pbxmesh 55 3 IN IP4 192.0.2.1" in lines
+    assert "o=- 55 3 IN IP4 192.0.2.1" in lines
     assert "c=IN IP4 192.0.2.1" in lines and "10.0.0.5" not in out
     assert "m=audio 40002 RTP/AVP 0 8 101" in lines and "m=video 0 RTP/AVP 96" in lines
     assert "a=fmtp:101 0-16" in lines and "G722" not in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -425,3 +426,49 @@ def test_a_locked_out_flood_writes_a_line_a_minute_not_a_line_a_packet(caplog: p
             assert registrar.handle(register(), PHONE).response is None  # dropped unanswered
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) <= 1, len(dropped)
+
+
+def test_a_number_without_an_account_is_offered_what_the_accounts_are_always_the_same() -> None:
+    # 100 keeps the server's MD5, 101 is held to SHA-256: an unknown number must not stand out by
+    # getting MD5 alone, nor by its set changing from one request to the next.
+    registrar = make_registrar(account_algorithms={"101": ("SHA-256",)})
+    offered = {str(n): tuple(algorithms_offered(registrar, str(n))) for n in range(200, 400)}
+    assert set(offered.values()) == {("MD5",), ("SHA-256",)}
+    share = sum(1 for s in offered.values() if s == ("SHA-256",)) / len(offered)
+    assert 0.35 < share < 0.65  # one account in two has SHA-256: about one number in two
+    assert all(tuple(algorithms_offered(registrar, n)) == s for n, s in list(offered.items())[:20])
+    # A restart (the same accounts) offers each number the same again.
+    again = make_registrar(account_algorithms={"101": ("SHA-256",)})
+    assert all(tuple(algorithms_offered(again, n)) == s for n, s in list(offered.items())[:20])
+    # Known numbers are unchanged, and so is a server whose accounts all keep its list.
+    assert algorithms_offered(registrar, "100") == ["MD5"] and algorithms_offered(registrar, "101") == ["SHA-256"]
+    assert {tuple(algorithms_offered(make_registrar(), str(n))) for n in range(200, 240)} == {("MD5",)}
+
+
+def test_an_unknown_user_costs_the_same_hashing_and_time_as_a_wrong_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.sipgw.auth import verify_response as verify
+
+    hashed: list[tuple[str, str]] = []
+
+    def counted(params: dict[str, str], method: str, password: str) -> bool:
+        hashed.append((params["username"], params.get("algorithm", "MD5")))
+        return verify(params, method, password)
+
+    monkeypatch.setattr("services.sipgw.registrar.registrar.verify_response", counted)
+    patient = LockoutSection(free_failures=999, lock_failures=1000, source_free_failures=999, source_lock_failures=1000)
+    registrar = make_registrar(lockout=Lockout(patient))  # never slowed: the timing is the check's own
+    nonce = fresh_nonce(registrar)
+    wrong = register(authorization=digest(nonce, password="guess"))
+    unknown = register(to_user="555", authorization=digest(nonce, username="555", password="guess"))
+    for request in (wrong, unknown):
+        assert answered(registrar.handle(request, PHONE)).status == 403
+    assert hashed == [("100", "MD5"), ("555", "MD5")]  # one digest each, the same algorithm
+
+    timings: dict[str, list[float]] = {"wrong": [], "unknown": []}
+    for _ in range(3000):  # interleaved, so that the machine's load weighs on both alike
+        for name, request in (("wrong", wrong), ("unknown", unknown)):
+            start = time.perf_counter()
+            registrar.handle(request, PHONE)
+            timings[name].append(time.perf_counter() - start)
+    wrong_median, unknown_median = (sorted(t)[len(t) // 2] for t in timings.values())
+    assert 0.8 < unknown_median / wrong_median < 1.25, (wrong_median, unknown_median)
