@@ -26,7 +26,7 @@ from services.sipgw.sip import Request, parse_uri
 from services.sipgw.sip.dialog import new_tag
 from services.sipgw.sip.headers import Headers
 from services.sipgw.sip.transaction import new_branch
-from services.sipgw.sip.transport import Address, Link
+from services.sipgw.sip.transport import Address, Link, scheme
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -137,7 +137,7 @@ class Router:
         except NoLineFree as error:
             return (503, f"Service Unavailable ({error})")
         shown = f"[{host}]" if ":" in host else host
-        request = self.invite(number, f"sip:{number}@{shown}:{port}", trunk.endpoint, out)
+        request = self.invite(number, f"{scheme(trunk.endpoint)}:{number}@{shown}:{port}", trunk.endpoint, out)
         trunk.identity(request.headers, out.caller, out.display, out.correlation, out.path)
         address: Address = (host, port)
         release = functools.partial(trunk.lines.give_back, outgoing=True)
@@ -158,7 +158,7 @@ class Router:
         headers.add("To", f"<sip:{called}@{local}>")
         headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
         headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", f"<sip:{out.caller}@{local}>")
+        headers.add("Contact", f"<{scheme(link)}:{out.caller}@{local}>")
         headers.add("Allow", ALLOW)
         if out.content_type and out.body:
             headers.add("Content-Type", out.content_type)

@@ -73,6 +73,12 @@ def stamp_via(request: Request, source: Address) -> None:
     request.headers.set_first("Via", ", ".join(first))
 
 
+def scheme(link: Link) -> str:
+    """The URI scheme of what is reached over ``link``: sips over TLS (RFC 5630: TLS on every hop),
+    sip otherwise."""
+    return "sips" if link.name == "TLS" else "sip"
+
+
 def sent_by(link: Link) -> str:
     """The start of our Via for a request leaving on ``link`` ("SIP/2.0/UDP host:port")."""
     return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"
