@@ -28,7 +28,7 @@ from services.sipgw.sip import Request, Response, SipURI, parse_name_addr
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.errors import ParseError
 from services.sipgw.sip.transaction import ServerTransaction
-from services.sipgw.sip.transport import response_to, scheme
+from services.sipgw.sip.transport import response_to, scheme_of
 from services.sipgw.transfer import notify_refer, parse_replaces, replaces_in
 from services.sipgw.trunk import INSTANCE, ORIGIN, Trunk
 from services.sipgw.trunk_lines import NoLineFree
@@ -196,7 +196,7 @@ def take(table: CallTable, trunk: Trunk, tx: ServerTransaction, request: Request
         return
     tag = new_tag()
     staying = call.party(side.other)[0]
-    contact = f"<{scheme(tx.link)}:{staying}@{tx.link.local[0]}:{tx.link.local[1]}>"
+    contact = f"<{scheme_of(request.uri)}:{staying}@{tx.link.local[0]}:{tx.link.local[1]}>"
     answer = answer_caller(request, 200, "OK", tag)
     answer.headers.add("Contact", contact)
     answer.headers.add(INSTANCE, trunk.instance)

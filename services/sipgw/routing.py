@@ -26,7 +26,7 @@ from services.sipgw.sip import Request, parse_uri
 from services.sipgw.sip.dialog import new_tag
 from services.sipgw.sip.headers import Headers
 from services.sipgw.sip.transaction import new_branch
-from services.sipgw.sip.transport import Address, Link, scheme
+from services.sipgw.sip.transport import Address, Link, scheme, scheme_of
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -158,7 +158,7 @@ class Router:
         headers.add("To", f"<sip:{called}@{local}>")
         headers.add("Call-ID", f"{uuid.uuid4().hex}@{local}")
         headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", f"<{scheme(link)}:{out.caller}@{local}>")
+        headers.add("Contact", f"<{scheme_of(contact)}:{out.caller}@{local}>")
         headers.add("Allow", ALLOW)
         if out.content_type and out.body:
             headers.add("Content-Type", out.content_type)

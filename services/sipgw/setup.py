@@ -36,7 +36,7 @@ from services.sipgw.scenarios import Action, Scenarios
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction
-from services.sipgw.sip.transport import response_to, scheme
+from services.sipgw.sip.transport import response_to, scheme_of
 from services.sipgw.trunk import CORRELATION, INSTANCE, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
@@ -324,7 +324,7 @@ class CallSetup:
     def _answer_caller(self, call: Call, response: Response) -> None:
         assert call.invite is not None
         request, caller = call.invite.request, call.leg(Side.CALLER)
-        contact = f"<{scheme(caller.link)}:{call.dialed}@{caller.link.local[0]}:{caller.link.local[1]}>"
+        contact = f"<{scheme_of(request.uri)}:{call.dialed}@{caller.link.local[0]}:{caller.link.local[1]}>"
         answer = answer_caller(request, 200, "OK", call.caller_tag)
         answer.headers.add("Contact", contact)
         answer.headers.add("Allow", ALLOW)

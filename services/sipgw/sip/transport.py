@@ -79,6 +79,12 @@ def scheme(link: Link) -> str:
     return "sips" if link.name == "TLS" else "sip"
 
 
+def scheme_of(uri: object) -> str:
+    """The scheme a Contact takes in a dialog whose request was sent to ``uri`` (RFC 3261 12.1.1:
+    sips for a sips Request-URI; a phone that called a sip URI over TLS gets sip)."""
+    return "sips" if str(uri).lower().startswith("sips:") else "sip"
+
+
 def sent_by(link: Link) -> str:
     """The start of our Via for a request leaving on ``link`` ("SIP/2.0/UDP host:port")."""
     return f"SIP/2.0/{link.name} {link.local[0]}:{link.local[1]}"

@@ -25,3 +25,6 @@ def test_a_request_over_tls_names_sips_and_one_over_udp_sip() -> None:
     assert (over_tls.headers.get("Via") or "").startswith("SIP/2.0/TLS ")
     over_udp = Router.invite("200", "sip:200@127.0.0.1:5072", udp, out)
     assert over_udp.headers.get("Contact") == "<sip:100@127.0.0.1:5070>"
+    # A phone on TLS registered a sip URI: it is called at it, with a sip Contact.
+    to_phone = Router.invite("200", "sip:200@127.0.0.1:40000;transport=tls", tls, out)
+    assert to_phone.headers.get("Contact") == "<sip:100@127.0.0.1:5070>"
