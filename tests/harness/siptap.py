@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 from collections import Counter
 
 Address = tuple[str, int]
@@ -36,6 +37,16 @@ class SipTap:
         self._tool: Address | None = None
         self._front: asyncio.DatagramTransport | None = None
         self._back: asyncio.DatagramTransport | None = None
+        self.last_seen = time.monotonic()  # the last datagram either way
+
+    async def quiet(self, seconds: float = 0.2, timeout: float = 5.0) -> None:
+        """Until nothing has passed for ``seconds`` (the gateway's last answers are through)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = min(seconds - (time.monotonic() - self.last_seen), deadline - time.monotonic())
+            if left <= 0:
+                return
+            await asyncio.sleep(left)  # then look again: something may have passed meanwhile
 
     async def start(self) -> SipTap:
         loop = asyncio.get_running_loop()
@@ -62,6 +73,7 @@ class SipTap:
                 transport.close()
 
     def _from_tool(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
         if not data.startswith(b"SIP/2.0 "):
             branch = _BRANCH.search(data)
             key = branch.group(1) if branch else data[:64]
@@ -71,6 +83,7 @@ class SipTap:
         self._back.sendto(data, self.target)
 
     def _from_gateway(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
         if data.startswith(b"SIP/2.0 "):
             self.responses.append(data)
             branch = _BRANCH.search(data)
