@@ -185,20 +185,51 @@ async def test_svwar_against_the_default_limit(tmp_path: Path, report: Any) -> N
 
 
 @pytest.mark.parametrize("user", [WEAK[0], "555"], ids=["existing", "not-existing"])
-async def test_svcrack_is_stopped_by_the_limits_and_the_lockout(
-    tight: Gateway, tap: SipTap, report: Any, user: str
-) -> None:
+async def test_svcrack_meets_the_lock_before_the_weak_password(tmp_path: Path, report: Any, user: str) -> None:
+    # At the default rate limit every guess up to the lock is answered, in the dictionary's order:
+    # the lock comes at the 10th wrong one, the weak password 16th is never looked at. (Under a
+    # tighter limit guesses are dropped unanswered and the lock counts only those answered; the
+    # test below.) Then even the right password alone gets no answer while the account is locked.
+    gateway = await gateway_with(tmp_path, DEFAULT)
+    tap = await SipTap(("127.0.0.1", gateway.sip_port)).start()
+    try:
+        words = tmp_path / "words.txt"
+        words.write_text("\n".join(WORDS) + "\n")
+        output, seconds = await run("svcrack", tap, "-c", "-u", user, "-d", str(words), "--maximumtime", "6")
+        guesses, answered = tap.sent("REGISTER", guesses=True), tap.answered("REGISTER", guesses=True)
+        statuses = dict(tap.statuses("REGISTER", True))
+        locked = metric(gateway, "pbxmesh_sip_locked_accounts")
+        weak = tmp_path / "weak.txt"
+        weak.write_text(WEAK[1] + "\n")
+        before = tap.answered()  # svcrack waited 6 s without an answer: no delayed answer is left
+        again, _ = await run("svcrack", tap, "-c", "-u", user, "-d", str(weak), "--maximumtime", "3")
+        after = tap.answered()
+    finally:
+        tap.close()
+        await stop_gateway(gateway)
+    report(
+        f"svcrack -u {user}: {guesses} guesses sent, {answered} answered {statuses} in {seconds:.1f} s; "
+        f"then the right password alone: {after - before} answers"
+    )
+    assert WEAK[1] not in output + again and "password for" not in output + again
+    assert set(statuses) <= {403}  # the same for a number that does not exist
+    assert answered <= LOCK_FAILURES and locked == 1
+    assert after == before  # locked: not even a challenge
+
+
+async def test_svcrack_under_a_tight_limit_gets_fewer_answers_still(tight: Gateway, tap: SipTap, report: Any) -> None:
     words = tight.process.config.parent / "words.txt"
-    words.write_text("\n".join(WORDS) + "\n")
-    output, seconds = await run("svcrack", tap, "-c", "-u", user, "-d", str(words), "--maximumtime", "6")
+    words.write_text("\n".join(w for w in WORDS if w != WEAK[1]) + "\n")
+    output, seconds = await run("svcrack", tap, "-c", "-u", WEAK[0], "-d", str(words), "--maximumtime", "6")
     guesses, answered = tap.sent("REGISTER", guesses=True), tap.answered("REGISTER", guesses=True)
     challenges = tap.answered("REGISTER", guesses=False)
     report(
-        f"svcrack -u {user}: {guesses} guesses sent, {answered} answered {dict(tap.statuses('REGISTER', True))}, "
-        f"{challenges} of {tap.sent('REGISTER', False)} challenge requests answered, in {seconds:.1f} s"
+        f"svcrack -u {WEAK[0]}, tight limit: {guesses} guesses sent, {answered} answered "
+        f"{dict(tap.statuses('REGISTER', True))}, {challenges} of {tap.sent('REGISTER', False)} challenge "
+        f"requests answered, in {seconds:.1f} s"
     )
-    assert WEAK[1] not in output and "password for" not in output
-    assert set(tap.statuses("REGISTER", guesses=True)) <= {403}  # the same for a number that does not exist
+    assert "password for" not in output
+    assert set(tap.statuses("REGISTER", guesses=True)) <= {403}
     assert answered <= LOCK_FAILURES  # the account's lock, whatever the rate
     assert answered + challenges <= rate_bound(TIGHT, seconds)
     assert metric(tight, "pbxmesh_sip_rate_limited_total") > 0
