@@ -84,8 +84,10 @@ media-peers:
 		else echo "missing:$$missing: install the Debian packages rtpengine-daemon and gcc (or run make as root)"; exit 1; fi; \
 	fi
 
+# Test files run side by side: most of a test's time is waiting on real processes and timers.
+TEST_WORKERS ?= 3
 pytest: $(STAMP) sip-peers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 check: proto-check buf-check lint typecheck
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.embedded_etcd import EmbeddedEtcd
+from services.runtime.embedded_etcd import EmbeddedEtcd, use_ports
+from tests.harness import ports
 from tests.harness.servers import Group
+
+use_ports(ports.share(10000, 18000))  # tests running side by side never hand out the same port
 
 
 @pytest.fixture(scope="session")

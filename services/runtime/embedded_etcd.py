@@ -30,10 +30,16 @@ def etcd_binary() -> Path:
 # Ports handed out by free_port: below the kernel's ephemeral range (32768-60999 on Linux), where
 # the port of an outgoing connection is picked, so that nothing else takes a port between the check
 # and the bind of the process it is for; a process starts at its own place in the range and walks
-# it, so that it does not hand out a port twice while the first owner may still bind it. (The
-# tests' phones take RTP ports from 20000 up, media services from 30000.)
-_PORTS = range(10000, 20000)
+# it, so that it does not hand out a port twice while the first owner may still bind it. (Test
+# processes running side by side each take a share of their own: tests/harness/ports.py.)
+_PORTS = range(10000, 18000)
 _next_port = _PORTS.start + (os.getpid() * 7919) % len(_PORTS)
+
+
+def use_ports(ports: range) -> None:
+    """Hands out ports from ``ports`` only (a share of the range no other process uses)."""
+    global _PORTS, _next_port
+    _PORTS, _next_port = ports, ports.start
 
 
 def free_port(span: int = 1) -> int:

@@ -19,19 +19,19 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import shutil
 import struct
 from pathlib import Path
 from typing import Any
 
 from services.runtime.embedded_etcd import free_port
+from tests.harness import ports
 from tests.harness.wait import wait_for
 
 MODULES = "/usr/lib/baresip/modules"
-# RTP ports: a thousand per test process (below the ephemeral range), a hundred per phone.
-_RTP_BASE = 20000 + (os.getpid() % 10) * 1000
-_rtp_ranges = itertools.cycle(range(_RTP_BASE, _RTP_BASE + 1000, 100))  # reused once phones are gone
+# RTP ports: this test process's share (tests/harness/ports.py), a hundred per phone.
+_RTP_SHARE = ports.share(18000, 26000)
+_rtp_ranges = itertools.cycle(range(_RTP_SHARE.start, _RTP_SHARE.stop - 99, 100))  # reused once phones are gone
 
 
 def port_pair() -> int:

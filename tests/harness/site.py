@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from services.runtime.config import load_config
+from tests.harness import ports
 from tests.harness.config import accounts_section, loopback
 from tests.harness.process import child_env
 from tests.harness.servers import CallState, Gateway, Group, Media, Server, has_numbers, start_gateway, stop_gateway
@@ -19,12 +19,10 @@ from tests.harness.tls import secure, server_tls
 from tests.harness.wait import wait_for
 
 SECRET = "the-group-trunk-secret-2026"
-# Media services' RTP ports: below the phones' (tests/harness/baresip.py) and the ephemeral range,
-# a share per test process and per site.
+# Media services' RTP ports: this test process's share (tests/harness/ports.py), RTP_PORTS a site.
 RTP_PORTS = 200
-_rtp_ranges = itertools.cycle(
-    range(30000 + (os.getpid() % 10) * 1000, 30000 + (os.getpid() % 10 + 1) * 1000, RTP_PORTS)
-)
+_RTP_SHARE = ports.share(26000, 32768)
+_rtp_ranges = itertools.cycle(range(_RTP_SHARE.start, _RTP_SHARE.stop - RTP_PORTS + 1, RTP_PORTS))
 
 
 class Spec(NamedTuple):
