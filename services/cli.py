@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     client("members", "list the live members of the group", _members)
     numbers = client("numbers", "list the merged numbering plan", _numbers)
     numbers.add_argument("--conflicts", action="store_true", help="list conflicts and who wins them")
-    resolve = client("resolve", "show where a number lives", _resolve)
+    resolve = client("resolve", "show where a number lives (or which routes an external number takes)", _resolve)
     resolve.add_argument("number")
+    client("routes", "list the group's merged external routes (to the PSTN)", _routes)
     calls = sub.add_parser("calls", help="list a gateway's calls in progress")
     calls.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
     calls.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
@@ -235,6 +236,10 @@ def _resolve(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(response)
         return 0
+    if not response.HasField("route"):
+        print(f"{args.number} is external: routes in the order they are tried")
+        _external_table(response.external)
+        return 0
     r = response.route
     for label, value in [
         ("number", r.number),
@@ -246,6 +251,33 @@ def _resolve(args: argparse.Namespace) -> int:
     ]:
         print(f"{label:<11} {value}")
     return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        response = stub.ListExternalRoutes(pb.ListExternalRoutesRequest(), timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(response)
+        return 0
+    if not response.connected:
+        print("this server is cut off from the group: it lists only its own routes")
+    _external_table(response.routes)
+    return 0
+
+
+def _external_table(routes: Sequence[pb.ExternalRoute]) -> None:
+    rows = [
+        [
+            r.pattern,
+            r.server_id + (" *" if r.local else ""),
+            r.provider,
+            str(r.priority),
+            "yes" if r.live else "no (provider down)",
+        ]
+        for r in routes
+    ]
+    _table(rows, ["PATTERN", "SERVER", "PROVIDER", "PRIORITY", "LIVE"])
 
 
 def _calls(args: argparse.Namespace) -> int:

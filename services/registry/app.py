@@ -7,7 +7,7 @@ import logging
 
 from services.registry.membership import DuplicateServerId, GroupLink
 from services.registry.plan import PlanView
-from services.registry.records import KeyLayout, MemberInfo, NumberRecord
+from services.registry.records import ExternalRecord, KeyLayout, MemberInfo, NumberRecord
 from services.registry.service import RegistryService
 from services.runtime.config import Config
 from services.runtime.etcd import EtcdConnector
@@ -50,6 +50,14 @@ class RegistryApp:
                 view.set_department(local.server_id, dep.id, dep.name or dep.id)
             for n in cfg.numbering.numbers:
                 view.set_number(local.server_id, NumberRecord(n.number, n.name, n.department, n.kind))
+            # Routes through one of this server's providers are offered to the group; dialing
+            # rules without a provider stay local.
+            view.set_external(
+                local.server_id,
+                tuple(
+                    ExternalRecord(r.pattern, r.provider, r.priority, i) for i, r in enumerate(cfg.routes) if r.provider
+                ),
+            )
         link = GroupLink(
             self.etcd,
             KeyLayout(cfg.connector.group),

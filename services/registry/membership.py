@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from services.registry.plan import PlanView
 from services.registry.records import (
+    ExternalRecord,
     KeyLayout,
     MemberInfo,
     NumberRecord,
@@ -28,9 +29,11 @@ from services.registry.records import (
     decode_member,
     decode_number,
     decode_numbers,
+    decode_route,
     encode_department,
     encode_member,
     encode_number,
+    encode_route,
 )
 from services.runtime.backoff import Backoff
 from services.runtime.config import NUMBER_RE
@@ -205,6 +208,7 @@ class GroupLink:
                 (self.layout.department(sid, d), encode_department(n)) for d, n in self.view.departments[sid].items()
             ]
             items += [(self.layout.number(sid, n), encode_number(r)) for n, r in self.view.plans[sid].items()]
+            items += [(self.layout.route(sid, r.index), encode_route(r)) for r in self.view.external[sid]]
             await self.etcd.put_many(items, session.lease_id)
             self._pending_puts.clear()
             self._pending_deletes.clear()
@@ -273,6 +277,7 @@ class GroupLink:
         members: list[MemberInfo] = []
         plans: dict[str, list[NumberRecord]] = {}
         departments: dict[str, dict[str, str]] = {}
+        external: dict[str, list[ExternalRecord]] = {}
         numbers: list[tuple[str, str, bytes]] = []  # server id, number, value: decoded in slices
         for index, kv in enumerate(kvs):
             if index % PARSE_SLICE == PARSE_SLICE - 1:
@@ -287,6 +292,10 @@ class GroupLink:
                 info = self._member_from(parsed.server_id, kv, session)
                 if info is not None:
                     members.append(info)
+            elif parsed.kind == "route":
+                route = decode_route(parsed.item, kv.value)
+                if route is not None:
+                    external.setdefault(parsed.server_id, []).append(route)
             else:
                 name = decode_department(kv.value)
                 if name is not None:
@@ -299,7 +308,7 @@ class GroupLink:
                 if record is not None:
                     plans.setdefault(server_id, []).append(record)
             await asyncio.sleep(0)  # let keepalives and RPCs through during a large read
-        for _ in self.view.replace_remote_steps(members, plans, departments):
+        for _ in self.view.replace_remote_steps(members, plans, departments, external):
             await asyncio.sleep(0)
         return revision
 
@@ -335,6 +344,13 @@ class GroupLink:
                         record = _number_from(parsed.item, event.kv.value)
                         if record is not None:
                             self.view.set_number(sid, record)
+                elif parsed.kind == "route":
+                    if event.kind == "delete":
+                        self.view.remove_external_route(sid, int(parsed.item))
+                    else:
+                        route = decode_route(parsed.item, event.kv.value)
+                        if route is not None:
+                            self.view.set_external_route(sid, route)
                 elif event.kind == "delete":
                     self.view.remove_department(sid, parsed.item)
                 else:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import NamedTuple
 
-from services.registry.records import MemberInfo, NumberRecord
+from services.registry.records import ExternalRecord, MemberInfo, NumberRecord
 
 
 class Route(NamedTuple):  # a NamedTuple: one per number of the plan, built on every full read
@@ -30,6 +31,22 @@ class Route(NamedTuple):  # a NamedTuple: one per number of the plan, built on e
     department: str
     kind: str
     trunk_address: str
+
+
+class ExternalRoute(NamedTuple):
+    """A live server's route to the outside: numbers matching ``pattern`` go out through its
+    ``provider``; the group tries them by ``priority`` (lower first), then join order."""
+
+    pattern: str
+    server_id: str
+    server_name: str
+    provider: str
+    priority: int
+    local: bool
+    trunk_address: str
+    join_revision: int
+    position: int  # its place in its server's list
+    up: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +84,7 @@ STEP = 1000
 
 NumbersListener = Callable[[NumbersChange], None]
 MembersListener = Callable[[MembersChange], None]
+ExternalListener = Callable[[tuple[ExternalRoute, ...]], None]
 
 
 class PlanView:
@@ -79,6 +97,12 @@ class PlanView:
         self.plans: dict[str, dict[str, NumberRecord]] = {local.server_id: {}}
         self.departments: dict[str, dict[str, str]] = {local.server_id: {}}
         self.routes: dict[str, Route] = {}
+        # Each server's published external routes, and the group's merged list of them.
+        self.external: dict[str, tuple[ExternalRecord, ...]] = {local.server_id: ()}
+        self.external_routes: tuple[ExternalRoute, ...] = ()
+        self._external_dirty = False
+        self._external_listeners: set[ExternalListener] = set()
+        self._patterns: dict[str, re.Pattern[str]] = {}
         # Goes up whenever ``routes`` changes: a cache of anything derived from routes keys on it.
         self.version = 0
         self._claims: dict[str, set[str]] = {}
@@ -98,6 +122,11 @@ class PlanView:
     def on_members(self, listener: MembersListener) -> Callable[[], None]:
         self._member_listeners.add(listener)
         return lambda: self._member_listeners.discard(listener)
+
+    def on_external(self, listener: ExternalListener) -> Callable[[], None]:
+        """Hears the whole merged list of external routes whenever it changes."""
+        self._external_listeners.add(listener)
+        return lambda: self._external_listeners.discard(listener)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -124,6 +153,7 @@ class PlanView:
                 return
             self.members[info.server_id] = info
             self._dirty_members.add(info.server_id)
+            self._external_dirty = True
             self._dirty_numbers.update(self.plans.get(info.server_id, ()))
 
     def remove_member(self, server_id: str) -> None:
@@ -132,6 +162,7 @@ class PlanView:
         with self.batch():
             del self.members[server_id]
             self._dirty_members.add(server_id)
+            self._external_dirty = True
             self._dirty_numbers.update(self.plans.get(server_id, ()))
 
     def set_number(self, server_id: str, record: NumberRecord) -> None:
@@ -163,6 +194,22 @@ class PlanView:
                 del self._claims[number]
         self._dirty_numbers.add(number)
 
+    def set_external(self, server_id: str, records: tuple[ExternalRecord, ...]) -> None:
+        """All of one server's external routes at once (the local server's come from its config)."""
+        with self.batch():
+            if self.external.get(server_id, ()) != records:
+                self.external[server_id] = tuple(sorted(records, key=lambda r: r.index))
+                self._external_dirty = True
+
+    def set_external_route(self, server_id: str, record: ExternalRecord) -> None:
+        others = [r for r in self.external.get(server_id, ()) if r.index != record.index]
+        self.set_external(server_id, (*others, record))
+
+    def remove_external_route(self, server_id: str, index: int) -> None:
+        records = self.external.get(server_id, ())
+        if any(r.index == index for r in records):
+            self.set_external(server_id, tuple(r for r in records if r.index != index))
+
     def set_department(self, server_id: str, department_id: str, name: str) -> None:
         self.departments.setdefault(server_id, {})[department_id] = name
 
@@ -171,16 +218,17 @@ class PlanView:
 
     def forget_remote(self) -> None:
         """Drops every other server: members, claims and departments (the local server stays)."""
-        self.replace_remote([], {}, {})
+        self.replace_remote([], {}, {}, {})
 
     def replace_remote(
         self,
         members: Iterable[MemberInfo],
         plans: dict[str, list[NumberRecord]],
         departments: dict[str, dict[str, str]],
+        external: dict[str, list[ExternalRecord]] | None = None,
     ) -> None:
         """Makes the remote part of the view equal to a full read; listeners hear only the difference."""
-        for _ in self.replace_remote_steps(members, plans, departments):
+        for _ in self.replace_remote_steps(members, plans, departments, external):
             pass
 
     def replace_remote_steps(
@@ -188,6 +236,7 @@ class PlanView:
         members: Iterable[MemberInfo],
         plans: dict[str, list[NumberRecord]],
         departments: dict[str, dict[str, str]],
+        external: dict[str, list[ExternalRecord]] | None = None,
         step: int = STEP,
     ) -> Generator[None, None, None]:
         """``replace_remote`` in slices of about ``step`` numbers: the caller may let other work run
@@ -229,6 +278,13 @@ class PlanView:
             for server_id, deps in departments.items():
                 if server_id != self.local_id:
                     self.departments[server_id] = dict(deps)
+            if external is not None:
+                for server_id in [s for s in self.external if s != self.local_id and s not in external]:
+                    del self.external[server_id]
+                    self._external_dirty = True
+                for server_id, published in external.items():
+                    if server_id != self.local_id:
+                        self.set_external(server_id, tuple(published))
             numbers, self._dirty_numbers = self._dirty_numbers, set()
             winners: list[tuple[str, Route | None]] = []
             for number in numbers:
@@ -256,6 +312,18 @@ class PlanView:
 
     def resolve(self, number: str) -> Route | None:
         return self.routes.get(number)
+
+    def external_for(self, number: str) -> list[ExternalRoute]:
+        """The live external routes whose pattern matches ``number``, best first."""
+        return [r for r in self.external_routes if self._pattern(r.pattern).fullmatch(number)]
+
+    def _pattern(self, pattern: str) -> re.Pattern[str]:
+        compiled = self._patterns.get(pattern)
+        if compiled is None:
+            if len(self._patterns) > 4096:
+                self._patterns.clear()
+            compiled = self._patterns[pattern] = re.compile(pattern)
+        return compiled
 
     def live_members(self) -> list[MemberInfo]:
         """Earliest joined first; the local server's place follows its own join revision."""
@@ -360,12 +428,44 @@ class PlanView:
             change = NumbersChange(tuple(upserted), tuple(removed))
             for listener in list(self._number_listeners):
                 listener(change)
+        if self._external_dirty:
+            self._external_dirty = False
+            merged = self._merge_external()
+            if merged != self.external_routes:
+                self.external_routes = merged
+                for elistener in list(self._external_listeners):
+                    elistener(merged)
         if members or connected_changed:
             joined = tuple(self.members[s] for s in sorted(members) if s in self.members)
             left = tuple(sorted(s for s in members if s not in self.members))
             mchange = MembersChange(joined, left, self.connected)
             for mlistener in list(self._member_listeners):
                 mlistener(mchange)
+
+    def _merge_external(self) -> tuple[ExternalRoute, ...]:
+        routes = []
+        for server_id, records in self.external.items():
+            member = self.members.get(server_id)
+            if member is None:
+                continue  # only live members' routes count
+            for record in records:
+                routes.append(
+                    ExternalRoute(
+                        record.pattern,
+                        server_id,
+                        member.name,
+                        record.provider,
+                        record.priority,
+                        server_id == self.local_id,
+                        member.trunk_address,
+                        member.join_revision,
+                        record.index,
+                        record.up,
+                    )
+                )
+        # Routes whose provider is down go last: still there to try when nothing else is.
+        routes.sort(key=lambda r: (not r.up, r.priority, r.join_revision or (1 << 62), r.server_id, r.position))
+        return tuple(routes)
 
 
 def _join_order(member: MemberInfo) -> tuple[int, str]:

@@ -3,6 +3,7 @@
     /pbxmesh/<group>/members/<server id>                  {"name", "registry", "trunk", "callstate"}
     /pbxmesh/<group>/numbers/<server id>/<number>         {"name", "department", "kind"}
     /pbxmesh/<group>/departments/<server id>/<dept id>    {"name"}
+    /pbxmesh/<group>/routes/<server id>/<index>           {"pattern", "provider", "priority", "up"}
 
 Every key is bound to its server's lease. Records are compact JSON so that an operator can read
 them with ``etcdctl get --prefix /pbxmesh/``. A server's join order is the create revision of its
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -36,8 +38,21 @@ class NumberRecord(NamedTuple):  # NamedTuples here: a full read of a large grou
     kind: str = "user"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExternalRecord:
+    """One external route a server publishes: numbers matching ``pattern`` go out through it."""
+
+    pattern: str
+    provider: str
+    priority: int = 100
+    index: int = 0  # its place in the server's own list
+    # False while the server's provider behind the route cannot take calls (its registration
+    # failed): the other servers then try the next route first.
+    up: bool = True
+
+
 class ParsedKey(NamedTuple):
-    kind: Literal["member", "number", "department"]
+    kind: Literal["member", "number", "department", "route"]
     server_id: str
     item: str = ""
 
@@ -57,6 +72,9 @@ class KeyLayout:
     def department(self, server_id: str, department_id: str) -> str:
         return f"{self.prefix}departments/{server_id}/{department_id}"
 
+    def route(self, server_id: str, index: int) -> str:
+        return f"{self.prefix}routes/{server_id}/{index}"
+
     def parse(self, key: str) -> ParsedKey | None:
         """Splits a key of this group; None for anything else (foreign or malformed keys are ignored)."""
         if not key.startswith(self.prefix):
@@ -69,6 +87,8 @@ class KeyLayout:
                 return ParsedKey("number", parts[1], parts[2])
             if parts[0] == "departments":
                 return ParsedKey("department", parts[1], parts[2])
+            if parts[0] == "routes" and parts[2].isdigit() and len(parts[2]) < 6:
+                return ParsedKey("route", parts[1], parts[2])
         return None
 
 
@@ -141,6 +161,33 @@ def encode_department(name: str) -> bytes:
 def decode_department(value: bytes) -> str | None:
     data = _load(value)
     return None if data is None else _text(data, "name")
+
+
+def encode_route(record: ExternalRecord) -> bytes:
+    return json.dumps(
+        {"pattern": record.pattern, "provider": record.provider, "priority": record.priority, "up": record.up},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+MAX_PATTERN = 200
+
+
+def decode_route(index: str, value: bytes) -> ExternalRecord | None:
+    """A published route, or None when it is malformed: a pattern that does not compile is
+    dropped here, never tried on a call."""
+    data = _load(value)
+    if data is None:
+        return None
+    pattern, priority = _text(data, "pattern"), data.get("priority", 100)
+    if not pattern or len(pattern) > MAX_PATTERN or not isinstance(priority, int) or not 0 <= priority <= 65535:
+        return None
+    try:
+        re.compile(pattern)
+    except re.error:
+        return None
+    return ExternalRecord(pattern, _text(data, "provider"), priority, int(index), data.get("up") is not False)
 
 
 def _dump(data: dict[str, str]) -> bytes:

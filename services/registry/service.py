@@ -20,7 +20,7 @@ from services.registry.errors import (
     UnknownDepartment,
 )
 from services.registry.membership import GroupLink
-from services.registry.plan import MembersChange, NumbersChange, PlanView, Route
+from services.registry.plan import ExternalRoute, MembersChange, NumbersChange, PlanView, Route
 from services.registry.records import MemberInfo, NumberRecord
 from services.runtime.config import NUMBER_RE
 from services.runtime.subscription import Subscription
@@ -56,6 +56,20 @@ def route_pb(route: Route) -> pb.Route:
         department_id=route.department,
         kind=KIND_TO_PB.get(route.kind, pb.NUMBER_KIND_UNSPECIFIED),
         trunk_address=route.trunk_address,
+    )
+
+
+def external_pb(route: ExternalRoute) -> pb.ExternalRoute:
+    return pb.ExternalRoute(
+        pattern=route.pattern,
+        server_id=route.server_id,
+        server_name=route.server_name,
+        provider=route.provider,
+        priority=route.priority,
+        local=route.local,
+        trunk_address=route.trunk_address,
+        join_revision=route.join_revision,
+        live=route.up,
     )
 
 
@@ -96,7 +110,11 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         span = trace.get_current_span()
         span.set_attribute(ATTR_NUMBER, request.number)
         if route is None:
-            raise NumberNotFound(f"no live member has number {request.number}")
+            external = self.view.external_for(request.number)
+            if not external:
+                raise NumberNotFound(f"no live member has number {request.number} and no external route matches it")
+            span.set_attribute(ATTR_ROUTE_SERVER_ID, external[0].server_id)
+            return pb.ResolveNumberResponse(external=[external_pb(r) for r in external])
         span.set_attribute(ATTR_ROUTE_SERVER_ID, route.server_id)
         return pb.ResolveNumberResponse(route=route_pb(route))
 
@@ -254,6 +272,38 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
             raise NumberNotOwned(f"this server has no own number {request.number}")
         await self.link.remove_number(request.number)
         return pb.RemoveNumberResponse()
+
+    async def ListExternalRoutes(
+        self,
+        request: pb.ListExternalRoutesRequest,
+        context: Ctx[pb.ListExternalRoutesRequest, pb.ListExternalRoutesResponse],
+    ) -> pb.ListExternalRoutesResponse:
+        return pb.ListExternalRoutesResponse(
+            routes=[external_pb(r) for r in self.view.external_routes], connected=self.view.connected
+        )
+
+    async def WatchExternalRoutes(
+        self,
+        request: pb.WatchExternalRoutesRequest,
+        context: Ctx[pb.WatchExternalRoutesRequest, pb.WatchExternalRoutesResponse],
+    ) -> AsyncIterator[pb.WatchExternalRoutesResponse]:
+        changes: Subscription[tuple[ExternalRoute, ...] | MembersChange] = Subscription()
+        unsubscribe = (self.view.on_external(changes.put), self.view.on_members(changes.put))
+        try:
+            routes, connected = self.view.external_routes, self.view.connected
+            yield pb.WatchExternalRoutesResponse(routes=[external_pb(r) for r in routes], connected=connected)
+            while True:
+                change = await changes.get()
+                if isinstance(change, MembersChange):
+                    if change.connected == connected:
+                        continue
+                    connected = change.connected
+                else:
+                    routes = change
+                yield pb.WatchExternalRoutesResponse(routes=[external_pb(r) for r in routes], connected=connected)
+        finally:
+            for stop in unsubscribe:
+                stop()
 
 
 def _route_messages(

@@ -27,6 +27,7 @@ from services.runtime.config_calls import (
     validate_calls,
 )
 from services.runtime.config_media import MediaSection, RecordingSection, validate_media
+from services.runtime.config_pstn import ExternalSection, ProviderEntry, RouteEntry, validate_pstn
 from services.runtime.logs import LOG_FORMATS
 from services.runtime.text import MAX_NAME, MAX_PATH
 
@@ -186,6 +187,9 @@ class Config:
     scenarios: ScenariosSection = dataclasses.field(default_factory=ScenariosSection)
     media: MediaSection = dataclasses.field(default_factory=MediaSection)
     recording: RecordingSection = dataclasses.field(default_factory=RecordingSection)
+    providers: tuple[ProviderEntry, ...] = ()
+    routes: tuple[RouteEntry, ...] = ()
+    external: ExternalSection = dataclasses.field(default_factory=ExternalSection)
     telemetry: TelemetrySection = TelemetrySection()
     limits: LimitsSection = LimitsSection()
 
@@ -326,6 +330,10 @@ def validate(config: Config) -> None:
         {d.id for d in config.numbering.departments},
         config.listen.trunk,
     )
+    own = {n.number for n in config.numbering.numbers}
+    validate_pstn(config.providers, config.routes, config.external, own, {d.id for d in config.numbering.departments})
+    if config.providers and not config.listen.sip:
+        raise ConfigError("providers: set listen.sip too (calls to and from providers use the phones' SIP port)")
 
 
 def _validate_numbering(numbering: NumberingSection) -> None:

@@ -96,6 +96,9 @@ class ScenarioRule:
     ring_department: str = ""
     forward: str = ""
     reject: int = 0
+    # The rule's dial/forward may reach an external number (the PSTN). Off by default: a call
+    # from a provider forwarded back out to a provider is how toll fraud pays.
+    allow_external: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

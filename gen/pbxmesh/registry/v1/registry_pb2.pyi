@@ -182,20 +182,165 @@ class ResolveNumberResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUTE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def route(self) -> Global___Route: ...
+    def route(self) -> Global___Route:
+        """Set when the number is an internal number of the group."""
+
+    @_builtins.property
+    def external(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExternalRoute]:
+        """Otherwise: the live external routes whose pattern matches the number, best first."""
+
     def __init__(
         self,
         *,
         route: Global___Route | None = ...,
+        external: _abc.Iterable[Global___ExternalRoute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external", b"external", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveNumberResponse: _TypeAlias = ResolveNumberResponse  # noqa: Y015
+
+@_typing.final
+class ExternalRoute(_message.Message):
+    """ExternalRoute is one server's route to the outside: a dialed number that is not an internal
+    number of the group and matches `pattern` may go out through that server's `provider`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    SERVER_NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    TRUNK_ADDRESS_FIELD_NUMBER: _builtins.int
+    JOIN_REVISION_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.str
+    """A regular expression matched against the whole dialed number."""
+    server_id: _builtins.str
+    """The server that holds the provider connection (a router server)."""
+    server_name: _builtins.str
+    provider: _builtins.str
+    """The provider's name in that server's config."""
+    priority: _builtins.int
+    """Lower goes first; equal priorities go by join order."""
+    local: _builtins.bool
+    """True when the route is the answering server's own."""
+    trunk_address: _builtins.str
+    """host:port of that server's inter-server SIP trunk."""
+    join_revision: _builtins.int
+    live: _builtins.bool
+    """False while the route's provider cannot take calls (its registration is refused or lost):
+    such routes are listed after every live one.
+    """
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.str = ...,
+        server_id: _builtins.str = ...,
+        server_name: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        local: _builtins.bool = ...,
+        trunk_address: _builtins.str = ...,
+        join_revision: _builtins.int = ...,
+        live: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_revision", b"join_revision", "live", b"live", "local", b"local", "pattern", b"pattern", "priority", b"priority", "provider", b"provider", "server_id", b"server_id", "server_name", b"server_name", "trunk_address", b"trunk_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalRoute: _TypeAlias = ExternalRoute  # noqa: Y015
+
+@_typing.final
+class ListExternalRoutesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExternalRoutesRequest: _TypeAlias = ListExternalRoutesRequest  # noqa: Y015
+
+@_typing.final
+class ListExternalRoutesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    connected: _builtins.bool
+    """False while this server is cut off from the group (it then lists only its own routes)."""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExternalRoute]:
+        """Live members' routes, best first."""
+
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[Global___ExternalRoute] | None = ...,
+        connected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExternalRoutesResponse: _TypeAlias = ListExternalRoutesResponse  # noqa: Y015
+
+@_typing.final
+class WatchExternalRoutesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchExternalRoutesRequest: _TypeAlias = WatchExternalRoutesRequest  # noqa: Y015
+
+@_typing.final
+class WatchExternalRoutesResponse(_message.Message):
+    """WatchExternalRoutesResponse carries the whole merged list each time it changes (it is short)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    connected: _builtins.bool
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExternalRoute]: ...
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[Global___ExternalRoute] | None = ...,
+        connected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchExternalRoutesResponse: _TypeAlias = WatchExternalRoutesResponse  # noqa: Y015
 
 @_typing.final
 class ListNumbersRequest(_message.Message):

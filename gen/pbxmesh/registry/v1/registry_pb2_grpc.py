@@ -82,6 +82,16 @@ class RegistryServiceStub:
                 request_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberResponse.FromString,
                 _registered_method=True)
+        self.ListExternalRoutes = channel.unary_unary(
+                '/pbxmesh.registry.v1.RegistryService/ListExternalRoutes',
+                request_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesResponse.FromString,
+                _registered_method=True)
+        self.WatchExternalRoutes = channel.unary_stream(
+                '/pbxmesh.registry.v1.RegistryService/WatchExternalRoutes',
+                request_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -91,7 +101,8 @@ class RegistryServiceServicer:
     """
 
     def ResolveNumber(self, request, context):
-        """ResolveNumber returns where a dialed number lives. NOT_FOUND if no live member has it.
+        """ResolveNumber returns where a dialed number lives: the internal number's owner, else the
+        external routes that match it. NOT_FOUND if neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +164,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExternalRoutes(self, request, context):
+        """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchExternalRoutes(self, request, context):
+        """WatchExternalRoutes sends the merged external routes now and again whenever they change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +225,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RemoveNumber,
                     request_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberRequest.FromString,
                     response_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberResponse.SerializeToString,
+            ),
+            'ListExternalRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExternalRoutes,
+                    request_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesRequest.FromString,
+                    response_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesResponse.SerializeToString,
+            ),
+            'WatchExternalRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchExternalRoutes,
+                    request_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.FromString,
+                    response_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +483,60 @@ class RegistryService:
             '/pbxmesh.registry.v1.RegistryService/RemoveNumber',
             pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberRequest.SerializeToString,
             pbxmesh_dot_registry_dot_v1_dot_registry__pb2.RemoveNumberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExternalRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.registry.v1.RegistryService/ListExternalRoutes',
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesRequest.SerializeToString,
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.ListExternalRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchExternalRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pbxmesh.registry.v1.RegistryService/WatchExternalRoutes',
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.SerializeToString,
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,9 @@ class RegistryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
     ResolveNumber: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ResolveNumberRequest, _registry_pb2.ResolveNumberResponse]
-    """ResolveNumber returns where a dialed number lives. NOT_FOUND if no live member has it."""
+    """ResolveNumber returns where a dialed number lives: the internal number's owner, else the
+    external routes that match it. NOT_FOUND if neither.
+    """
     ListNumbers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNumbersRequest, _registry_pb2.ListNumbersResponse]
     """ListNumbers returns the merged plan: one route per number, the winner of any conflict."""
     WatchNumbers: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchNumbersRequest, _registry_pb2.WatchNumbersResponse]
@@ -54,6 +56,10 @@ class RegistryServiceStub:
     """UpsertNumber adds or changes one of this server's own numbers and publishes it."""
     RemoveNumber: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RemoveNumberRequest, _registry_pb2.RemoveNumberResponse]
     """RemoveNumber withdraws one of this server's own numbers. NOT_FOUND if it has no such number."""
+    ListExternalRoutes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListExternalRoutesRequest, _registry_pb2.ListExternalRoutesResponse]
+    """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first."""
+    WatchExternalRoutes: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchExternalRoutesRequest, _registry_pb2.WatchExternalRoutesResponse]
+    """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -64,7 +70,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ResolveNumber: _aio.UnaryUnaryMultiCallable[_registry_pb2.ResolveNumberRequest, _registry_pb2.ResolveNumberResponse]  # type: ignore[assignment]
-    """ResolveNumber returns where a dialed number lives. NOT_FOUND if no live member has it."""
+    """ResolveNumber returns where a dialed number lives: the internal number's owner, else the
+    external routes that match it. NOT_FOUND if neither.
+    """
     ListNumbers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNumbersRequest, _registry_pb2.ListNumbersResponse]  # type: ignore[assignment]
     """ListNumbers returns the merged plan: one route per number, the winner of any conflict."""
     WatchNumbers: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchNumbersRequest, _registry_pb2.WatchNumbersResponse]  # type: ignore[assignment]
@@ -81,6 +89,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """UpsertNumber adds or changes one of this server's own numbers and publishes it."""
     RemoveNumber: _aio.UnaryUnaryMultiCallable[_registry_pb2.RemoveNumberRequest, _registry_pb2.RemoveNumberResponse]  # type: ignore[assignment]
     """RemoveNumber withdraws one of this server's own numbers. NOT_FOUND if it has no such number."""
+    ListExternalRoutes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListExternalRoutesRequest, _registry_pb2.ListExternalRoutesResponse]  # type: ignore[assignment]
+    """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first."""
+    WatchExternalRoutes: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchExternalRoutesRequest, _registry_pb2.WatchExternalRoutesResponse]  # type: ignore[assignment]
+    """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService answers for one server's view of its group: the live members and the merged
@@ -94,7 +106,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ResolveNumberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ResolveNumberResponse, _abc.Awaitable[_registry_pb2.ResolveNumberResponse]]:
-        """ResolveNumber returns where a dialed number lives. NOT_FOUND if no live member has it."""
+        """ResolveNumber returns where a dialed number lives: the internal number's owner, else the
+        external routes that match it. NOT_FOUND if neither.
+        """
 
     @_abc_1.abstractmethod
     def ListNumbers(
@@ -159,5 +173,21 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RemoveNumberResponse, _abc.Awaitable[_registry_pb2.RemoveNumberResponse]]:
         """RemoveNumber withdraws one of this server's own numbers. NOT_FOUND if it has no such number."""
+
+    @_abc_1.abstractmethod
+    def ListExternalRoutes(
+        self,
+        request: _registry_pb2.ListExternalRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListExternalRoutesResponse, _abc.Awaitable[_registry_pb2.ListExternalRoutesResponse]]:
+        """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first."""
+
+    @_abc_1.abstractmethod
+    def WatchExternalRoutes(
+        self,
+        request: _registry_pb2.WatchExternalRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchExternalRoutesResponse], _abc.AsyncIterator[_registry_pb2.WatchExternalRoutesResponse]]:
+        """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
