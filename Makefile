@@ -65,14 +65,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Real SIP peers for the gateway's tests, from Debian: SIPp (package sip-tester), sipsak, the
-# baresip softphone and sipvicious (svcrack, the password cracker the lockout is tested with);
-# gcc builds the media bench's load generator, which a test runs.
+# baresip softphone, sipvicious (svcrack, the password cracker the lockout is tested with) and
+# Kamailio (a telephone provider's edge for the trunk tests; it sits in /usr/sbin, and the tests
+# run their own on loopback ports, never the system service); gcc builds the media bench's load
+# generator, which a test runs.
 sip-peers:
-	@missing=""; for t in sipp sipsak baresip svcrack gcc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in sipp sipsak baresip svcrack kamailio gcc; do command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip sipvicious gcc libc6-dev; \
-		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip, sipvicious and gcc (or run make as root)"; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sip-tester sipsak baresip sipvicious kamailio gcc libc6-dev; \
+		else echo "missing:$$missing: install the Debian packages sip-tester, sipsak, baresip, sipvicious, kamailio and gcc (or run make as root)"; exit 1; fi; \
 	fi
 
 # The media bench's reference relay (rtpengine, userspace) and the compiler of its load generator.
