@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.nameserver
 import dns.rdata
 import dns.rdatatype
@@ -168,9 +169,8 @@ class Locator:
             # RFC 3263 uses the "S" flag only: the replacement names SRV records; a regexp has no place.
             if service is None or record.flags.lower() != b"s" or record.regexp:
                 continue
-            replacement = record.replacement.to_text(omit_final_dot=True).lower()
-            if replacement:
-                usable.append((record.order, record.preference, service, replacement))
+            if record.replacement != dns.name.root:
+                usable.append((record.order, record.preference, service, _host(record.replacement)))
         targets: list[Target] = []
         for _, _, service, replacement in sorted(usable):
             found, _ = await self._srv(lookup, replacement, service)
@@ -190,9 +190,9 @@ class Locator:
         """The targets of ``name``'s SRV records, and whether it had any SRV record at all."""
         answer = await self._query(lookup, name, "SRV")
         records = [r for r in answer.records if isinstance(r, dns.rdtypes.IN.SRV.SRV)]
-        hosts = [(r.target.to_text(omit_final_dot=True).lower(), r.port) for r in srv_order(records, self._rng)]
-        # RFC 2782: a target of "." (an empty name here) means no service at this domain.
-        found = await asyncio.gather(*(self._addresses(lookup, host, port, transport) for host, port in hosts if host))
+        # RFC 2782: a target of "." means no service at this domain.
+        hosts = [(_host(r.target), r.port) for r in srv_order(records, self._rng) if r.target != dns.name.root]
+        found = await asyncio.gather(*(self._addresses(lookup, host, port, transport) for host, port in hosts))
         return [target for targets in found for target in targets], bool(records)
 
     async def _addresses(self, lookup: _Lookup, host: str, port: int, transport: str) -> list[Target]:
@@ -284,6 +284,10 @@ def srv_order(records: Sequence[dns.rdtypes.IN.SRV.SRV], rng: random.Random) -> 
                     ordered.append(group.pop(index))
                     break
     return ordered
+
+
+def _host(name: dns.name.Name) -> str:
+    return str(name.to_text(omit_final_dot=True)).lower()
 
 
 def _negative_ttl(error: dns.resolver.NXDOMAIN) -> int:

@@ -156,7 +156,8 @@ async def test_srv_target_dot_means_no_service() -> None:
         with pytest.raises(LocateError) as raised:
             await locator(server).locate("closed.test", "UDP")
         assert raised.value.address == "closed.test"
-        assert server.count("closed.test", "A") == 0
+        assert raised.value.reason == "no NAPTR, SRV, A or AAAA record for closed.test"
+        assert server.queries == [("_sip._udp.closed.test", "SRV")]
 
 
 async def test_unknown_name_is_a_clear_error() -> None:
@@ -231,6 +232,15 @@ async def test_answers_are_kept_for_their_ttl() -> None:
             ("tcp.carrier.test", "AAAA"),
             ("tls.carrier.test", "AAAA"),
         ]
+        # A name that does not exist (NXDOMAIN) is kept for the SOA's minimum too.
+        for _ in range(2):
+            with pytest.raises(LocateError):
+                await found.locate("gone.test:5060")
+        assert server.count("gone.test", "A") == 1
+        clock.now += 61
+        with pytest.raises(LocateError):
+            await found.locate("gone.test:5060")
+        assert server.count("gone.test", "A") == 2
 
 
 @pytest.mark.parametrize(
