@@ -115,6 +115,8 @@ class Locator:
     ):
         if timeout <= 0:
             raise ValueError(f"DNS timeout must be positive, not {timeout}")
+        if nameservers is not None and not nameservers:
+            raise ValueError("no DNS server given (None reads /etc/resolv.conf)")
         for host, port in nameservers or ():
             try:
                 ipaddress.ip_address(host)

@@ -276,3 +276,5 @@ def test_nameservers_must_be_addresses() -> None:
         Locator([("dns.test", 53)])
     with pytest.raises(ValueError, match="out of range"):
         Locator([("127.0.0.1", 0)])
+    with pytest.raises(ValueError, match="no DNS server given"):
+        Locator([])
