@@ -9,6 +9,7 @@
 - ``baresip``: a real softphone driven over its control port.
 - ``sipmsg``: the pieces of SIP that hand-written phones share (headers, replies, digest).
 - ``wait``: waiting on conditions, never on fixed sleeps.
+- ``dns``: a tiny authoritative DNS server on 127.0.0.1 (``DnsServer``), for DNS lookups' tests.
 
 Scripts and benches import it with the repository root on ``sys.path``; it needs nothing but
 the product's own dependencies (no pytest).
