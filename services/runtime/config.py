@@ -27,7 +27,7 @@ from services.runtime.config_calls import (
     validate_calls,
 )
 from services.runtime.config_media import MediaSection, RecordingSection, validate_media
-from services.runtime.config_pstn import ExternalSection, ProviderEntry, RouteEntry, validate_pstn
+from services.runtime.config_pstn import DnsSection, ExternalSection, ProviderEntry, RouteEntry, validate_pstn
 from services.runtime.logs import LOG_FORMATS
 from services.runtime.text import MAX_NAME, MAX_PATH
 
@@ -190,6 +190,7 @@ class Config:
     providers: tuple[ProviderEntry, ...] = ()
     routes: tuple[RouteEntry, ...] = ()
     external: ExternalSection = dataclasses.field(default_factory=ExternalSection)
+    dns: DnsSection = dataclasses.field(default_factory=DnsSection)
     telemetry: TelemetrySection = TelemetrySection()
     limits: LimitsSection = LimitsSection()
 
@@ -332,6 +333,8 @@ def validate(config: Config) -> None:
     )
     own = {n.number for n in config.numbering.numbers}
     validate_pstn(config.providers, config.routes, config.external, own, {d.id for d in config.numbering.departments})
+    for i, server in enumerate(config.dns.servers):
+        check_host_port(server, f"dns.servers[{i}]")
     if config.providers and not config.listen.sip:
         raise ConfigError("providers: set listen.sip too (calls to and from providers use the phones' SIP port)")
 

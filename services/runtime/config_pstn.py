@@ -92,6 +92,14 @@ class ExternalSection:
     per_minute_per_server: int = 120
 
 
+@dataclasses.dataclass(frozen=True)
+class DnsSection:
+    """Where the gateway resolves its providers' names (host:port each); empty: the system's
+    resolver (/etc/resolv.conf). Only configured names are ever resolved."""
+
+    servers: tuple[str, ...] = ()
+
+
 def host_and_port(address: str) -> tuple[str, int | None]:
     """A provider address as (host, port or None); ValueError if it is neither."""
     match = HOST_RE.fullmatch(address)

@@ -21,17 +21,21 @@ from services.sipgw.auth.rate_limit import Rate
 from services.sipgw.auth.trunk_proof import TrunkProof
 from services.sipgw.call import Kind
 from services.sipgw.core import SipCore
+from services.sipgw.external import External
 from services.sipgw.liveness import PeerMonitor, SessionTimer
 from services.sipgw.media_link import MediaLink
 from services.sipgw.plan_feed import PlanFeed
+from services.sipgw.providers import Providers
 from services.sipgw.registrar import Registrar
 from services.sipgw.registrar.store import BindingsFile
 from services.sipgw.reporter import Reporter
 from services.sipgw.scenarios import Scenarios
 from services.sipgw.secrets_watch import watch_trunk_secrets
 from services.sipgw.service import SipGatewayService
+from services.sipgw.sip.locate import Locator
 from services.sipgw.sip.tls_trunk import TlsTrunk
 from services.sipgw.sip.transport import Gate, Receiver, TcpListener, UdpEndpoint
+from services.sipgw.toll import TollGuard
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import TrunkLines
 
@@ -87,6 +91,18 @@ class SipGatewayApp:
             ring_timeout=config.sip.ring_timeout,
         )
         self.core.require_tls = config.sip.require_tls
+        self.providers = Providers(config.providers, _locator(config))
+        self.guard = TollGuard(config.external)
+        router = self.core.router
+        router.external = External(
+            router,
+            config.routes,
+            self.providers,
+            self.guard,
+            {n.number: n.department for n in config.numbering.numbers},
+        )
+        self.core.providers = self.providers
+        self.core.calls.setup.providers = self.providers
         # Everything from the network passes here before the transaction layer (admission.py).
         self.admission = Admission(
             self.core.transactions.receive,
@@ -193,6 +209,37 @@ class SipGatewayApp:
             explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30],
         )
         self.core.calls.record_setup = setup.record
+        providers, guard = self.providers.links, self.guard
+        m.counter_of(
+            "pbxmesh.external.refused",
+            "external calls refused by the toll fraud guard, by reason",
+            lambda: [(n, {"reason": r}) for r, n in guard.refused.items()],
+        )
+        m.gauge("pbxmesh.external.calls", "external calls in progress", lambda: [(guard.total, {})])
+        m.gauge(
+            "pbxmesh.provider.lines_in_use",
+            "a provider's lines in use",
+            lambda: [(p.lines.usage.in_use, {"provider": p.name}) for p in providers],
+        )
+        m.counter_of(
+            "pbxmesh.provider.calls",
+            "calls through a provider, by direction",
+            lambda: [
+                (n, {"provider": p.name, "direction": d})
+                for p in providers
+                for d, n in (("in", p.calls_in), ("out", p.calls_out))
+            ],
+        )
+        m.counter_of(
+            "pbxmesh.provider.failovers",
+            "calls a provider refused or left unanswered, tried on the next route",
+            lambda: [(p.failovers, {"provider": p.name}) for p in providers],
+        )
+        m.gauge(
+            "pbxmesh.provider.up",
+            "1 while a provider can take calls",
+            lambda: [(int(p.up), {"provider": p.name}) for p in providers],
+        )
 
     async def start(self) -> None:
         host, port = check_host_port(self.config.listen.sip, "listen.sip")
@@ -201,6 +248,8 @@ class SipGatewayApp:
         receive, gate = self.admission.receive, self.admission
         self.udp, self.tcp = await _open_sip(host, port, receive, gate)
         self.core.router.phone_links["UDP"] = self.udp
+        self.core.router.phone_links["TCP"] = self.tcp
+        await self.providers.start()
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             tls = self.config.tls
@@ -263,6 +312,7 @@ class SipGatewayApp:
         if self.peers is not None:
             await self.peers.stop()
         await self.plan.stop()
+        await self.providers.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.media is not None:
@@ -315,6 +365,11 @@ async def _until(check: Callable[[], bool], seconds: float) -> None:
         if check():
             return
         await asyncio.sleep(0.05)
+
+
+def _locator(config: Config) -> Locator:
+    servers = [check_host_port(s, f"dns.servers[{i}]") for i, s in enumerate(config.dns.servers)]
+    return Locator(servers or None)
 
 
 def _rate(section: RateLimitSection) -> Rate:

@@ -56,6 +56,7 @@ class B2BUA:
         self.relay.on_loop_ready = lambda call: close_loop(self.table, call)
         # What the SIP core hands over.
         self.invite = self.setup.invite
+        self.provider_invite = self.setup.provider_invite
         self.cancel = self.setup.cancel
         self.in_dialog = self.relay.receive
         # What the API and the callstate reporter use.

@@ -80,6 +80,7 @@ class Leg:
     dialog: Dialog | None = None
     trunk: bool = False  # the party is behind the trunk (another server, or a full URI)
     server: str = ""  # the group's server behind the trunk, when known
+    provider: str = ""  # the provider the party is behind (the PSTN), on this server
     peer_instance: str = ""  # that server's gateway process: a restarted one forgot this leg
     # Gives back the trunk line this leg holds; called once, when the leg leaves the call.
     line: Callable[[], None] | None = None
@@ -102,6 +103,7 @@ class Leg:
             dialog,
             trunk=branch.over_trunk,
             server=branch.peer_server_id,
+            provider=branch.provider,
             line=line,
             invite=branch.request,
         )

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from services.sipgw.b2bua import B2BUA
 from services.sipgw.plan_feed import PlanFeed
+from services.sipgw.providers import Providers
 from services.sipgw.registrar import Decision, Registrar
 from services.sipgw.routing import ALLOW, Router
 from services.sipgw.scenarios import Scenarios
@@ -46,6 +47,7 @@ class SipCore:
         self.calls = B2BUA(self.transactions, self.router, scenarios, ring_timeout=ring_timeout)
         self.draining = False  # the server shuts down: no new call is taken
         self.require_tls = False  # phones over UDP or TCP get 403 (sip.require_tls)
+        self.providers: Providers | None = None  # calls from a provider's addresses (providers.py)
 
     def on_request(self, transaction: ServerTransaction, request: Request) -> None:
         if self.draining and request.method == "INVITE" and not request.to_addr.tag:
@@ -113,7 +115,12 @@ class SipCore:
         return False
 
     def _invite(self, transaction: ServerTransaction, request: Request) -> None:
-        """A phone's new call: it proves who it is first (407 challenge), as for REGISTER."""
+        """A phone's new call: it proves who it is first (407 challenge), as for REGISTER. A
+        provider's call is known by its source address (providers do not authenticate to us)."""
+        provider = self.providers.from_source(transaction.address) if self.providers else None
+        if provider is not None:
+            self.calls.provider_invite(transaction, request, provider)
+            return
         decision = self.registrar.authorize(request, transaction.address)
         if decision.number is None:
             self._answer(transaction, decision)

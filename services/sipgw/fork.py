@@ -5,6 +5,11 @@ A number with several registered phones, or a department, is rung everywhere at 
 arrives from a canceled branch (its answer crossed our CANCEL) is ACKed and hung up at once.
 When every branch has failed, the best failure is reported: a 6xx at once, else the lowest class,
 the first received within it.
+
+A branch may carry a ``retry``: asked on its failure (a challenge to answer with credentials, a
+provider or router server that refuses or does not answer), it may turn the branch into a new
+INVITE, sent at once in its place, instead of letting it fail (the branch's owner does the RFC
+3261 22.2 and failover logic; the fork only resends).
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class Branch:
     tx: ClientTransaction | None = None
     final: int = 0  # the final status it got, 0 while it rings
     cancel_waits: bool = False  # canceled before any provisional answer: CANCEL goes on the first
+    # Asked with the failure status and response (None: no answer) before the branch fails: True
+    # when it has put a new request (and address, link, release) in the branch, to send instead.
+    retry: Callable[[Branch, int, Response | None], bool] | None = None
+    provider: str = ""  # the provider a branch to the outside goes to
+    line: Callable[[], None] | None = None  # with a retry: the line of the route tried now
 
     def released(self) -> None:
         release, self.release = self.release, None
@@ -69,13 +79,25 @@ class Fork:
         if self.ring_timeout is not None:
             self._timer = asyncio.get_running_loop().call_later(self.ring_timeout, self._ring_timed_out)
         for branch in self.branches:
-            branch.tx = self.transactions.send_request(
-                branch.request,
-                branch.link,
-                branch.address,
-                functools.partial(self._response, branch),
-                functools.partial(self._timed_out, branch),
-            )
+            self._send(branch)
+
+    def _send(self, branch: Branch) -> None:
+        branch.tx = self.transactions.send_request(
+            branch.request,
+            branch.link,
+            branch.address,
+            functools.partial(self._response, branch, branch.request),
+            functools.partial(self._timed_out, branch, branch.request),
+        )
+
+    def _retried(self, branch: Branch, status: int, response: Response | None) -> bool:
+        """Whether the branch's owner replaced its failed INVITE with another, now sent."""
+        if branch.retry is None or self.canceled or self.winner is not None:
+            return False
+        if not branch.retry(branch, status, response):
+            return False
+        self._send(branch)
+        return True
 
     def cancel(self) -> None:
         """CANCEL every branch still ringing; no failure is reported after this."""
@@ -85,7 +107,9 @@ class Fork:
             if branch is not self.winner and not branch.final:
                 self._cancel(branch)
 
-    def _response(self, branch: Branch, response: Response) -> None:
+    def _response(self, branch: Branch, sent: Request, response: Response) -> None:
+        if sent is not branch.request:
+            return  # an answer to a request this branch has replaced (a challenged INVITE)
         status = response.status
         if status < 200:
             if branch.cancel_waits:
@@ -108,15 +132,15 @@ class Fork:
             else:
                 self._hang_up_late(branch, response)
             return
-        if branch.final:
+        if branch.final or self._retried(branch, status, response):
             return
         branch.final = status
         branch.released()
         self._failures.append((status, response.reason))
         self._maybe_failed()
 
-    def _timed_out(self, branch: Branch) -> None:
-        if branch.final:
+    def _timed_out(self, branch: Branch, sent: Request) -> None:
+        if branch.final or sent is not branch.request or self._retried(branch, 408, None):
             return
         branch.final = 408
         branch.released()

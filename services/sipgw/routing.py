@@ -14,6 +14,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from services.runtime.addresses import parse_host_port
 from services.runtime.config_calls import parse_target_uri
@@ -29,6 +30,9 @@ from services.sipgw.sip.transaction import new_branch
 from services.sipgw.sip.transport import Address, Link, scheme, scheme_of
 from services.sipgw.trunk import Trunk
 from services.sipgw.trunk_lines import NoLineFree
+
+if TYPE_CHECKING:
+    from services.sipgw.external import External
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class Outgoing:
     body: bytes = b""
     content_type: str = ""
     path: tuple[str, ...] = ()  # servers the call has passed before this one
+    origin: str = "phone"  # who asks for it, as the toll fraud guard sees it (toll.py)
+    source: str = ""  # the same, for a log line: a phone's address, a server, a provider
 
 
 class Router:
@@ -68,11 +74,14 @@ class Router:
         self.plan = plan
         self.trunk = trunk
         self.phone_links: dict[str, Link] = {}  # "UDP"/"TCP" -> the phones' endpoint, once open
+        self.external: External | None = None  # numbers outside the group (external.py)
 
     def number(self, number: str, out: Outgoing) -> list[Branch] | Failure:
         if number in self.own_numbers:
             return self._phones([number], out)
         route = self.plan.resolve(number) if self.plan is not None else None
+        if route is None and self.external is not None:
+            return self.external.branches(number, out)
         if route is None or route.local or not route.trunk_address:
             return NOT_FOUND
         address = self.plan.trunks.address(route.trunk_address) if self.plan is not None else None
@@ -104,6 +113,28 @@ class Router:
         if isinstance(branches, list):
             branches[0].peer_server_id = server_id
         return branches
+
+    def trunk_branch(self, advertised: str, server_id: str, number: str, out: Outgoing) -> Branch | Failure:
+        """One branch over the trunk to the server whose advertised trunk address the registry
+        gave (a router server taking an external call)."""
+        address = self.plan.trunks.address(advertised) if self.plan is not None and advertised else None
+        if address is None:
+            return (503, f"Service Unavailable (server {server_id}'s trunk address is not resolved)")
+        branches = self._trunk(number, *address, out)
+        if isinstance(branches, tuple):
+            return branches
+        branches[0].peer_server_id = server_id
+        call_log(_log, out.correlation).info("goes out through router server %s over the trunk", server_id)
+        return branches[0]
+
+    def is_external(self, number: str) -> bool:
+        """Whether ``number`` is no internal number of the group but one of this server's own
+        routes to the outside takes it."""
+        if number in self.own_numbers or self.external is None:
+            return False
+        if self.plan is not None and self.plan.resolve(number) is not None:
+            return False
+        return bool(self.external.own_routes(self.external.normalise(number)))
 
     def department(self, department: str, out: Outgoing) -> list[Branch] | Failure:
         numbers = self.departments.get(department, ())

@@ -23,6 +23,7 @@ class Action:
     kind: ActionKind
     target: str = ""  # a number, department id or URI; empty for reject
     code: int = 0  # for reject
+    allow_external: bool = False  # the target may be a number outside the group (the PSTN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +33,18 @@ class _Rule:
     kind: ActionKind
     target: str
     code: int
+    allow_external: bool = False
 
 
 def _compile(rule: ScenarioRule) -> _Rule:
     called = re.compile(rule.match.called) if rule.match.called else None
     caller = re.compile(rule.match.caller) if rule.match.caller else None
     if rule.dial:
-        return _Rule(called, caller, "dial", rule.dial, 0)
+        return _Rule(called, caller, "dial", rule.dial, 0, rule.allow_external)
     if rule.ring_department:
         return _Rule(called, caller, "ring_department", rule.ring_department, 0)
     if rule.forward:
-        return _Rule(called, caller, "forward", rule.forward, 0)
+        return _Rule(called, caller, "forward", rule.forward, 0, rule.allow_external)
     return _Rule(called, caller, "reject", "", rule.reject)
 
 
@@ -69,7 +71,7 @@ class Scenarios:
                 continue
             if rule.kind == "reject":
                 return Action("reject", code=rule.code)
-            return Action(rule.kind, _fill(rule.target, called, caller))
+            return Action(rule.kind, _fill(rule.target, called, caller), allow_external=rule.allow_external)
         return Action("reject", code=NO_MATCH)
 
 

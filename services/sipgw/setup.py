@@ -16,7 +16,10 @@ here (``loops.py``) once its caller's side is set up.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
+import re
 import time
 import uuid
 
@@ -24,25 +27,30 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.runtime.config_calls import parse_target_uri
-from services.runtime.logs import call_traces, trace_id_of
+from services.runtime.logs import call_log, call_traces, trace_id_of
 from services.runtime.telemetry import ATTR_CALL_ID, ATTR_CALLEE, ATTR_CALLER
 from services.sipgw import sdp, tracing
 from services.sipgw.anchor import NotAcceptable
 from services.sipgw.call import Call, Change, Leg, Phase, Placed, Side, called_number
 from services.sipgw.calls import CallTable
 from services.sipgw.fork import Branch, Fork
+from services.sipgw.providers import ProviderLink, Providers
 from services.sipgw.routing import ALLOW, Failure, Outgoing, Router
 from services.sipgw.scenarios import Action, Scenarios
-from services.sipgw.sip import Request, Response
+from services.sipgw.sip import Request, Response, SipURI
 from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to, scheme_of
+from services.sipgw.toll import API, PROVIDER, SCENARIO, TRUNK
 from services.sipgw.trunk import CORRELATION, INSTANCE, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
+
+_log = logging.getLogger(__name__)
 
 PLACED_FIRST_RING = 60.0  # seconds the first party of a placed call may ring
 PLACED_SECOND_RING = 25.0  # the second: its answer must reach the first party's ACK within 32 s
 
+_PSTN_RE = re.compile(r"\+?[0-9]{1,32}")
 _WHY = {404: "no server of the group has this number", 480: "no phone is registered for this number"}
 
 
@@ -60,6 +68,7 @@ class CallSetup:
         self.scenarios = scenarios
         self.ring_timeout = ring_timeout  # seconds a call rings before 480 No Answer (sip.ring_timeout)
         self.trunk: Trunk | None = router.trunk
+        self.providers: Providers | None = None
 
     # -- new calls ------------------------------------------------------------------------------
 
@@ -69,6 +78,7 @@ class CallSetup:
             return
         called = called_number(request)
         out = _outgoing(request, caller, request.from_addr.display_name, uuid.uuid4().hex)
+        out = dataclasses.replace(out, source=f"phone {caller} at {tx.address[0]}:{tx.address[1]}")
         leg = Leg(caller, request.from_addr.display_name or "", tx.link, tx.address)
         self._connect(tx, request, leg, called, self.router.number(called, out), out)
 
@@ -87,13 +97,53 @@ class CallSetup:
         called = called_number(request)
         path = tuple(p for p in (request.headers.get(PATH) or "").split(",") if p)
         correlation = request.headers.get(CORRELATION) or uuid.uuid4().hex
-        out = _outgoing(request, caller, display, correlation, path)
         peer = request.headers.get(ORIGIN) or ""
+        out = dataclasses.replace(
+            _outgoing(request, caller, display, correlation, path), origin=TRUNK, source=f"server {peer}"
+        )
         leg = Leg(caller, display or "", tx.link, tx.address, trunk=True, server=peer, line=release)
         leg.peer_instance = request.headers.get(INSTANCE) or ""
         looping = self.table.live(correlation) is not None
-        branches = self._run(self.scenarios.route(called, caller, from_trunk=True), out)
+        if self.router.is_external(called):
+            # A server of the group sends a call out through this one (a router server): this
+            # server's routes take it, not its scenarios, which are for its own numbers.
+            branches = self.router.number(called, out)
+        else:
+            branches = self._run(self.scenarios.route(called, caller, from_trunk=True), out)
         if not self._connect(tx, request, leg, called, branches, out, loop=looping):
+            leg.release_line()
+
+    def provider_invite(self, tx: ServerTransaction, request: Request, provider: ProviderLink) -> None:
+        """A new INVITE from a provider (its source is one the config allows): a call to one of
+        its DIDs, which reaches the DID's internal number, here or on its server."""
+        assert self.providers is not None
+        if not self._hops_left(tx, request):
+            return
+        did = self.providers.did(provider, called_number(request))
+        if did is None:
+            tx.respond(answer_caller(request, 404, "Not Found"))
+            return
+        try:
+            provider.lines.take(outgoing=False)
+        except NoLineFree as error:
+            tx.respond(answer_caller(request, 503, f"Service Unavailable (provider {provider.name}: {error})"))
+            return
+        provider.calls_in += 1
+        release = functools.partial(provider.lines.give_back, outgoing=False)
+        caller = pstn_number(request)
+        display = request.from_addr.display_name
+        out = dataclasses.replace(
+            _outgoing(request, caller, display, uuid.uuid4().hex),
+            origin=PROVIDER,
+            source=f"provider {provider.name} at {tx.address[0]}:{tx.address[1]}",
+        )
+        leg = Leg(caller, display or "", tx.link, tx.address, line=release, provider=provider.name)
+        call_log(_log, out.correlation).info("from provider %s: DID %s for %s", provider.name, did.did, did.number)
+        if did.scenario:
+            branches = self._run(self.scenarios.route(did.number, caller, from_trunk=False), out)
+        else:
+            branches = self.router.number(did.number, out)
+        if not self._connect(tx, request, leg, did.number, branches, out):
             leg.release_line()
 
     def place(self, first: str, target: str, caller_id: str = "", called_id: str = "") -> Call:
@@ -103,7 +153,7 @@ class CallSetup:
         if first not in self.router.own_numbers:
             raise PlaceError(404, f"{first} is not a number of this server")
         correlation = uuid.uuid4().hex
-        out = Outgoing(caller_id or first, None, 70, correlation)
+        out = Outgoing(caller_id or first, None, 70, correlation, origin=API, source=f"API call from {first}")
         shown = called_id or (parse_target_uri(target) or (target,))[0]
         first_branches = self.router.number(first, Outgoing(shown, None, 70, correlation))
         if isinstance(first_branches, tuple):
@@ -133,6 +183,8 @@ class CallSetup:
         return call
 
     def _run(self, action: Action, out: Outgoing) -> list[Branch] | Failure:
+        if action.allow_external:
+            out = dataclasses.replace(out, origin=SCENARIO)
         if action.kind == "reject":
             return (action.code, "Rejected")
         if action.kind == "ring_department":
@@ -385,6 +437,22 @@ def answer_caller(request: Request, status: int, reason: str, tag: str | None = 
         to = request.headers.get("To") or ""
         response.headers.set("To", f"{to};tag={tag or new_tag()}")
     return response
+
+
+def pstn_number(request: Request) -> str:
+    """The caller's number as a provider sends it (P-Asserted-Identity, else From): digits and a
+    leading + only, else "anonymous"; nothing else of a provider's headers is taken as is."""
+    from_uri = request.from_addr.uri
+    for uri in (_pai_user(request), from_uri.user if isinstance(from_uri, SipURI) else ""):
+        if uri and _PSTN_RE.fullmatch(uri):
+            return uri
+    return "anonymous"
+
+
+def _pai_user(request: Request) -> str:
+    value = request.headers.get("P-Asserted-Identity") or ""
+    start, end = value.find("sip:"), value.find("@")
+    return value[start + 4 : end] if 0 <= start < end else ""
 
 
 def _outgoing(

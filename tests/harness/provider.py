@@ -127,7 +127,11 @@ class Provider:
         gateway: str = "",
         shm_mb: int = 64,
         pkg_mb: int = 8,
+        host: str = "127.0.0.1",
     ):
+        # Another loopback address than the phones' (127.0.0.2) lets a gateway tell the provider
+        # from its phones by source address, as it does with a real provider.
+        self.host = loopback_address(f"{host}:1", "host").rpartition(":")[0]
         self.accounts: dict[str, str] = {}
         for user, password in (accounts or {}).items():
             self._check_account(user, password)
@@ -147,12 +151,12 @@ class Provider:
     @property
     def sip(self) -> str:
         """The customer side, where a gateway registers and sends its calls."""
-        return f"127.0.0.1:{self.customer_port}"
+        return f"{self.host}:{self.customer_port}"
 
     @property
     def carrier(self) -> str:
         """The PSTN side, where calls from the PSTN arrive."""
-        return f"127.0.0.1:{self.carrier_port}"
+        return f"{self.host}:{self.carrier_port}"
 
     @property
     def realm(self) -> str:

@@ -1,0 +1,125 @@
+"""This server's provider trunks at run time: where each provider is, who may speak for it, its
+lines, its DIDs and (when configured) its outbound registration.
+
+A provider's configured address is the only name the gateway ever resolves (RFC 3263, by
+``sip/locate.py``): at start and again as the answers' TTLs run out, never while a call waits. A
+call from a provider is recognised by its source address alone (``allow_from``, else the
+addresses its configured address resolves to), as providers do not authenticate to their
+customers; it then may only reach the DIDs configured for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable
+
+from services.runtime.config_pstn import DidEntry, ProviderEntry, host_and_port, is_ip
+from services.sipgw.sip.locate import LocateError, Locator, Target
+from services.sipgw.sip.transport import Address
+from services.sipgw.trunk_lines import TrunkLines
+
+_log = logging.getLogger(__name__)
+
+REFRESH = 60.0  # seconds between two resolutions of a provider's name
+RETRY = 5.0  # seconds before resolving again a name that did not resolve
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclasses.dataclass
+class ProviderLink:
+    entry: ProviderEntry
+    lines: TrunkLines
+    networks: tuple[Network, ...]
+    targets: list[Target] = dataclasses.field(default_factory=list)
+    calls_in: int = 0
+    calls_out: int = 0
+    failovers: int = 0
+    # The registration's state when the provider is registered with; None: no registration.
+    registered: Callable[[], bool] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def domain(self) -> str:
+        """The host named in Request-URIs, From and To."""
+        return self.entry.domain or host_and_port(self.entry.address)[0]
+
+    @property
+    def up(self) -> bool:
+        """Whether the provider may be offered calls now: it has an address and, when it is
+        registered with, its registration holds."""
+        return bool(self.targets) and (self.registered is None or self.registered())
+
+    def allows(self, source: Address) -> bool:
+        try:
+            ip = ipaddress.ip_address(source[0])
+        except ValueError:
+            return False
+        networks = self.networks or tuple(ipaddress.ip_network(t.host) for t in self.targets)
+        return any(ip in network for network in networks)
+
+
+class Providers:
+    def __init__(self, entries: tuple[ProviderEntry, ...], locator: Locator | None = None):
+        self.locator = locator or Locator()
+        self.links = [
+            ProviderLink(e, TrunkLines(e.lines), tuple(ipaddress.ip_network(n, strict=False) for n in e.allow_from))
+            for e in entries
+        ]
+        self._dids: dict[str, tuple[ProviderLink, DidEntry]] = {
+            d.did: (link, d) for link in self.links for d in link.entry.dids
+        }
+        self._task: asyncio.Task[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.links)
+
+    def named(self, name: str) -> ProviderLink | None:
+        return next((link for link in self.links if link.name == name), None)
+
+    def from_source(self, source: Address) -> ProviderLink | None:
+        """The provider a request from ``source`` comes from, if any."""
+        return next((link for link in self.links if link.allows(source)), None)
+
+    def did(self, provider: ProviderLink, number: str) -> DidEntry | None:
+        """The DID ``number`` of ``provider`` (a DID reaches us only from its own provider)."""
+        found = self._dids.get(number) or (self._dids.get("+" + number) if not number.startswith("+") else None)
+        return found[1] if found is not None and found[0] is provider else None
+
+    async def start(self) -> None:
+        """Resolves every provider once (so that calls can go out at once), then keeps resolving."""
+        await asyncio.gather(*(self._resolve(link) for link in self.links))
+        self._task = asyncio.create_task(self._refresh(), name="providers-dns")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh(self) -> None:
+        while True:
+            wait = REFRESH if all(link.targets for link in self.links) else RETRY
+            await asyncio.sleep(wait)
+            await asyncio.gather(*(self._resolve(link) for link in self.links))
+
+    async def _resolve(self, link: ProviderLink) -> None:
+        transport = link.entry.transport.upper() or None
+        try:
+            targets = await self.locator.locate(link.entry.address, transport)
+        except LocateError as error:
+            if link.targets or not is_ip(host_and_port(link.entry.address)[0]):
+                _log.warning("provider %s: %s (keeping its last addresses)", link.name, error)
+            return
+        # The phones' port speaks UDP and TCP; a provider found only over TLS is not reachable yet.
+        usable = [t for t in targets if t.transport in ("UDP", "TCP")]
+        if usable != link.targets:
+            shown = ", ".join(f"{t.host}:{t.port}/{t.transport}" for t in usable) or "nothing usable"
+            _log.info("provider %s is at %s", link.name, shown)
+        link.targets = usable

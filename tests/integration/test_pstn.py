@@ -1,0 +1,204 @@
+"""The group and the outside world: real provider software (Kamailio, with digest auth in front)
+and the PSTN behind it (SIPp). alpha has no provider; r1 and r2 are router servers, each with its
+own provider. A phone on alpha calls out through a router server; the PSTN calls a DID of alpha
+through r1; a router server that dies or refuses leaves the next one to carry the call."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.runtime.embedded_etcd import free_port
+from tests.harness.provider import Provider
+from tests.harness.pstn import Answerer, pstn_call
+from tests.harness.servers import Group
+from tests.harness.sipp import register_phone, run, sipp_args, start_phone, stop_phones
+from tests.harness.site import Site, Spec, make_site, stop_sites
+from tests.support import wait_for
+
+ALICE = ("100", "alice-pw-100")  # on alpha
+ROUTER_PHONE = ("300", "r1-phone-300")  # on r1
+R2_PHONE = ("400", "r2-phone-400")  # on r2
+DID = "+74951234567"
+MOBILE = "89161234567"
+MOBILE_E164 = "+79161234567"
+
+
+def router(name: str, provider: Provider, priority: int, account: str, **external: Any) -> dict[str, Any]:
+    """The config of a router server whose provider is ``provider``."""
+    return {
+        "providers": [
+            {
+                "name": name,
+                "address": provider.sip,
+                "username": account,
+                "password": f"{account}-secret",
+                "allow_from": [provider.host],
+                "dids": [{"did": DID, "number": ALICE[0]}],
+            }
+        ],
+        "routes": [
+            {
+                "pattern": r"^8\d{10}$",
+                "provider": name,
+                "strip": 1,
+                "prepend": "+7",
+                "caller_id": DID,
+                "priority": priority,
+            }
+        ],
+        **({"external": external} if external else {}),
+    }
+
+
+@pytest.fixture
+async def pstn(tmp_path: Path) -> AsyncIterator[Answerer]:
+    async with Answerer(tmp_path) as answerer:
+        yield answerer
+
+
+@pytest.fixture
+async def carrier_a(pstn: Answerer) -> AsyncIterator[Provider]:
+    async with Provider({"r1": "r1-secret"}, pstn=pstn.address, host="127.0.0.2") as provider:
+        yield provider
+
+
+@pytest.fixture
+async def carrier_b(pstn: Answerer) -> AsyncIterator[Provider]:
+    async with Provider({"r2": "r2-secret"}, pstn=pstn.address, host="127.0.0.3") as provider:
+        yield provider
+
+
+async def _external_routes(site: Site, count: int) -> bool:
+    from pbxmesh.registry.v1 import registry_pb2 as rpb
+
+    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
+    return len(listed.routes) == count
+
+
+async def call_out(site: Site, account: tuple[str, str], number: str) -> str:
+    """A SIPp phone of ``site`` dials ``number``; returns SIPp's output (asserting it got through)."""
+    done = await asyncio.to_thread(
+        run, *sipp_args(site.gateway, "caller.xml", free_port(), number, "-au", account[0], "-ap", account[1])
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-1500:] + "".join(site.gateway.log[-30:])
+    return done.stdout
+
+
+async def refused_out(site: Site, account: tuple[str, str], number: str) -> str:
+    """The same call, expected to fail: returns what SIPp saw."""
+    done = await asyncio.to_thread(
+        run, *sipp_args(site.gateway, "caller.xml", free_port(), number, "-au", account[0], "-ap", account[1])
+    )
+    assert done.returncode != 0, "the call went through"
+    return done.stdout + done.stderr
+
+
+async def test_a_phone_without_a_provider_calls_out_through_a_router_server(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False))
+    r1 = await make_site(
+        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
+    )
+    try:
+        await wait_for(lambda: _external_routes(alpha, 1), what="r1's route on alpha")
+        await call_out(alpha, ALICE, MOBILE)
+        await wait_for(lambda: _true(len(pstn.calls()) == 1), what="the call at the PSTN")
+        reached = pstn.calls()[0]
+        # Out through r1's provider: the number as the route rewrote it, the caller id it names.
+        assert reached.number == MOBILE_E164
+        assert reached.caller == DID and reached.asserted_user == DID
+        relayed = [c for c in carrier_a.calls() if c.direction == "out"]
+        assert [(c.number, c.account) for c in relayed] == [(MOBILE_E164, "r1")]
+        alpha_log, r1_log = "".join(alpha.gateway.log), "".join(r1.gateway.log)
+        assert "goes out through router server r1" in alpha_log
+        assert "goes out through provider carrier-a" in r1_log
+    finally:
+        await stop_sites(alpha, r1)
+
+
+async def test_a_pstn_call_to_a_did_of_alpha_arrives_at_r1_and_rings_alpha(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False))
+    r1 = await make_site(
+        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
+    )
+    try:
+        await carrier_a.set_gateway(r1.gateway.sip)
+        await wait_for(lambda: _plan_has(r1, ALICE[0]), what="alpha's 100 in r1's plan")
+        phone = await start_phone(alpha.gateway, "callee.xml", await register_phone(alpha.gateway, ALICE), ALICE[0])
+        try:
+            call = await pstn_call(carrier_a.carrier, DID, "+79031112233")
+            assert call.returncode == 0, call.stdout[-2000:] + "".join(r1.gateway.log[-20:])
+            assert await asyncio.wait_for(phone.wait(), 30) == 0
+        finally:
+            await stop_phones(phone)
+        r1_log = "".join(r1.gateway.log)
+        assert f"from provider carrier-a: DID {DID} for {ALICE[0]}" in r1_log
+        assert "+79031112233 -> 100" in r1_log  # the caller's PSTN number, the DID's internal number
+    finally:
+        await stop_sites(alpha, r1)
+
+
+async def test_when_a_router_server_dies_or_refuses_the_next_one_carries_the_call(
+    group: Group, pstn: Answerer, carrier_a: Provider, carrier_b: Provider
+) -> None:
+    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False))
+    r1 = await make_site(
+        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
+    )
+    r2 = await make_site(group, "r2", Spec(R2_PHONE, callstate=False, extra=router("carrier-b", carrier_b, 20, "r2")))
+    try:
+        await wait_for(lambda: _external_routes(alpha, 2), what="both routes on alpha")
+        # r1's provider refuses everything: r1 answers 503 and alpha tries r2.
+        await carrier_a.set_unavailable(True)
+        await call_out(alpha, ALICE, MOBILE)
+        assert [c.account for c in carrier_b.calls() if c.direction == "out"] == ["r2"]
+        assert "route refused with 503: trying the next one" in "".join(alpha.gateway.log)
+        await carrier_a.set_unavailable(False)
+        # r1 dies (registry and gateway, kill -9): its routes go with its lease; r2 carries the next call.
+        for process in (r1.gateway.process, r1.registry):
+            process.send(signal.SIGKILL)
+        await wait_for(lambda: _external_routes(alpha, 1), timeout=10, what="r1's route gone from alpha")
+        await call_out(alpha, ALICE, MOBILE)
+        assert [c.account for c in carrier_b.calls() if c.direction == "out"] == ["r2", "r2"]
+        assert not [c for c in carrier_a.calls() if c.direction == "out"]
+    finally:
+        await stop_sites(alpha, r1, r2)
+
+
+async def test_toll_fraud_guard_refuses_and_says_why(group: Group, pstn: Answerer, carrier_a: Provider) -> None:
+    extra = router("carrier-a", carrier_a, 10, "r1", per_minute_per_number=1)
+    # A DID whose scenario forwards it back out to the PSTN: not allowed without allow_external.
+    extra["providers"][0]["dids"].append({"did": "+74950000000", "number": "399", "scenario": True})
+    extra["scenarios"] = {"incoming": [{"match": {"called": "399"}, "forward": MOBILE}, {"dial": "${called}"}]}
+    r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=extra))
+    try:
+        await carrier_a.set_gateway(r1.gateway.sip)
+        await call_out(r1, ROUTER_PHONE, MOBILE)  # the first this minute goes out
+        seen = await refused_out(r1, ROUTER_PHONE, MOBILE)  # the second does not
+        assert "503" in seen
+        log = "".join(r1.gateway.log)
+        assert "external call refused: 300 started 1 external calls this minute (caller 300 from phone 300" in log
+        call = await pstn_call(carrier_a.carrier, "+74950000000", "+79031112233")
+        assert call.returncode != 0
+        log = "".join(r1.gateway.log)
+        assert "external call refused: external calls are not allowed from provider" in log
+        assert len(pstn.calls()) == 1  # only the first call ever reached the PSTN
+    finally:
+        await stop_sites(r1)
+
+
+async def _plan_has(site: Site, number: str) -> bool:
+    return await site.registry.resolve(number) is not None
+
+
+async def _true(value: bool) -> bool:
+    return value
