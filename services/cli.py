@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     resolve = client("resolve", "show where a number lives (or which routes an external number takes)", _resolve)
     resolve.add_argument("number")
     client("routes", "list the group's merged external routes (to the PSTN)", _routes)
+    providers = sub.add_parser("providers", help="list a gateway's provider trunks and their registrations")
+    providers.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
+    providers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    providers.set_defaults(func=_providers)
     calls = sub.add_parser("calls", help="list a gateway's calls in progress")
     calls.add_argument("--sipgw", default=DEFAULT_SIPGW, metavar="HOST:PORT", help="gateway to ask")
     calls.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
@@ -324,6 +328,40 @@ def _dial(args: argparse.Namespace) -> int:
         _print_json(call)
     else:
         print(f"call {call.call_id}: ringing {args.from_number}, then {args.to}")
+    return 0
+
+
+def _providers(args: argparse.Namespace) -> int:
+    from pbxmesh.sipgw.v1 import sipgw_pb2 as gw
+    from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gw_grpc
+
+    with open_channel(args.sipgw, args) as channel:
+        response = gw_grpc.SipGatewayServiceStub(channel).ListProviders(gw.ListProvidersRequest(), timeout=RPC_TIMEOUT)
+    if args.json:
+        _print_json(response)
+        return 0
+    if not response.providers:
+        print("this server has no provider")
+        return 0
+
+    def registration(p: gw.Provider) -> str:
+        if not p.register:
+            return "-"
+        state = gw.RegistrationState.Name(p.registration).removeprefix("REGISTRATION_STATE_").lower()
+        return f"{state} ({p.last_status} {p.last_reason})" if p.last_status and state != "registered" else state
+
+    rows = [
+        [
+            p.name,
+            ", ".join(p.targets) or f"{p.address} (not resolved)",
+            registration(p),
+            "yes" if p.live else "no",
+            f"{p.lines_in_use}/{p.lines}",
+            f"{p.calls_in}/{p.calls_out}",
+        ]
+        for p in response.providers
+    ]
+    _table(rows, ["PROVIDER", "AT", "REGISTRATION", "LIVE", "LINES", "CALLS IN/OUT"])
     return 0
 
 

@@ -7,6 +7,7 @@ ServiceError (services.runtime.errors)
 +-- NotFound
 |   +-- NumberNotFound         reason NUMBER_NOT_FOUND
 |   +-- NumberNotOwned         reason NUMBER_NOT_OWNED
+|   +-- UnknownProvider        reason UNKNOWN_PROVIDER
 +-- Unavailable
     +-- WatcherTooSlow         reason WATCHER_TOO_SLOW
 """
@@ -32,3 +33,7 @@ class NumberNotFound(NotFound):
 
 class NumberNotOwned(NotFound):
     reason = "NUMBER_NOT_OWNED"
+
+
+class UnknownProvider(NotFound):
+    reason = "UNKNOWN_PROVIDER"

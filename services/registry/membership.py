@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -145,6 +146,25 @@ class GroupLink:
         self._pending_puts.discard(number)
         self._pending_deletes.add(number)
         await self._flush_pending()
+
+    async def set_provider_state(self, provider: str, up: bool) -> None:
+        """Marks this server's routes through ``provider`` live or not, and publishes them."""
+        sid = self.local.server_id
+        records = self.view.external[sid]
+        changed = tuple(dataclasses.replace(r, up=up) if r.provider == provider else r for r in records)
+        if changed == records:
+            return
+        self.view.set_external(sid, changed)
+        _log.info("provider %s %s: its routes are published so", provider, "is up" if up else "is down")
+        async with self._publish_lock:
+            session = self._session
+            if session is None:
+                return  # published with everything else when the server joins again
+            items = [(self.layout.route(sid, r.index), encode_route(r)) for r in changed if r.provider == provider]
+            try:
+                await self.etcd.put_many(items, session.lease_id)
+            except EtcdUnavailable as exc:
+                _log.warning("publishing provider %s's state failed: %s", provider, exc)
 
     async def _flush_pending(self) -> None:
         async with self._publish_lock:

@@ -18,6 +18,7 @@ from services.registry.errors import (
     NumberNotFound,
     NumberNotOwned,
     UnknownDepartment,
+    UnknownProvider,
 )
 from services.registry.membership import GroupLink
 from services.registry.plan import ExternalRoute, MembersChange, NumbersChange, PlanView, Route
@@ -304,6 +305,17 @@ class RegistryService(pb_grpc.RegistryServiceServicer):
         finally:
             for stop in unsubscribe:
                 stop()
+
+    async def SetProviderState(
+        self,
+        request: pb.SetProviderStateRequest,
+        context: Ctx[pb.SetProviderStateRequest, pb.SetProviderStateResponse],
+    ) -> pb.SetProviderStateResponse:
+        routes = [r for r in self.view.external[self.view.local_id] if r.provider == request.provider]
+        if not routes:
+            raise UnknownProvider(f"this server has no route through a provider {printable(request.provider[:64])!r}")
+        await self.link.set_provider_state(request.provider, request.live)
+        return pb.SetProviderStateResponse(routes=len(routes))
 
 
 def _route_messages(

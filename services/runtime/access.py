@@ -39,7 +39,11 @@ CONTROL = frozenset({
     "/pbxmesh.registry.v1.RegistryService/RemoveNumber",
 })  # fmt: skip
 # Between the services of one server only.
-OWN_SERVER = frozenset({"/pbxmesh.callstate.v1.CallStateService/ReportCalls", "/pbxmesh.media.v1.MediaService/Attach"})
+OWN_SERVER = frozenset({
+    "/pbxmesh.callstate.v1.CallStateService/ReportCalls",
+    "/pbxmesh.media.v1.MediaService/Attach",
+    "/pbxmesh.registry.v1.RegistryService/SetProviderState",
+})  # fmt: skip
 # What another server of the group calls.
 PEERS = frozenset({"/pbxmesh.callstate.v1.CallStateService/ShareParty"})
 

@@ -249,7 +249,7 @@ class SipGatewayApp:
         self.udp, self.tcp = await _open_sip(host, port, receive, gate)
         self.core.router.phone_links["UDP"] = self.udp
         self.core.router.phone_links["TCP"] = self.tcp
-        await self.providers.start()
+        await self.providers.start(self.core.transactions, self.udp, self.config.listen.registry)
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             tls = self.config.tls
@@ -281,7 +281,7 @@ class SipGatewayApp:
             self.tls = await TcpListener.open(sips_host, sips_port, receive, gate, context)
             self.core.router.phone_links["TLS"] = self.tls
             _log.info("sipgw of %s: phones' SIP over TLS on %s:%s", self.config.server.id, *self.tls.local)
-        self.host.add(SipGatewayService(self.core, self.lines))
+        self.host.add(SipGatewayService(self.core, self.lines, self.providers))
         await self.host.start()
         _log.info(
             "sipgw of %s: SIP on %s:%s (UDP, TCP), API on %s",

@@ -109,6 +109,10 @@ class External:
         provider = route.provider
         if not provider.targets:
             return (503, f"Service Unavailable (provider {provider.name} has no address)")
+        if not provider.up:
+            # Registered with, but the binding does not hold (a refused password, say): nothing
+            # goes to it until it does, and the call tries the next route.
+            return (503, f"Service Unavailable (provider {provider.name} is not registered)")
         link = self.router.phone_links.get(provider.targets[0].transport) or self.router.phone_links.get("UDP")
         if link is None:
             return (503, "Service Unavailable (the SIP port is not open)")

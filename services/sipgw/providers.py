@@ -13,18 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
-from collections.abc import Callable
 
+import grpc
+import grpc.aio
+
+from pbxmesh.registry.v1 import registry_pb2 as rpb
+from pbxmesh.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.runtime.config_pstn import DidEntry, ProviderEntry, host_and_port, is_ip
+from services.runtime.tls import open_channel
+from services.sipgw.provider_registration import Registration, RegistrationStatus
 from services.sipgw.sip.locate import LocateError, Locator, Target
-from services.sipgw.sip.transport import Address
+from services.sipgw.sip.transaction import TransactionLayer
+from services.sipgw.sip.transport import Address, Link
 from services.sipgw.trunk_lines import TrunkLines
 
 _log = logging.getLogger(__name__)
 
 REFRESH = 60.0  # seconds between two resolutions of a provider's name
+REPORT_EVERY = 30.0  # seconds between two reports of the providers' states to the registry
 RETRY = 5.0  # seconds before resolving again a name that did not resolve
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -38,8 +47,7 @@ class ProviderLink:
     calls_in: int = 0
     calls_out: int = 0
     failovers: int = 0
-    # The registration's state when the provider is registered with; None: no registration.
-    registered: Callable[[], bool] | None = None
+    registration: Registration | None = None  # when the provider is registered with
 
     @property
     def name(self) -> str:
@@ -54,7 +62,8 @@ class ProviderLink:
     def up(self) -> bool:
         """Whether the provider may be offered calls now: it has an address and, when it is
         registered with, its registration holds."""
-        return bool(self.targets) and (self.registered is None or self.registered())
+        registration = self.registration
+        return bool(self.targets) and (registration is None or registration.status.state == "registered")
 
     def allows(self, source: Address) -> bool:
         try:
@@ -76,6 +85,8 @@ class Providers:
             d.did: (link, d) for link in self.links for d in link.entry.dids
         }
         self._task: asyncio.Task[None] | None = None
+        self._report: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
 
     def __bool__(self) -> bool:
         return bool(self.links)
@@ -92,16 +103,65 @@ class Providers:
         found = self._dids.get(number) or (self._dids.get("+" + number) if not number.startswith("+") else None)
         return found[1] if found is not None and found[0] is provider else None
 
-    async def start(self) -> None:
-        """Resolves every provider once (so that calls can go out at once), then keeps resolving."""
-        await asyncio.gather(*(self._resolve(link) for link in self.links))
+    async def start(self, transactions: TransactionLayer, link: Link, registry: str = "") -> None:
+        """Resolves every provider once (so that calls can go out at once), then keeps resolving;
+        registers with those that say so, from ``link``; tells the registry at ``registry``
+        whether each provider can take calls, so that the group tries others first when not."""
+        await asyncio.gather(*(self._resolve(p) for p in self.links))
         self._task = asyncio.create_task(self._refresh(), name="providers-dns")
+        for provider in self.links:
+            entry = provider.entry
+            if not entry.register:
+                continue
+            provider.registration = Registration(
+                provider.name,
+                functools.partial(self._addresses, provider),
+                provider.domain,
+                entry.username,
+                entry.password.value,
+                transactions,
+                link,
+                expires=entry.register_expires,
+                on_change=self._registration_changed,
+            )
+            provider.registration.start()
+        if registry and any(p.registration for p in self.links):
+            self._report = asyncio.create_task(self._report_states(registry), name="providers-report")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._report):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await asyncio.gather(*(p.registration.stop() for p in self.links if p.registration is not None))
+
+    async def _addresses(self, provider: ProviderLink) -> list[Address]:
+        return [(t.host, t.port) for t in provider.targets]
+
+    def _registration_changed(self, status: RegistrationStatus) -> None:
+        reason = f" ({status.last_status} {status.last_reason})" if status.last_status else ""
+        log = _log.info if status.state == "registered" else _log.warning
+        log("provider %s: registration %s%s", status.provider, status.state, reason)
+        self._changed.set()
+
+    async def _report_states(self, registry: str) -> None:
+        """Every change, and every REPORT_EVERY seconds (a restarted registry starts from live)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), REPORT_EVERY)
+            self._changed.clear()
+            try:
+                async with open_channel(registry) as channel:
+                    stub = rpb_grpc.RegistryServiceStub(channel)
+                    for provider in self.links:
+                        if provider.registration is None:
+                            continue
+                        request = rpb.SetProviderStateRequest(provider=provider.name, live=provider.up)
+                        await stub.SetProviderState(request)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: no route through it
+                    _log.info("telling the registry of the providers' states failed (%s)", error.code().name)
 
     async def _refresh(self) -> None:
         while True:

@@ -25,18 +25,28 @@ from services.sipgw.b2bua import PlaceError
 from services.sipgw.call import Call
 from services.sipgw.convert import call_pb
 from services.sipgw.core import SipCore
+from services.sipgw.providers import Providers
 from services.sipgw.trunk_lines import TrunkLines
 
 Ctx = grpc.aio.ServicerContext
 MAX_LOCKOUTS_LISTED = 1000
 
 
+_REGISTRATION = {
+    "unregistered": pb.REGISTRATION_STATE_UNREGISTERED,
+    "registering": pb.REGISTRATION_STATE_REGISTERING,
+    "registered": pb.REGISTRATION_STATE_REGISTERED,
+    "failed": pb.REGISTRATION_STATE_FAILED,
+}
+
+
 class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
     """``pbxmesh.sipgw.v1.SipGatewayService`` over one gateway's SIP core and trunk lines."""
 
-    def __init__(self, core: SipCore, lines: TrunkLines):
+    def __init__(self, core: SipCore, lines: TrunkLines, providers: Providers | None = None):
         self.core = core
         self.lines = lines
+        self.providers = providers
 
     def register(self, server: grpc.aio.Server) -> Iterable[str]:
         pb_grpc.add_SipGatewayServiceServicer_to_server(self, server)
@@ -121,6 +131,31 @@ class SipGatewayService(pb_grpc.SipGatewayServiceServicer):
             outgoing=usage.outgoing,
             rejected=usage.rejected,
         )
+
+    async def ListProviders(
+        self, request: pb.ListProvidersRequest, context: Ctx[pb.ListProvidersRequest, pb.ListProvidersResponse]
+    ) -> pb.ListProvidersResponse:
+        found = []
+        for provider in self.providers.links if self.providers is not None else ():
+            status = provider.registration.status if provider.registration is not None else None
+            found.append(
+                pb.Provider(
+                    name=provider.name,
+                    address=provider.entry.address,
+                    targets=[f"{t.host}:{t.port}/{t.transport}" for t in provider.targets],
+                    register=status is not None,
+                    registration=_REGISTRATION[status.state if status is not None else "unregistered"],
+                    last_status=(status.last_status or 0) if status is not None else 0,
+                    last_reason=status.last_reason if status is not None else "",
+                    expires_at=(status.expires_at or 0.0) if status is not None else 0.0,
+                    live=provider.up,
+                    lines=provider.lines.usage.lines,
+                    lines_in_use=provider.lines.usage.in_use,
+                    calls_in=provider.calls_in,
+                    calls_out=provider.calls_out,
+                )
+            )
+        return pb.ListProvidersResponse(providers=found)
 
     async def ListLockouts(
         self, request: pb.ListLockoutsRequest, context: Ctx[pb.ListLockoutsRequest, pb.ListLockoutsResponse]

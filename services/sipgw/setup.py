@@ -436,6 +436,11 @@ def answer_caller(request: Request, status: int, reason: str, tag: str | None = 
     if status > 100 and not request.to_addr.tag:
         to = request.headers.get("To") or ""
         response.headers.set("To", f"{to};tag={tag or new_tag()}")
+        if status < 300:
+            # RFC 3261 12.1.1: a proxy on the way (a provider's edge, an SBC before phones) stays
+            # in the dialog only if the answers that make it carry its Record-Route back.
+            for route in request.headers.get_lines("Record-Route"):
+                response.headers.add("Record-Route", route)
     return response
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import pytest
 
+from pbxmesh.sipgw.v1 import sipgw_pb2 as gpb
+from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gpb_grpc
 from services.runtime.embedded_etcd import free_port
 from tests.harness.provider import Provider
 from tests.harness.pstn import Answerer, pstn_call
@@ -29,15 +34,18 @@ MOBILE = "89161234567"
 MOBILE_E164 = "+79161234567"
 
 
-def router(name: str, provider: Provider, priority: int, account: str, **external: Any) -> dict[str, Any]:
-    """The config of a router server whose provider is ``provider``."""
+def router(
+    name: str, provider: Provider, priority: int, account: str, password: str = "", **external: Any
+) -> dict[str, Any]:
+    """The config of a router server registered with ``provider`` as ``account``."""
     return {
         "providers": [
             {
                 "name": name,
                 "address": provider.sip,
                 "username": account,
-                "password": f"{account}-secret",
+                "password": password or f"{account}-secret",
+                "register": True,
                 "allow_from": [provider.host],
                 "dids": [{"did": DID, "number": ALICE[0]}],
             }
@@ -108,6 +116,8 @@ async def test_a_phone_without_a_provider_calls_out_through_a_router_server(
     )
     try:
         await wait_for(lambda: _external_routes(alpha, 1), what="r1's route on alpha")
+        await wait_for(lambda: carrier_a.registered("r1"), what="r1 registered with its provider")
+        await wait_for(lambda: _routes_live(alpha, [True]), what="r1's route live on alpha")
         await call_out(alpha, ALICE, MOBILE)
         await wait_for(lambda: _true(len(pstn.calls()) == 1), what="the call at the PSTN")
         reached = pstn.calls()[0]
@@ -194,6 +204,55 @@ async def test_toll_fraud_guard_refuses_and_says_why(group: Group, pstn: Answere
         assert len(pstn.calls()) == 1  # only the first call ever reached the PSTN
     finally:
         await stop_sites(r1)
+
+
+async def test_a_refused_registration_is_shown_and_no_call_goes_to_that_provider(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False))
+    extra = router("carrier-a", carrier_a, 10, "r1", password="not-the-password")
+    r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=extra))
+    try:
+        await wait_for(lambda: _registration_is(r1, gpb.REGISTRATION_STATE_FAILED), what="the registration failed")
+        provider = (await _providers(r1))[0]
+        assert provider.last_status in (401, 403) and not provider.live
+        assert provider.targets == [f"{carrier_a.sip}/UDP"]
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli", "providers", "--sipgw", r1.gateway.api],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+        row = shown.stdout.splitlines()[1].split()
+        assert row[0] == "carrier-a" and row[2] == "failed" and row[-3] == "no", shown.stdout
+        assert "not-the-password" not in "".join(r1.gateway.log)
+        # The group knows: alpha lists r1's route as not live.
+        await wait_for(lambda: _routes_live(alpha, [False]), what="r1's route not live on alpha")
+        seen = await refused_out(alpha, ALICE, MOBILE)
+        assert "503" in seen
+        assert not [c for c in carrier_a.calls() if c.direction == "out"] and not pstn.calls()
+        assert "provider carrier-a is not registered" in "".join(r1.gateway.log)
+    finally:
+        await stop_sites(alpha, r1)
+
+
+async def _providers(site: Site) -> list[Any]:
+    async with grpc.aio.insecure_channel(site.gateway.api) as channel:
+        stub = gpb_grpc.SipGatewayServiceStub(channel)
+        return list((await stub.ListProviders(gpb.ListProvidersRequest(), timeout=5)).providers)
+
+
+async def _registration_is(site: Site, state: int) -> bool:
+    return (await _providers(site))[0].registration == state
+
+
+async def _routes_live(site: Site, live: list[bool]) -> bool:
+    from pbxmesh.registry.v1 import registry_pb2 as rpb
+
+    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
+    return [r.live for r in listed.routes] == live
 
 
 async def _plan_has(site: Site, number: str) -> bool:

@@ -92,6 +92,11 @@ class RegistryServiceStub:
                 request_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.FromString,
                 _registered_method=True)
+        self.SetProviderState = channel.unary_unary(
+                '/pbxmesh.registry.v1.RegistryService/SetProviderState',
+                request_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -178,6 +183,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProviderState(self, request, context):
+        """SetProviderState says whether one of this server's providers can take calls (its gateway
+        calls it as the provider's registration holds or fails); the server's routes through that
+        provider are published with it. Only this server's own services may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +249,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchExternalRoutes,
                     request_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.FromString,
                     response_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.SerializeToString,
+            ),
+            'SetProviderState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProviderState,
+                    request_deserializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateRequest.FromString,
+                    response_serializer=pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +556,33 @@ class RegistryService:
             '/pbxmesh.registry.v1.RegistryService/WatchExternalRoutes',
             pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesRequest.SerializeToString,
             pbxmesh_dot_registry_dot_v1_dot_registry__pb2.WatchExternalRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProviderState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.registry.v1.RegistryService/SetProviderState',
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateRequest.SerializeToString,
+            pbxmesh_dot_registry_dot_v1_dot_registry__pb2.SetProviderStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,11 @@ class RegistryServiceStub:
     """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first."""
     WatchExternalRoutes: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchExternalRoutesRequest, _registry_pb2.WatchExternalRoutesResponse]
     """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
+    SetProviderState: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetProviderStateRequest, _registry_pb2.SetProviderStateResponse]
+    """SetProviderState says whether one of this server's providers can take calls (its gateway
+    calls it as the provider's registration holds or fails); the server's routes through that
+    provider are published with it. Only this server's own services may call it.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -93,6 +98,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """ListExternalRoutes returns the group's merged routes to the outside (the PSTN), best first."""
     WatchExternalRoutes: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchExternalRoutesRequest, _registry_pb2.WatchExternalRoutesResponse]  # type: ignore[assignment]
     """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
+    SetProviderState: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetProviderStateRequest, _registry_pb2.SetProviderStateResponse]  # type: ignore[assignment]
+    """SetProviderState says whether one of this server's providers can take calls (its gateway
+    calls it as the provider's registration holds or fails); the server's routes through that
+    provider are published with it. Only this server's own services may call it.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService answers for one server's view of its group: the live members and the merged
@@ -189,5 +199,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchExternalRoutesResponse], _abc.AsyncIterator[_registry_pb2.WatchExternalRoutesResponse]]:
         """WatchExternalRoutes sends the merged external routes now and again whenever they change."""
+
+    @_abc_1.abstractmethod
+    def SetProviderState(
+        self,
+        request: _registry_pb2.SetProviderStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetProviderStateResponse, _abc.Awaitable[_registry_pb2.SetProviderStateResponse]]:
+        """SetProviderState says whether one of this server's providers can take calls (its gateway
+        calls it as the provider's registration holds or fails); the server's routes through that
+        provider are published with it. Only this server's own services may call it.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -90,6 +90,36 @@ LOCKOUT_KIND_SOURCE: LockoutKind.ValueType  # 2
 """The IP address the attempts came from."""
 Global___LockoutKind: _TypeAlias = LockoutKind  # noqa: Y015
 
+class _RegistrationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegistrationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RegistrationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGISTRATION_STATE_UNSPECIFIED: _RegistrationState.ValueType  # 0
+    REGISTRATION_STATE_UNREGISTERED: _RegistrationState.ValueType  # 1
+    """The provider is not registered with (not configured, or stopped)."""
+    REGISTRATION_STATE_REGISTERING: _RegistrationState.ValueType  # 2
+    """The first REGISTER is on its way."""
+    REGISTRATION_STATE_REGISTERED: _RegistrationState.ValueType  # 3
+    """The provider granted a binding that has not run out."""
+    REGISTRATION_STATE_FAILED: _RegistrationState.ValueType  # 4
+    """Refused (a wrong password: 401/403) or unanswered; retried with a growing delay."""
+
+class RegistrationState(_RegistrationState, metaclass=_RegistrationStateEnumTypeWrapper):
+    """RegistrationState is where a gateway's registration with a provider stands."""
+
+REGISTRATION_STATE_UNSPECIFIED: RegistrationState.ValueType  # 0
+REGISTRATION_STATE_UNREGISTERED: RegistrationState.ValueType  # 1
+"""The provider is not registered with (not configured, or stopped)."""
+REGISTRATION_STATE_REGISTERING: RegistrationState.ValueType  # 2
+"""The first REGISTER is on its way."""
+REGISTRATION_STATE_REGISTERED: RegistrationState.ValueType  # 3
+"""The provider granted a binding that has not run out."""
+REGISTRATION_STATE_FAILED: RegistrationState.ValueType  # 4
+"""Refused (a wrong password: 401/403) or unanswered; retried with a growing delay."""
+Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
+
 @_typing.final
 class Call(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -565,3 +595,106 @@ class UnlockResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015
+
+@_typing.final
+class ListProvidersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersRequest: _TypeAlias = ListProvidersRequest  # noqa: Y015
+
+@_typing.final
+class Provider(_message.Message):
+    """Provider is one of this server's provider trunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_REASON_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    LINES_IN_USE_FIELD_NUMBER: _builtins.int
+    CALLS_IN_FIELD_NUMBER: _builtins.int
+    CALLS_OUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.str
+    """The configured address (host or host:port)."""
+    register: _builtins.bool
+    """True when it is registered with (providers[].register)."""
+    registration: Global___RegistrationState.ValueType
+    last_status: _builtins.int
+    """The last final answer to a REGISTER (408 when none came), and its reason phrase."""
+    last_reason: _builtins.str
+    expires_at: _builtins.float
+    """When the binding runs out, in seconds since the epoch; 0 when there is none."""
+    live: _builtins.bool
+    """Whether calls may go out through it now (an address, and a binding when registered)."""
+    lines: _builtins.int
+    lines_in_use: _builtins.int
+    calls_in: _builtins.int
+    """Calls since start, each way."""
+    calls_out: _builtins.int
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where it was found (RFC 3263), in the order they are tried: "ip:port/UDP"."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        targets: _abc.Iterable[_builtins.str] | None = ...,
+        register: _builtins.bool = ...,
+        registration: Global___RegistrationState.ValueType = ...,
+        last_status: _builtins.int = ...,
+        last_reason: _builtins.str = ...,
+        expires_at: _builtins.float = ...,
+        live: _builtins.bool = ...,
+        lines: _builtins.int = ...,
+        lines_in_use: _builtins.int = ...,
+        calls_in: _builtins.int = ...,
+        calls_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "calls_in", b"calls_in", "calls_out", b"calls_out", "expires_at", b"expires_at", "last_reason", b"last_reason", "last_status", b"last_status", "lines", b"lines", "lines_in_use", b"lines_in_use", "live", b"live", "name", b"name", "register", b"register", "registration", b"registration", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Provider: _TypeAlias = Provider  # noqa: Y015
+
+@_typing.final
+class ListProvidersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provider]:
+        """In config order."""
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[Global___Provider] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015

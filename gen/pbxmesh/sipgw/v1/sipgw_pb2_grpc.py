@@ -75,6 +75,11 @@ class SipGatewayServiceStub:
                 request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.SerializeToString,
                 response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.FromString,
                 _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/pbxmesh.sipgw.v1.SipGatewayService/ListProviders',
+                request_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
 
 
 class SipGatewayServiceServicer:
@@ -143,6 +148,14 @@ class SipGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProviders(self, request, context):
+        """ListProviders returns this server's provider trunks: where each is, its registration, lines
+        and calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_SipGatewayServiceServicer_to_server(servicer, server):
                     servicer.Unlock,
                     request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.FromString,
                     response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersRequest.FromString,
+                    response_serializer=pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +422,33 @@ class SipGatewayService:
             '/pbxmesh.sipgw.v1.SipGatewayService/Unlock',
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockRequest.SerializeToString,
             pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.UnlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pbxmesh.sipgw.v1.SipGatewayService/ListProviders',
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersRequest.SerializeToString,
+            pbxmesh_dot_sipgw_dot_v1_dot_sipgw__pb2.ListProvidersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class SipGatewayServiceStub:
     """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
     INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
     """
+    ListProviders: _grpc.UnaryUnaryMultiCallable[_sipgw_pb2.ListProvidersRequest, _sipgw_pb2.ListProvidersResponse]
+    """ListProviders returns this server's provider trunks: where each is, its registration, lines
+    and calls.
+    """
 
 @_typing.type_check_only
 class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
@@ -90,6 +94,10 @@ class SipGatewayServiceAsyncStub(SipGatewayServiceStub):
     Unlock: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.UnlockRequest, _sipgw_pb2.UnlockResponse]  # type: ignore[assignment]
     """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
     INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
+    """
+    ListProviders: _aio.UnaryUnaryMultiCallable[_sipgw_pb2.ListProvidersRequest, _sipgw_pb2.ListProvidersResponse]  # type: ignore[assignment]
+    """ListProviders returns this server's provider trunks: where each is, its registration, lines
+    and calls.
     """
 
 class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -167,6 +175,16 @@ class SipGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sipgw_pb2.UnlockResponse, _abc.Awaitable[_sipgw_pb2.UnlockResponse]]:
         """Unlock forgets the failures and the lock of an account (a number) or a source (an IP address).
         INVALID_ARGUMENT for an empty or over-long target, NOT_FOUND when nothing is on record for it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProviders(
+        self,
+        request: _sipgw_pb2.ListProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sipgw_pb2.ListProvidersResponse, _abc.Awaitable[_sipgw_pb2.ListProvidersResponse]]:
+        """ListProviders returns this server's provider trunks: where each is, its registration, lines
+        and calls.
         """
 
 def add_SipGatewayServiceServicer_to_server(servicer: SipGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
