@@ -245,7 +245,7 @@ async def _providers(site: Site) -> list[Any]:
 
 
 async def _registration_is(site: Site, state: int) -> bool:
-    return (await _providers(site))[0].registration == state
+    return bool((await _providers(site))[0].registration == state)
 
 
 async def _routes_live(site: Site, live: list[bool]) -> bool:
