@@ -413,6 +413,8 @@ def _parties(args: argparse.Namespace) -> int:
 
     def party(p: cs.Party) -> str:
         where = f"{p.department}@{p.server_name or p.server_id}" if p.department else p.server_name or p.server_id
+        if p.external:
+            where = f"PSTN via {p.provider or '?'}@{p.router_server_id or '?'}"
         name = f" {p.display_name}" if p.display_name else ""
         return f"{p.number}{name} ({where})" if where else f"{p.number}{name}"
 

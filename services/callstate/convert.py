@@ -44,11 +44,23 @@ def party_pb(party: Party) -> cs.Party:
         department=party.department,
         server_id=party.server_id,
         server_name=party.server_name,
+        external=party.external,
+        provider=party.provider,
+        router_server_id=party.router_server_id,
     )
 
 
 def party_of(message: cs.Party) -> Party:
-    return Party(message.number, message.display_name, message.department, message.server_id, message.server_name)
+    return Party(
+        message.number,
+        message.display_name,
+        message.department,
+        message.server_id,
+        message.server_name,
+        message.external,
+        message.provider,
+        message.router_server_id,
+    )
 
 
 def event_of(message: cs.CallEvent) -> Event:

@@ -29,6 +29,10 @@ class Party:
     department: str = ""
     server_id: str = ""
     server_name: str = ""
+    # In the outside world: a PSTN number reached through a provider of a router server.
+    external: bool = False
+    provider: str = ""
+    router_server_id: str = ""
 
     def merged(self, other: Party) -> Party:
         """``other`` where it says more (the same number, with more details)."""
@@ -40,6 +44,9 @@ class Party:
             other.department or self.department,
             other.server_id or self.server_id,
             other.server_name or self.server_name,
+            other.external or self.external,
+            other.provider or self.provider,
+            other.router_server_id or self.router_server_id,
         )
 
 

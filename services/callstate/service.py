@@ -225,6 +225,8 @@ def _party_problem(party: Party, field: str) -> str | None:
         ("department", party.department, MAX_ID),
         ("server_id", party.server_id, MAX_ID),
         ("server_name", party.server_name, MAX_NAME),
+        ("provider", party.provider, MAX_ID),
+        ("router_server_id", party.router_server_id, MAX_ID),
     ):
         wrong = _text_problem(value, f"{field}.{name}", limit)
         if wrong is not None:

@@ -136,6 +136,16 @@ class Reporter:
     def _party(self, call: Call, side: Side) -> cs.Party:
         number, name = call.party(side)
         leg = call.legs.get(side)
+        if leg is not None and leg.provider:
+            # The outside world, through one of this server's providers.
+            return cs.Party(
+                number=number,
+                display_name=name,
+                server_id=self.server_id,
+                external=True,
+                provider=leg.provider,
+                router_server_id=self.server_id,
+            )
         # A callee still ringing over the trunk is remote too; its server is known at the answer.
         remote = leg.trunk if leg is not None else side == Side.CALLEE and call.kind == Kind.TRUNK_OUT
         if remote:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
+from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.sipgw.v1 import sipgw_pb2 as gpb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gpb_grpc
 from services.runtime.embedded_etcd import free_port
@@ -24,6 +25,7 @@ from tests.harness.pstn import Answerer, pstn_call
 from tests.harness.servers import Group
 from tests.harness.sipp import register_phone, run, sipp_args, start_phone, stop_phones
 from tests.harness.site import Site, Spec, make_site, stop_sites
+from tests.integration.test_callstate import Watch
 from tests.support import wait_for
 
 ALICE = ("100", "alice-pw-100")  # on alpha
@@ -110,15 +112,20 @@ async def refused_out(site: Site, account: tuple[str, str], number: str) -> str:
 async def test_a_phone_without_a_provider_calls_out_through_a_router_server(
     group: Group, pstn: Answerer, carrier_a: Provider
 ) -> None:
-    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False))
-    r1 = await make_site(
-        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
-    )
+    alpha = await make_site(group, "alpha", Spec(ALICE))
+    r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, extra=router("carrier-a", carrier_a, 10, "r1")))
+    watch = Watch(alpha.callstate)
     try:
         await wait_for(lambda: _external_routes(alpha, 1), what="r1's route on alpha")
         await wait_for(lambda: carrier_a.registered("r1"), what="r1 registered with its provider")
         await wait_for(lambda: _routes_live(alpha, [True]), what="r1's route live on alpha")
+        await asyncio.wait_for(watch.synced.wait(), 5)
         await call_out(alpha, ALICE, MOBILE)
+        # alpha's callstate names the party behind r1 as the outside world: its number as dialed in
+        # the group, the provider and the router server (r1 told it, as servers share parties).
+        ended = await watch.seen(lambda c: c.phase == cs.CALL_PHASE_ENDED and c.remote_party.external, "the call")
+        party = ended.remote_party
+        assert (party.number, party.provider, party.router_server_id) == (MOBILE, "carrier-a", "r1")
         await wait_for(lambda: _true(len(pstn.calls()) == 1), what="the call at the PSTN")
         reached = pstn.calls()[0]
         # Out through r1's provider: the number as the route rewrote it, the caller id it names.
@@ -130,6 +137,7 @@ async def test_a_phone_without_a_provider_calls_out_through_a_router_server(
         assert "goes out through router server r1" in alpha_log
         assert "goes out through provider carrier-a" in r1_log
     finally:
+        await watch.close()
         await stop_sites(alpha, r1)
 
 

@@ -25,45 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pbxmesh/callstate/v1/callstate.proto\x12\x14pbxmesh.callstate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x05Party\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x13\n\x0bserver_name\x18\x05 \x01(\t\"\x82\x02\n\x07Segment\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blocal_party\x18\x04 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x05 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x12\n\nserver_ids\x18\x06 \x03(\t\x12\x0c\n\x04held\x18\x07 \x01(\x08\"\xdf\x03\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x30\n\x0blocal_party\x18\x02 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x03 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12.\n\x05phase\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.CallPhase\x12\x14\n\x0c\x63ross_server\x18\x05 \x01(\x08\x12\x16\n\x0epeer_server_id\x18\x06 \x01(\t\x12\x0f\n\x07held_by\x18\x07 \x01(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x0b \x01(\t\x12/\n\x08segments\x18\x0c \x03(\x0b\x32\x1d.pbxmesh.callstate.v1.Segment\x12\x0c\n\x04path\x18\r \x03(\t\x12\x10\n\x08outgoing\x18\x0e \x01(\x08\"\xc1\x02\n\tCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.EventKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blocal_party\x18\x04 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x05 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x16\n\x0epeer_server_id\x18\x06 \x01(\t\x12\x10\n\x08outgoing\x18\x07 \x01(\x08\x12\n\n\x02\x62y\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x03(\t\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\"U\n\x12ReportCallsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.pbxmesh.callstate.v1.CallEvent\x12\x0e\n\x06replay\x18\x02 \x01(\x08\"\x8b\x01\n\x13ReportCallsResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x30\n\tnew_party\x18\x02 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.PartyH\x00\x12\x11\n\x07hang_up\x18\x03 \x01(\tH\x00\x12\x13\n\x0btraceparent\x18\x04 \x01(\tB\t\n\x07\x63ommand\"\xed\x01\n\x11SharePartyRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12*\n\x05party\x18\x03 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12.\n\x05phase\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.CallPhase\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07segment\x18\x06 \x01(\x05\x12\x0f\n\x07held_by\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\"@\n\x12SharePartyResponse\x12*\n\x05party\x18\x01 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\"!\n\x0eGetCallRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\";\n\x0fGetCallResponse\x12(\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\"\x12\n\x10ListCallsRequest\">\n\x11ListCallsResponse\x12)\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\"$\n\x11WatchCallsRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"O\n\x12WatchCallsResponse\x12)\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\x12\x0e\n\x06synced\x18\x02 \x01(\x08*\x9b\x01\n\tCallPhase\x12\x1a\n\x16\x43\x41LL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_PHASE_DIALING\x10\x01\x12\x16\n\x12\x43\x41LL_PHASE_RINGING\x10\x02\x12\x17\n\x13\x43\x41LL_PHASE_ANSWERED\x10\x03\x12\x13\n\x0f\x43\x41LL_PHASE_HELD\x10\x04\x12\x14\n\x10\x43\x41LL_PHASE_ENDED\x10\x05*\xe8\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_CREATED\x10\x01\x12\x16\n\x12\x45VENT_KIND_RINGING\x10\x02\x12\x17\n\x13\x45VENT_KIND_ANSWERED\x10\x03\x12\x13\n\x0f\x45VENT_KIND_HELD\x10\x04\x12\x16\n\x12\x45VENT_KIND_RESUMED\x10\x05\x12\x1a\n\x16\x45VENT_KIND_TRANSFERRED\x10\x06\x12\x14\n\x10\x45VENT_KIND_ENDED\x10\x07\x12\x17\n\x13\x45VENT_KIND_REROUTED\x10\x08\x32\xf4\x03\n\x10\x43\x61llStateService\x12\x66\n\x0bReportCalls\x12(.pbxmesh.callstate.v1.ReportCallsRequest\x1a).pbxmesh.callstate.v1.ReportCallsResponse(\x01\x30\x01\x12_\n\nShareParty\x12\'.pbxmesh.callstate.v1.SharePartyRequest\x1a(.pbxmesh.callstate.v1.SharePartyResponse\x12V\n\x07GetCall\x12$.pbxmesh.callstate.v1.GetCallRequest\x1a%.pbxmesh.callstate.v1.GetCallResponse\x12\\\n\tListCalls\x12&.pbxmesh.callstate.v1.ListCallsRequest\x1a\'.pbxmesh.callstate.v1.ListCallsResponse\x12\x61\n\nWatchCalls\x12\'.pbxmesh.callstate.v1.WatchCallsRequest\x1a(.pbxmesh.callstate.v1.WatchCallsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pbxmesh/callstate/v1/callstate.proto\x12\x14pbxmesh.callstate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\x05Party\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x13\n\x0bserver_name\x18\x05 \x01(\t\x12\x10\n\x08\x65xternal\x18\x06 \x01(\x08\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x18\n\x10router_server_id\x18\x08 \x01(\t\"\x82\x02\n\x07Segment\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blocal_party\x18\x04 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x05 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x12\n\nserver_ids\x18\x06 \x03(\t\x12\x0c\n\x04held\x18\x07 \x01(\x08\"\xdf\x03\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x30\n\x0blocal_party\x18\x02 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x03 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12.\n\x05phase\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.CallPhase\x12\x14\n\x0c\x63ross_server\x18\x05 \x01(\x08\x12\x16\n\x0epeer_server_id\x18\x06 \x01(\t\x12\x0f\n\x07held_by\x18\x07 \x01(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x0b \x01(\t\x12/\n\x08segments\x18\x0c \x03(\x0b\x32\x1d.pbxmesh.callstate.v1.Segment\x12\x0c\n\x04path\x18\r \x03(\t\x12\x10\n\x08outgoing\x18\x0e \x01(\x08\"\xc1\x02\n\tCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.EventKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blocal_party\x18\x04 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x31\n\x0cremote_party\x18\x05 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12\x16\n\x0epeer_server_id\x18\x06 \x01(\t\x12\x10\n\x08outgoing\x18\x07 \x01(\x08\x12\n\n\x02\x62y\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x03(\t\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\"U\n\x12ReportCallsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.pbxmesh.callstate.v1.CallEvent\x12\x0e\n\x06replay\x18\x02 \x01(\x08\"\x8b\x01\n\x13ReportCallsResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x30\n\tnew_party\x18\x02 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.PartyH\x00\x12\x11\n\x07hang_up\x18\x03 \x01(\tH\x00\x12\x13\n\x0btraceparent\x18\x04 \x01(\tB\t\n\x07\x63ommand\"\xed\x01\n\x11SharePartyRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12*\n\x05party\x18\x03 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\x12.\n\x05phase\x18\x04 \x01(\x0e\x32\x1f.pbxmesh.callstate.v1.CallPhase\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07segment\x18\x06 \x01(\x05\x12\x0f\n\x07held_by\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\"@\n\x12SharePartyResponse\x12*\n\x05party\x18\x01 \x01(\x0b\x32\x1b.pbxmesh.callstate.v1.Party\"!\n\x0eGetCallRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\";\n\x0fGetCallResponse\x12(\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\"\x12\n\x10ListCallsRequest\">\n\x11ListCallsResponse\x12)\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\"$\n\x11WatchCallsRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"O\n\x12WatchCallsResponse\x12)\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1a.pbxmesh.callstate.v1.Call\x12\x0e\n\x06synced\x18\x02 \x01(\x08*\x9b\x01\n\tCallPhase\x12\x1a\n\x16\x43\x41LL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_PHASE_DIALING\x10\x01\x12\x16\n\x12\x43\x41LL_PHASE_RINGING\x10\x02\x12\x17\n\x13\x43\x41LL_PHASE_ANSWERED\x10\x03\x12\x13\n\x0f\x43\x41LL_PHASE_HELD\x10\x04\x12\x14\n\x10\x43\x41LL_PHASE_ENDED\x10\x05*\xe8\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_CREATED\x10\x01\x12\x16\n\x12\x45VENT_KIND_RINGING\x10\x02\x12\x17\n\x13\x45VENT_KIND_ANSWERED\x10\x03\x12\x13\n\x0f\x45VENT_KIND_HELD\x10\x04\x12\x16\n\x12\x45VENT_KIND_RESUMED\x10\x05\x12\x1a\n\x16\x45VENT_KIND_TRANSFERRED\x10\x06\x12\x14\n\x10\x45VENT_KIND_ENDED\x10\x07\x12\x17\n\x13\x45VENT_KIND_REROUTED\x10\x08\x32\xf4\x03\n\x10\x43\x61llStateService\x12\x66\n\x0bReportCalls\x12(.pbxmesh.callstate.v1.ReportCallsRequest\x1a).pbxmesh.callstate.v1.ReportCallsResponse(\x01\x30\x01\x12_\n\nShareParty\x12\'.pbxmesh.callstate.v1.SharePartyRequest\x1a(.pbxmesh.callstate.v1.SharePartyResponse\x12V\n\x07GetCall\x12$.pbxmesh.callstate.v1.GetCallRequest\x1a%.pbxmesh.callstate.v1.GetCallResponse\x12\\\n\tListCalls\x12&.pbxmesh.callstate.v1.ListCallsRequest\x1a\'.pbxmesh.callstate.v1.ListCallsResponse\x12\x61\n\nWatchCalls\x12\'.pbxmesh.callstate.v1.WatchCallsRequest\x1a(.pbxmesh.callstate.v1.WatchCallsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pbxmesh.callstate.v1.callstate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLPHASE']._serialized_start=2104
-  _globals['_CALLPHASE']._serialized_end=2259
-  _globals['_EVENTKIND']._serialized_start=2262
-  _globals['_EVENTKIND']._serialized_end=2494
-  _globals['_PARTY']._serialized_start=95
-  _globals['_PARTY']._serialized_end=200
-  _globals['_SEGMENT']._serialized_start=203
-  _globals['_SEGMENT']._serialized_end=461
-  _globals['_CALL']._serialized_start=464
-  _globals['_CALL']._serialized_end=943
-  _globals['_CALLEVENT']._serialized_start=946
-  _globals['_CALLEVENT']._serialized_end=1267
-  _globals['_REPORTCALLSREQUEST']._serialized_start=1269
-  _globals['_REPORTCALLSREQUEST']._serialized_end=1354
-  _globals['_REPORTCALLSRESPONSE']._serialized_start=1357
-  _globals['_REPORTCALLSRESPONSE']._serialized_end=1496
-  _globals['_SHAREPARTYREQUEST']._serialized_start=1499
-  _globals['_SHAREPARTYREQUEST']._serialized_end=1736
-  _globals['_SHAREPARTYRESPONSE']._serialized_start=1738
-  _globals['_SHAREPARTYRESPONSE']._serialized_end=1802
-  _globals['_GETCALLREQUEST']._serialized_start=1804
-  _globals['_GETCALLREQUEST']._serialized_end=1837
-  _globals['_GETCALLRESPONSE']._serialized_start=1839
-  _globals['_GETCALLRESPONSE']._serialized_end=1898
-  _globals['_LISTCALLSREQUEST']._serialized_start=1900
-  _globals['_LISTCALLSREQUEST']._serialized_end=1918
-  _globals['_LISTCALLSRESPONSE']._serialized_start=1920
-  _globals['_LISTCALLSRESPONSE']._serialized_end=1982
-  _globals['_WATCHCALLSREQUEST']._serialized_start=1984
-  _globals['_WATCHCALLSREQUEST']._serialized_end=2020
-  _globals['_WATCHCALLSRESPONSE']._serialized_start=2022
-  _globals['_WATCHCALLSRESPONSE']._serialized_end=2101
-  _globals['_CALLSTATESERVICE']._serialized_start=2497
-  _globals['_CALLSTATESERVICE']._serialized_end=2997
+  _globals['_CALLPHASE']._serialized_start=2167
+  _globals['_CALLPHASE']._serialized_end=2322
+  _globals['_EVENTKIND']._serialized_start=2325
+  _globals['_EVENTKIND']._serialized_end=2557
+  _globals['_PARTY']._serialized_start=96
+  _globals['_PARTY']._serialized_end=263
+  _globals['_SEGMENT']._serialized_start=266
+  _globals['_SEGMENT']._serialized_end=524
+  _globals['_CALL']._serialized_start=527
+  _globals['_CALL']._serialized_end=1006
+  _globals['_CALLEVENT']._serialized_start=1009
+  _globals['_CALLEVENT']._serialized_end=1330
+  _globals['_REPORTCALLSREQUEST']._serialized_start=1332
+  _globals['_REPORTCALLSREQUEST']._serialized_end=1417
+  _globals['_REPORTCALLSRESPONSE']._serialized_start=1420
+  _globals['_REPORTCALLSRESPONSE']._serialized_end=1559
+  _globals['_SHAREPARTYREQUEST']._serialized_start=1562
+  _globals['_SHAREPARTYREQUEST']._serialized_end=1799
+  _globals['_SHAREPARTYRESPONSE']._serialized_start=1801
+  _globals['_SHAREPARTYRESPONSE']._serialized_end=1865
+  _globals['_GETCALLREQUEST']._serialized_start=1867
+  _globals['_GETCALLREQUEST']._serialized_end=1900
+  _globals['_GETCALLRESPONSE']._serialized_start=1902
+  _globals['_GETCALLRESPONSE']._serialized_end=1961
+  _globals['_LISTCALLSREQUEST']._serialized_start=1963
+  _globals['_LISTCALLSREQUEST']._serialized_end=1981
+  _globals['_LISTCALLSRESPONSE']._serialized_start=1983
+  _globals['_LISTCALLSRESPONSE']._serialized_end=2045
+  _globals['_WATCHCALLSREQUEST']._serialized_start=2047
+  _globals['_WATCHCALLSREQUEST']._serialized_end=2083
+  _globals['_WATCHCALLSRESPONSE']._serialized_start=2085
+  _globals['_WATCHCALLSRESPONSE']._serialized_end=2164
+  _globals['_CALLSTATESERVICE']._serialized_start=2560
+  _globals['_CALLSTATESERVICE']._serialized_end=3060
 # @@protoc_insertion_point(module_scope)

@@ -89,12 +89,21 @@ class Party(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     SERVER_ID_FIELD_NUMBER: _builtins.int
     SERVER_NAME_FIELD_NUMBER: _builtins.int
+    EXTERNAL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ROUTER_SERVER_ID_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     display_name: _builtins.str
     department: _builtins.str
     """The department the number belongs to on its server, if any."""
     server_id: _builtins.str
     server_name: _builtins.str
+    external: _builtins.bool
+    """The party is in the outside world (the PSTN): `number` is its PSTN number, reached through
+    `provider` of the group's server `router_server_id` (a router server).
+    """
+    provider: _builtins.str
+    router_server_id: _builtins.str
     def __init__(
         self,
         *,
@@ -103,10 +112,13 @@ class Party(_message.Message):
         department: _builtins.str = ...,
         server_id: _builtins.str = ...,
         server_name: _builtins.str = ...,
+        external: _builtins.bool = ...,
+        provider: _builtins.str = ...,
+        router_server_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "display_name", b"display_name", "number", b"number", "server_id", b"server_id", "server_name", b"server_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "display_name", b"display_name", "external", b"external", "number", b"number", "provider", b"provider", "router_server_id", b"router_server_id", "server_id", b"server_id", "server_name", b"server_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
