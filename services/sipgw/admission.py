@@ -4,7 +4,8 @@ Every message comes here first, before the transaction layer, the lockout and an
 work, so that a flood of junk, of guesses or of badly signed trunk requests costs little:
 
 - responses go on (they can only match a transaction of ours, and nothing answers them);
-- on the trunk, every request counts against its source address (``trunk.rate_limit``);
+- on the trunk, every request counts against its source address (``trunk.rate_limit``), as does
+  every request from a provider's address (``providers[].allow_from``);
 - on the phones' port, every request counts against its source address (``sip.rate_limit``) except
   one that carries on what that address already has here: a request inside a dialog of one of its
   calls (re-INVITE, UPDATE, BYE, ACK, REFER, NOTIFY) and the ACK or CANCEL of its INVITE still
@@ -78,6 +79,7 @@ class Admission:
     ):
         self.forward = forward  # the transaction layer's receiver
         self.is_trunk = is_trunk
+        self.is_provider: Callable[[Address], bool] = lambda source: False
         self.ongoing = ongoing  # whether a request carries on a call or transaction of its source
         self._limits: dict[Port, RateLimiter] = {
             "phones": RateLimiter(phones, clock),
@@ -95,7 +97,7 @@ class Admission:
         of the requests that go through whatever the rate)."""
         if data.startswith(b"SIP/2.0 "):
             return True
-        port = self._port(link)
+        port = self._port(link, source)
         if self._limits[port].would_allow(source_key(source[0])):
             return True
         end = data.find(b" ", 0, _METHOD_END)
@@ -107,7 +109,7 @@ class Admission:
 
     def broken(self, source: Address, link: Link) -> bool:
         """A malformed message counts against its source; True: it may have its 400."""
-        port = self._port(link)
+        port = self._port(link, source)
         if self._limits[port].allow(source_key(source[0])):
             return True
         self._count(self.rate_limited, port, "")
@@ -124,7 +126,7 @@ class Admission:
         return len(self._limits[port])
 
     def _admit(self, request: Request, source: Address, link: Link) -> bool:
-        port = self._port(link)
+        port = self._port(link, source)
         method = request.method
         carries_on = port == "phones" and method in CONTINUING and self.ongoing(request, source)
         if not carries_on and not self._limits[port].allow(source_key(source[0])):
@@ -143,8 +145,10 @@ class Admission:
         words = agent.split(None, 1)
         return bool(words) and words[0].split("/", 1)[0].lower() in self._agents
 
-    def _port(self, link: Link) -> Port:
-        return "trunk" if self.is_trunk(link) else "phones"
+    def _port(self, link: Link, source: Address) -> Port:
+        # A provider's calls arrive on the phones' port but come in numbers, like the trunk's: its
+        # addresses (allow_from) count against the trunk's larger limit, each on its own.
+        return "trunk" if self.is_trunk(link) or self.is_provider(source) else "phones"
 
     @staticmethod
     def _count(counts: dict[tuple[str, str], int], port: Port, method: str) -> None:

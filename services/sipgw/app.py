@@ -113,6 +113,8 @@ class SipGatewayApp:
         )
         if self.trunk is not None:
             self.admission.is_trunk = self.trunk.carries
+        if self.providers:
+            self.admission.is_provider = lambda source: self.providers.from_source(source) is not None
         numbering = {n.number: (n.name, n.department) for n in config.numbering.numbers}
         self.reporter = (
             Reporter(config.listen.callstate, self.core.calls, config.server.id, numbering)

@@ -28,7 +28,7 @@ from services.sipgw.sip.dialog import new_tag
 from services.sipgw.sip.headers import Headers
 from services.sipgw.sip.transaction import new_branch
 from services.sipgw.sip.transport import Address, Link, scheme, scheme_of
-from services.sipgw.trunk import Trunk
+from services.sipgw.trunk import FROM_PROVIDER, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 if TYPE_CHECKING:
@@ -170,6 +170,8 @@ class Router:
         shown = f"[{host}]" if ":" in host else host
         request = self.invite(number, f"{scheme(trunk.endpoint)}:{number}@{shown}:{port}", trunk.endpoint, out)
         trunk.identity(request.headers, out.caller, out.display, out.correlation, out.path)
+        if out.origin == "provider":
+            request.headers.add(FROM_PROVIDER, "yes")
         address: Address = (host, port)
         release = functools.partial(trunk.lines.give_back, outgoing=True)
         return [Branch(request, address, trunk.endpoint, over_trunk=True, release=release)]

@@ -42,7 +42,7 @@ from services.sipgw.sip.dialog import Dialog, new_tag
 from services.sipgw.sip.transaction import ServerTransaction
 from services.sipgw.sip.transport import response_to, scheme_of
 from services.sipgw.toll import API, PROVIDER, SCENARIO, TRUNK
-from services.sipgw.trunk import CORRELATION, INSTANCE, ORIGIN, PATH, Trunk
+from services.sipgw.trunk import CORRELATION, FROM_PROVIDER, INSTANCE, ORIGIN, PATH, Trunk
 from services.sipgw.trunk_lines import NoLineFree
 
 _log = logging.getLogger(__name__)
@@ -98,8 +98,10 @@ class CallSetup:
         path = tuple(p for p in (request.headers.get(PATH) or "").split(",") if p)
         correlation = request.headers.get(CORRELATION) or uuid.uuid4().hex
         peer = request.headers.get(ORIGIN) or ""
+        # A call the other server took from a provider stays a call from the outside here.
+        origin = PROVIDER if request.headers.get(FROM_PROVIDER) else TRUNK
         out = dataclasses.replace(
-            _outgoing(request, caller, display, correlation, path), origin=TRUNK, source=f"server {peer}"
+            _outgoing(request, caller, display, correlation, path), origin=origin, source=f"server {peer}"
         )
         leg = Leg(caller, display or "", tx.link, tx.address, trunk=True, server=peer, line=release)
         leg.peer_instance = request.headers.get(INSTANCE) or ""

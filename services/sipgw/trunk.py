@@ -32,6 +32,9 @@ IDENTITY = "P-Asserted-Identity"
 # the one before (its peers end them). On trunk INVITEs, their 2xx and OPTIONS answers.
 INSTANCE = "X-Pbxmesh-Instance"
 REPLACES = "Replaces"  # RFC 3891, in a hand-over's INVITE
+# On a trunk INVITE for a call that came in from a provider: the server it reaches treats it as
+# from the outside (the toll fraud guard: no way back out unless a rule allows it).
+FROM_PROVIDER = "X-Pbxmesh-From-Provider"
 
 
 class TrunkLink(Link, Protocol):

@@ -20,6 +20,7 @@ from pbxmesh.callstate.v1 import callstate_pb2 as cs
 from pbxmesh.sipgw.v1 import sipgw_pb2 as gpb
 from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gpb_grpc
 from services.runtime.embedded_etcd import free_port
+from tests.harness.dns import DnsServer
 from tests.harness.provider import Provider
 from tests.harness.pstn import Answerer, pstn_call
 from tests.harness.servers import Group
@@ -246,10 +247,75 @@ async def test_a_refused_registration_is_shown_and_no_call_goes_to_that_provider
         await stop_sites(alpha, r1)
 
 
+async def test_providers_by_name_and_in_priority_order_with_failover(
+    group: Group, pstn: Answerer, carrier_a: Provider, carrier_b: Provider
+) -> None:
+    """carrier-a is a DNS name (NAPTR/SRV to its address, RFC 3263) and refuses everything (503);
+    carrier-b, next in priority, takes the call."""
+    port = int(carrier_a.sip.rpartition(":")[2])
+    records = {
+        ("carrier-a.test", "NAPTR"): ['10 10 "s" "SIP+D2U" "" _sip._udp.carrier-a.test.'],
+        ("_sip._udp.carrier-a.test", "SRV"): [f"10 10 {port} edge.carrier-a.test."],
+        ("edge.carrier-a.test", "A"): [carrier_a.host],
+    }
+    async with DnsServer(records) as dns:
+        a, b = router("carrier-a", carrier_a, 10, "r1"), router("carrier-b", carrier_b, 20, "r2")
+        a["providers"][0]["address"] = "carrier-a.test"
+        b["providers"][0]["dids"] = []
+        extra = {
+            "providers": a["providers"] + b["providers"],
+            "routes": a["routes"] + b["routes"],
+            "dns": {"servers": [f"{dns.address[0]}:{dns.address[1]}"]},
+        }
+        r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=extra))
+        try:
+            listed = await _providers(r1)
+            assert [(p.name, list(p.targets)) for p in listed] == [
+                ("carrier-a", [f"{carrier_a.sip}/UDP"]),
+                ("carrier-b", [f"{carrier_b.sip}/UDP"]),
+            ]
+            assert ("carrier-a.test", "NAPTR") in dns.queries
+            await wait_for(lambda: _all_live(r1), what="both registered")
+            await carrier_a.set_unavailable(True)
+            await call_out(r1, ROUTER_PHONE, MOBILE)
+            assert [c.account for c in carrier_b.calls() if c.direction == "out"] == ["r2"]
+            assert not [c for c in carrier_a.calls() if c.direction == "out"]
+            assert "route refused with 503: trying the next one" in "".join(r1.gateway.log)
+            assert [(p.name, p.calls_out) for p in await _providers(r1)] == [("carrier-a", 1), ("carrier-b", 1)]
+        finally:
+            await stop_sites(r1)
+
+
+async def test_a_pstn_call_forwarded_on_another_server_does_not_go_back_out(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    """A DID of alpha reaches alpha through r1; alpha's scenario for trunk calls forwards it to an
+    external number, without allow_external: alpha refuses, as the call is from the outside."""
+    scenarios = {"inter_server": [{"match": {"called": "100"}, "forward": MOBILE}]}
+    alpha = await make_site(group, "alpha", Spec(ALICE, callstate=False, scenarios=scenarios))
+    r1 = await make_site(
+        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
+    )
+    try:
+        await carrier_a.set_gateway(r1.gateway.sip)
+        await wait_for(lambda: _plan_has(r1, ALICE[0]), what="alpha's 100 in r1's plan")
+        await wait_for(lambda: _external_routes(alpha, 1), what="r1's route on alpha")
+        call = await pstn_call(carrier_a.carrier, DID, "+79031112233")
+        assert call.returncode != 0
+        assert "external call refused: external calls are not allowed from provider" in "".join(alpha.gateway.log)
+        assert not pstn.calls()
+    finally:
+        await stop_sites(alpha, r1)
+
+
 async def _providers(site: Site) -> list[Any]:
     async with grpc.aio.insecure_channel(site.gateway.api) as channel:
         stub = gpb_grpc.SipGatewayServiceStub(channel)
         return list((await stub.ListProviders(gpb.ListProvidersRequest(), timeout=5)).providers)
+
+
+async def _all_live(site: Site) -> bool:
+    return all(p.live for p in await _providers(site))
 
 
 async def _registration_is(site: Site, state: int) -> bool:
