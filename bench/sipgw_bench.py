@@ -37,6 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import grpc.aio
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
@@ -170,13 +172,15 @@ def sipp(*args: str, seconds: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
 
 
-def run_load(target: str, scenario: Path, rate: int, calls: int, extra: list[str]) -> dict[str, str]:
-    """One SIPp UAC run; returns the last row of its statistics file."""
+def run_load(
+    target: str, scenario: Path, rate: int, calls: int, extra: list[str], called: str = CALLEE[0]
+) -> dict[str, str]:
+    """One SIPp UAC run calling ``called``; returns the last row of its statistics file."""
     workdir = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
     stats = workdir / "stats.csv"
     port = free_port()
     sipp(
-        target, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-s", "101", "-key", "caller", CALLER[0],
+        target, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-s", called, "-key", "caller", CALLER[0],
         "-r", str(rate), "-m", str(calls), "-l", str(rate * 2), "-timeout", "60s",
         "-trace_stat", "-stf", str(stats), "-fd", "1", "-trace_rtt", "-rtt_freq", "1", *extra,
         seconds=calls / rate + 60,
@@ -316,6 +320,7 @@ def table(
     extra: list[str],
     gateways: list[int],
     who: str = "gw",
+    called: str = "",
 ) -> None:
     """``gateways``: the pids whose CPU and RSS are shown (``who`` names them in the header)."""
     print(f"\n== {title}")
@@ -326,7 +331,7 @@ def table(
     clean = 0
     for rate in rates:
         before = cpu_seconds(gateways)
-        row = run_load(target, scenario, rate, calls, extra)
+        row = run_load(target, scenario, rate, calls, extra, called or CALLEE[0])
         cost = f"{(cpu_seconds(gateways) - before) * 1000 / calls:.2f}" if gateways else "-"
         rss = f"{rss_mib(gateways):.0f}" if gateways else "-"
         failed = row.get("FailedCall(C)", "-")
@@ -344,7 +349,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="100,300,500,800")
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--sections", default="1,2,3,4,5,6")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7")
     parser.add_argument("--tls-rates", default="25,50,100", help="section 6's rates")
     parser.add_argument("--ceiling-rates", default="500,1500,3000", help="section 1's rates (SIPp alone goes far)")
     args = parser.parse_args()
@@ -451,7 +456,62 @@ async def main() -> int:
                 await rig.close()
     if "6" in sections:
         await tls_section([int(r) for r in args.tls_rates.split(",")], args.calls, caller_auth)
+    if "7" in sections:
+        await external_section(rates, args.calls, caller_auth)
     return 0
+
+
+async def external_section(rates: list[int], calls: int, caller_auth: list[str]) -> None:
+    """The same caller on alpha, in the same run: an internal call to beta's phone over the trunk,
+    then an external call over the trunk to the router server, out through its provider (a SIPp
+    answering every INVITE, as a provider's edge would)."""
+    rig = Rig()
+    try:
+        rig.answering_phone("127.0.0.1:9", None)
+        provider = f"127.0.0.1:{rig.uas_port}"
+        unlimited = 100_000
+        alpha = server_config("alpha", "ETCD", [CALLER], trunk=f"127.0.0.1:{free_port()}")
+        beta = server_config("beta", "ETCD", [CALLEE], trunk=f"127.0.0.1:{free_port()}")
+        router = server_config("router", "ETCD", [("301", "bench-pw-301")], trunk=f"127.0.0.1:{free_port()}")
+        router += (
+            f'providers: [{{name: carrier, address: "{provider}", lines: 10000, allow_from: ["127.0.0.9"]}}]\n'
+            'routes: [{pattern: "^9\\\\d{3}$", provider: carrier}]\n'
+            f"external: {{calls_per_number: {unlimited}, calls_per_server: {unlimited},"
+            f" per_minute_per_number: {unlimited}, per_minute_per_server: {unlimited}}}\n"
+        )
+        alpha += (
+            f"external: {{calls_per_number: {unlimited}, calls_per_server: {unlimited},"
+            f" per_minute_per_number: {unlimited}, per_minute_per_server: {unlimited}}}\n"
+        )
+        await rig.servers({"alpha": alpha, "beta": beta, "router": router}, ("registry", "sipgw"))
+        rig.answering_phone(listen_of(beta, "sip"), CALLEE)
+        await _external_route_ready(listen_of(alpha, "registry"))
+        target = listen_of(alpha, "sip")
+        table(
+            "7a. internal call over the trunk: alpha -> beta's phone (same run as 7b)",
+            target, SIPP_DIR / "caller.xml", rates, calls, caller_auth, rig.gateways,
+        )  # fmt: skip
+        table(
+            "7b. external call: alpha -> trunk -> router server -> its provider (SIPp)",
+            target, SIPP_DIR / "caller.xml", rates, calls, caller_auth, rig.gateways, called="9001",
+        )  # fmt: skip
+    finally:
+        await rig.close()
+
+
+async def _external_route_ready(registry: str) -> None:
+    """Waits until alpha's registry lists the router server's route."""
+    from pbxmesh.registry.v1 import registry_pb2 as rpb
+    from pbxmesh.registry.v1 import registry_pb2_grpc as rpb_grpc
+
+    async with grpc.aio.insecure_channel(registry) as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
+        for _ in range(100):
+            if (await stub.ListExternalRoutes(rpb.ListExternalRoutesRequest(), timeout=5)).routes:
+                await asyncio.sleep(0.5)  # the gateway's feed follows the registry
+                return
+            await asyncio.sleep(0.1)
+    raise SystemExit("the router server's route never reached alpha")
 
 
 async def tls_section(rates: list[int], calls: int, caller_auth: list[str]) -> None:
