@@ -49,7 +49,7 @@ from services.runtime.pki import init_ca, issue  # noqa: E402
 from tests.harness.process import ServiceProcess, start_all, stop_all, stop_popen  # noqa: E402
 from tests.harness.servers import registry_has_numbers  # noqa: E402
 from tests.harness.sipp import wait_phone_bound  # noqa: E402
-from tests.harness.tls import secure  # noqa: E402
+from tests.harness.tls import channel, secure  # noqa: E402
 from tests.harness.wait import wait_for  # noqa: E402
 
 SIPP_DIR = ROOT / "tests" / "integration" / "sipp"
@@ -213,6 +213,7 @@ class Rig:
         self.phones: list[subprocess.Popen[bytes]] = []
         self.gateways: list[int] = []  # pids whose CPU time each call costs
         self.callstates: list[int] = []
+        self.medias: list[int] = []
         self.etcd: EmbeddedEtcd | None = None
         # The interpreter (and its options) each service runs under; a soak wraps the gateway.
         self.python_of: dict[str, list[str]] = {}
@@ -252,6 +253,7 @@ class Rig:
         await start_all(started, timeout=30)
         self.gateways += [p.pid for p in started if p.service == "sipgw"]
         self.callstates += [p.pid for p in started if p.service == "callstate"]
+        self.medias += [p.pid for p in started if p.service == "media"]
         numbers = {n.number for p in started for n in load_config(p.config, environ={}).numbering.numbers}
         for registry in (p for p in started if p.service == "registry"):
             await wait_for(
@@ -515,9 +517,10 @@ async def _external_route_ready(registry: str) -> None:
 
 
 async def tls_section(rates: list[int], calls: int, caller_auth: list[str]) -> None:
-    """Trunk calls between two servers with callstates, plain and then with mutual TLS on every gRPC
-    link and the trunk over TLS: what TLS costs per call, and the first call to a new peer (its TLS
-    handshake) against the calls after it."""
+    """Trunk calls between two servers with callstates and anchored media, plain and then with mutual
+    TLS on every gRPC link, the trunk over TLS and SRTP between the media services: what TLS + SRTP
+    cost per call, and the first call to a new peer (its TLS handshake) against the calls after it.
+    SIPp sends no RTP: SRTP's cost per packet is srtp_bench.py's."""
     for tls in (False, True):
         rig = Rig()
         pki = rig.tmp / "pki" if tls else None
@@ -526,16 +529,18 @@ async def tls_section(rates: list[int], calls: int, caller_auth: list[str]) -> N
             issue(pki, "client", "harness", role="control")
         try:
             alpha, beta = (
-                server_config(name, "ETCD", [number], f"127.0.0.1:{free_port()}", callstate=True, pki=pki)
-                for name, number in (("alpha", CALLER), ("beta", CALLEE))
+                server_config(name, "ETCD", [number], f"127.0.0.1:{free_port()}", media=ports, pki=pki)
+                for name, number, ports in (("alpha", CALLER, "40000-44999"), ("beta", CALLEE, "45000-49999"))
             )
-            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "sipgw"))
+            await rig.servers({"alpha": alpha, "beta": beta}, ("registry", "callstate", "media", "sipgw"))
+            for config in (alpha, beta):
+                await media_ready(config)
             rig.answering_phone(listen_of(beta, "sip"), CALLEE)
-            how = "mutual TLS (gRPC links and the trunk)" if tls else "plain (no TLS)"
+            how = "mutual TLS (gRPC links, the trunk) + SRTP between media" if tls else "plain (no TLS, RTP)"
             target = listen_of(alpha, "sip")
             first = run_load(target, SIPP_DIR / "caller.xml", 1, 1, caller_auth)
             later = run_load(target, SIPP_DIR / "caller.xml", 5, 20, caller_auth)
-            print(f"\n== 6{'t' if tls else ''}. trunk calls, each server with callstate, {how}")
+            print(f"\n== 6{'t' if tls else ''}. trunk calls, each server with callstate and media, {how}")
             print(f"first call to the peer: setup {first['p50']} ms; 20 calls after it: setup p50 {later['p50']} ms")
             if pki is not None:
                 print(handshakes(listen_of(beta, "trunk"), pki, "alpha"))
@@ -546,8 +551,8 @@ async def tls_section(rates: list[int], calls: int, caller_auth: list[str]) -> N
                 rates,
                 calls,
                 caller_auth,
-                rig.gateways + rig.callstates,
-                "gw+cs",
+                rig.gateways + rig.callstates + rig.medias,
+                "gw+cs+md",
             )
         finally:
             await rig.close()
@@ -579,14 +584,13 @@ def handshakes(trunk: str, pki: Path, server_id: str, count: int = 50) -> str:
 
 async def media_ready(config: str) -> None:
     """Until the gateway has attached to its media service (it keeps legs opened ahead)."""
-    import grpc.aio
 
     from pbxmesh.media.v1 import media_pb2 as md
     from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
 
     async def attached() -> bool:
-        async with grpc.aio.insecure_channel(listen_of(config, "media")) as channel:
-            legs = (await md_grpc.MediaServiceStub(channel).ListLegs(md.ListLegsRequest(), timeout=5)).legs
+        async with channel(listen_of(config, "media")) as media:
+            legs = (await md_grpc.MediaServiceStub(media).ListLegs(md.ListLegsRequest(), timeout=5)).legs
         return len(legs) >= 2
 
     await wait_for(attached, timeout=30, what="the gateway attached to its media service")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from services.runtime.config_pstn import ANONYMOUS, RouteEntry, apply_digits
 from services.runtime.logs import call_log
 from services.runtime.text import printable
+from services.sipgw import sdp
 from services.sipgw.auth.digest import DigestError
 from services.sipgw.auth.digest_client import answer_challenge, choose_challenge
 from services.sipgw.fork import Branch
@@ -110,9 +111,11 @@ class External:
         if not provider.targets:
             return (503, f"Service Unavailable (provider {provider.name} has no address)")
         if not provider.up:
-            # Registered with, but the binding does not hold (a refused password, say): nothing
-            # goes to it until it does, and the call tries the next route.
-            return (503, f"Service Unavailable (provider {provider.name} is not registered)")
+            # Registered with, but the binding does not hold (a refused password, say), or it
+            # asked for a rest (503 with Retry-After): nothing goes to it until then, and the call
+            # tries the next route.
+            why = "asked for no calls for a while" if provider.resting else "is not registered"
+            return (503, f"Service Unavailable (provider {provider.name} {why})")
         link = self.router.phone_links.get(provider.targets[0].transport) or self.router.phone_links.get("UDP")
         if link is None:
             return (503, "Service Unavailable (the SIP port is not open)")
@@ -129,7 +132,9 @@ class External:
         def release() -> None:
             provider.lines.give_back(outgoing=True)
 
-        branch = Branch(request, (target.host, target.port), link, release=release, provider=provider.name)
+        branch = Branch(
+            request, (target.host, target.port), link, release=release, provider=provider.name, codecs=provider.codecs
+        )
         call_log(_log, out.correlation).info("goes out through provider %s as %s", provider.name, dialed)
         return branch
 
@@ -202,22 +207,33 @@ class Chain:
             failed = self.providers.named(branch.provider)
             if failed is not None:
                 failed.failovers += 1
+                if status == 503 and response is not None:
+                    failed.rest(response.headers.get("Retry-After"))
         if branch.line is not None:
             branch.line()  # the line of the route that refused
             branch.line = None
-        found = self._next()
-        if isinstance(found, tuple):
-            return False
+        # The offer, as the media plane rewrote it for the first route, before any provider's
+        # codecs limited it.
+        offer, content_type = branch.offer or branch.request.body, branch.request.headers.get("Content-Type")
+        while True:
+            found = self._next()
+            if isinstance(found, tuple):
+                return False
+            body = sdp.limit_offer(offer, content_type, found.codecs)
+            if body is not None:
+                break
+            call_log(_log, self.correlation).info("provider %s takes none of the codecs offered", found.provider)
+            found.released()
         call_log(_log, self.correlation).info("route refused with %d: trying the next one", status)
-        body, content_type = branch.request.body, branch.request.headers.get("Content-Type")
         branch.request, branch.address, branch.link = found.request, found.address, found.link
-        branch.request.body = body  # the offer, as the media plane rewrote it for the first route
+        branch.request.body, branch.offer = body, offer
         if content_type:
             branch.request.headers.set("Content-Type", content_type)
-        branch.over_trunk, branch.peer_server_id, branch.provider = (
+        branch.over_trunk, branch.peer_server_id, branch.provider, branch.codecs = (
             found.over_trunk,
             found.peer_server_id,
             found.provider,
+            found.codecs,
         )
         branch.line = found.release
         return True

@@ -44,6 +44,8 @@ class Branch:
     # when it has put a new request (and address, link, release) in the branch, to send instead.
     retry: Callable[[Branch, int, Response | None], bool] | None = None
     provider: str = ""  # the provider a branch to the outside goes to
+    codecs: tuple[str, ...] = ()  # the provider's codecs: the offer it gets is limited to them
+    offer: bytes = b""  # the offer before that limit (another route may take other codecs)
     line: Callable[[], None] | None = None  # with a retry: the line of the route tried now
 
     def released(self) -> None:

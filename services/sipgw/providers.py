@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import time
 
 import grpc
 import grpc.aio
@@ -35,6 +36,7 @@ _log = logging.getLogger(__name__)
 REFRESH = 60.0  # seconds between two resolutions of a provider's name
 REPORT_EVERY = 30.0  # seconds between two reports of the providers' states to the registry
 RETRY = 5.0  # seconds before resolving again a name that did not resolve
+MAX_REST = 300  # the longest a provider's Retry-After keeps calls from it, in seconds
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -48,6 +50,7 @@ class ProviderLink:
     calls_out: int = 0
     failovers: int = 0
     registration: Registration | None = None  # when the provider is registered with
+    resting_until: float = 0.0  # a 503 with Retry-After: no calls to it before (monotonic time)
 
     @property
     def name(self) -> str:
@@ -59,11 +62,28 @@ class ProviderLink:
         return self.entry.domain or host_and_port(self.entry.address)[0]
 
     @property
+    def codecs(self) -> tuple[str, ...]:
+        return self.entry.codecs
+
+    @property
     def up(self) -> bool:
         """Whether the provider may be offered calls now: it has an address and, when it is
         registered with, its registration holds."""
         registration = self.registration
-        return bool(self.targets) and (registration is None or registration.status.state == "registered")
+        registered = registration is None or registration.status.state == "registered"
+        return bool(self.targets) and registered and not self.resting
+
+    @property
+    def resting(self) -> bool:
+        return time.monotonic() < self.resting_until
+
+    def rest(self, retry_after: str | None) -> None:
+        """A 503 with Retry-After (RFC 3261 21.5.4): no call goes to it for that long (at most
+        MAX_REST seconds; a value that is not a number of seconds is ignored)."""
+        seconds = (retry_after or "").split(";")[0].split("(")[0].strip()
+        if seconds.isdigit() and int(seconds) > 0:
+            self.resting_until = time.monotonic() + min(int(seconds), MAX_REST)
+            _log.warning("provider %s asks for no calls for %s s (503, Retry-After)", self.name, seconds)
 
     def allows(self, source: Address) -> bool:
         try:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Iterator
 
 from services.sipgw.sip import Request, Response
 
@@ -203,11 +204,7 @@ def anchored(
     stream = audio_stream(body)
     kept = {pt for pt, _, _ in stream.codecs} if stream is not None else set()
     out: list[str] = []
-    in_audio = seen_audio = False
-    for raw in body.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if not line:
-            continue
+    for line, in_audio in _lines(body):
         if line.startswith("o="):
             out.append(f"o=- {origin[0]} {origin[1]} IN IP4 {address}")  # no product name: no hint
             continue
@@ -215,9 +212,7 @@ def anchored(
             continue  # said once, in the audio stream
         if line.startswith("m="):
             fields = line.split()
-            in_audio = fields[0] == "m=audio" and not seen_audio
             if in_audio:
-                seen_audio = True
                 formats = [f for f in fields[3:] if f.isdigit() and int(f) in kept]
                 transport = fields[2] if len(fields) > 2 else "RTP/AVP"
                 if srtp_key is not None:
@@ -235,12 +230,57 @@ def anchored(
         if line.startswith("c="):
             out.append(f"c=IN IP4 {address}")
             continue
-        if in_audio:
-            if line.startswith(TRANSPORT_ATTRIBUTES):
-                continue
-            if line.startswith(("a=rtpmap:", "a=fmtp:")):
-                pt = line.split(":", 1)[1].split()[0]
-                if not pt.isdigit() or int(pt) not in kept:
-                    continue
+        if in_audio and (line.startswith(TRANSPORT_ATTRIBUTES) or _dropped_format(line, kept)):
+            continue
         out.append(line)
     return ("\r\n".join(out) + "\r\n").encode()
+
+
+def _lines(body: bytes) -> Iterator[tuple[str, bool]]:
+    """The non-empty lines of an SDP body, each with whether it is of its first audio stream."""
+    in_audio = seen_audio = False
+    for raw in body.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("m="):
+            in_audio = line.split()[0] == "m=audio" and not seen_audio
+            seen_audio = seen_audio or in_audio
+        yield line, in_audio
+
+
+def _dropped_format(line: str, kept: set[int]) -> bool:
+    """Whether ``line`` describes a payload type (rtpmap, fmtp) that is not ``kept``."""
+    if not line.startswith(("a=rtpmap:", "a=fmtp:")):
+        return False
+    fields = line.split(":", 1)[1].split()
+    return not fields or not fields[0].isdigit() or int(fields[0]) not in kept
+
+
+def only_codecs(body: bytes, allowed: tuple[str, ...]) -> bytes | None:
+    """``body`` with its audio stream limited to the ``allowed`` encodings (and telephone-event):
+    what a provider that takes only those is offered, or takes from its own offers. None when
+    none of them is left; the body as it is when it has no audio stream."""
+    stream = audio_stream(body)
+    if stream is None:
+        return body
+    if not any(name in allowed for _, name, _ in stream.codecs):
+        return None
+    kept = {pt for pt, name, _ in stream.codecs if name in allowed or name == "telephone-event"}
+    out: list[str] = []
+    for line, in_audio in _lines(body):
+        if in_audio and line.startswith("m="):
+            fields = line.split()
+            out.append(" ".join([*fields[:3], *(f for f in fields[3:] if f.isdigit() and int(f) in kept)]))
+        elif not (in_audio and _dropped_format(line, kept)):
+            out.append(line)
+    return ("\r\n".join(out) + "\r\n").encode()
+
+
+def limit_offer(body: bytes, content_type: str | None, codecs: tuple[str, ...]) -> bytes | None:
+    """The SDP offer as a route with these ``codecs`` gets it (all of it when the route names
+    none: a router server over the trunk limits it to its own provider's); None when nothing of
+    it is left."""
+    if not codecs or not body or content_type != "application/sdp":
+        return body
+    return only_codecs(body, codecs)

@@ -130,6 +130,12 @@ class CallSetup:
         except NoLineFree as error:
             tx.respond(answer_caller(request, 503, f"Service Unavailable (provider {provider.name}: {error})"))
             return
+        if request.headers.get("Content-Type") == "application/sdp" and request.body:
+            limited = sdp.only_codecs(request.body, provider.codecs)
+            if limited is None:
+                tx.respond(answer_caller(request, 488, "Not Acceptable Here (no codec this provider may use)"))
+                return
+            request.body = limited  # the provider is taken to offer only what its config allows
         provider.calls_in += 1
         release = functools.partial(provider.lines.give_back, outgoing=False)
         caller = pstn_number(request)
@@ -248,8 +254,11 @@ class CallSetup:
         except NotAcceptable:
             media.close(call)
             return (488, "Not Acceptable Here (no PCMU or PCMA offered)")
-        for branch in branches:
-            branch.request.body = carried
+        refused = offer_to(branches, carried, content_type)
+        if refused:
+            self.table.log(call).warning("refused: provider %s takes none of the codecs offered", refused)
+            media.close(call)
+            return (488, f"Not Acceptable Here (provider {refused} takes none of the codecs offered)")
         return None
 
     def _fork(self, call: Call, branches: list[Branch], ring_timeout: float | None = None) -> Fork:
@@ -312,9 +321,11 @@ class CallSetup:
             self.refuse_first(call)
             self.table.end(call, "the first party offered no PCMU or PCMA")
             return
-        for second in call.fork.branches:  # the first party's offer goes to the second now
-            second.request.body = offer
-            second.request.headers.set("Content-Type", content_type)
+        refused = offer_to(call.fork.branches, offer, content_type)  # the first party's offer goes to the second now
+        if refused:
+            self.refuse_first(call)
+            self.table.end(call, f"provider {refused} takes none of the codecs the first party offered")
+            return
         self.table.log(call).info("%s answered, calling %s", call.caller, call.dialed)
         call.fork.start()
 
@@ -475,3 +486,15 @@ def _outgoing(
         request.headers.get("Content-Type") or "",
         path,
     )
+
+
+def offer_to(branches: list[Branch], offer: bytes, content_type: str) -> str:
+    """Puts ``offer`` in each branch, limited to its provider's codecs; returns the provider of a
+    branch that takes none of them ("" when every branch takes the offer)."""
+    for branch in branches:
+        body = sdp.limit_offer(offer, content_type, branch.codecs)
+        if body is None:
+            return branch.provider
+        branch.request.body, branch.offer = body, offer
+        branch.request.headers.set("Content-Type", content_type)
+    return ""

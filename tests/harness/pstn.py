@@ -2,8 +2,8 @@
 each one, and callers on either side of the provider.
 
 An ``Answerer`` runs tests/integration/sipp/pstn_uas.xml: it answers every INVITE with SDP, waits
-for the BYE, and logs one line per INVITE (Request-URI user, From, P-Asserted-Identity, Call-ID)
-that ``calls()`` reads. The same answerer stands in for a gateway when a test has none.
+for the BYE, and logs one line per INVITE (Request-URI user, From, P-Asserted-Identity, Call-ID,
+the offer's audio formats) that ``calls()`` reads. The same answerer stands in for a gateway when a test has none.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class PstnCall:
     from_header: str  # the From header's value
     asserted: str  # the P-Asserted-Identity header's value, "" without one
     call_id: str
+    formats: str = ""  # the payload types of the offer's audio stream, "0 8 101"
 
     @property
     def caller(self) -> str:
@@ -87,7 +88,7 @@ class Answerer:
             _, mark, rest = line.partition("CALL|")
             if mark:
                 fields = [f.strip() for f in rest.split("|")]
-                if len(fields) == 4:
+                if len(fields) == 5:
                     calls.append(PstnCall(*fields))
         return calls
 

@@ -250,8 +250,9 @@ async def test_a_refused_registration_is_shown_and_no_call_goes_to_that_provider
 async def test_providers_by_name_and_in_priority_order_with_failover(
     group: Group, pstn: Answerer, carrier_a: Provider, carrier_b: Provider
 ) -> None:
-    """carrier-a is a DNS name (NAPTR/SRV to its address, RFC 3263) and refuses everything (503);
-    carrier-b, next in priority, takes the call."""
+    """carrier-a is a DNS name (NAPTR/SRV to its address, RFC 3263) and refuses everything (503
+    with Retry-After); carrier-b, next in priority, takes the call, and the next one while
+    carrier-a rests."""
     port = int(carrier_a.sip.rpartition(":")[2])
     records = {
         ("carrier-a.test", "NAPTR"): ['10 10 "s" "SIP+D2U" "" _sip._udp.carrier-a.test.'],
@@ -282,6 +283,14 @@ async def test_providers_by_name_and_in_priority_order_with_failover(
             assert not [c for c in carrier_a.calls() if c.direction == "out"]
             assert "route refused with 503: trying the next one" in "".join(r1.gateway.log)
             assert [(p.name, p.calls_out) for p in await _providers(r1)] == [("carrier-a", 1), ("carrier-b", 1)]
+            # carrier-a's 503 said Retry-After: 30: it rests, shown as not live, and the next call
+            # goes straight to carrier-b although carrier-a takes calls again.
+            assert [p.live for p in await _providers(r1)] == [False, True]
+            await carrier_a.set_unavailable(False)
+            await call_out(r1, ROUTER_PHONE, MOBILE)
+            assert [c.account for c in carrier_b.calls() if c.direction == "out"] == ["r2", "r2"]
+            assert [(p.name, p.calls_out) for p in await _providers(r1)] == [("carrier-a", 1), ("carrier-b", 2)]
+            assert "provider carrier-a asks for no calls for 30 s" in "".join(r1.gateway.log)
         finally:
             await stop_sites(r1)
 
@@ -335,3 +344,27 @@ async def _plan_has(site: Site, number: str) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_provider_is_offered_and_takes_only_its_codecs(
+    group: Group, pstn: Answerer, carrier_a: Provider, tmp_path: Path
+) -> None:
+    """carrier-a takes PCMA only: the PSTN's offer (PCMU, PCMA, telephone-event) reaches r1's
+    phone as PCMA and telephone-event, through r1's media service; a phone offering PCMU alone
+    cannot call out (488) and nothing reaches the provider."""
+    extra = router("carrier-a", carrier_a, 10, "r1")
+    extra["providers"][0]["codecs"] = ["PCMA"]
+    extra["providers"][0]["dids"] = [{"did": DID, "number": ROUTER_PHONE[0]}]
+    r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, callstate=False, media=True, extra=extra))
+    try:
+        await carrier_a.set_gateway(r1.gateway.sip)
+        async with Answerer(tmp_path, port=await register_phone(r1.gateway, ROUTER_PHONE)) as phone:
+            call = await pstn_call(carrier_a.carrier, DID, "+79031112233")
+            assert call.returncode == 0, call.stdout[-2000:] + "".join(r1.gateway.log[-20:])
+            assert [c.formats for c in phone.calls()] == ["8 101"]
+        seen = await refused_out(r1, ROUTER_PHONE, MOBILE)
+        assert "488" in seen
+        assert "provider carrier-a takes none of the codecs offered" in "".join(r1.gateway.log)
+        assert not [c for c in carrier_a.calls() if c.direction == "out"] and not pstn.calls()
+    finally:
+        await stop_sites(r1)

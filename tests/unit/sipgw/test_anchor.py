@@ -75,6 +75,21 @@ def test_the_other_party_gets_the_media_services_address_and_only_what_is_relaye
     assert lines.count("a=sendonly") == 1
 
 
+def test_a_providers_codecs_limit_the_audio_stream_and_nothing_else() -> None:
+    limited = sdp.only_codecs(OFFER, ("PCMA",))
+    assert limited is not None
+    lines = limited.decode().split("\r\n")
+    assert "m=audio 4000 RTP/AVP 8 101" in lines  # G722 and PCMU gone, telephone-event kept
+    assert "a=fmtp:101 0-16" in lines and "G722" not in limited.decode()
+    assert "m=video 5000 RTP/AVP 96" in lines and "c=IN IP4 10.0.0.5" in lines
+    assert sdp.only_codecs(OFFER, ("PCMU", "PCMA")) is not None
+    only_g722 = b"v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 4000 RTP/AVP 9 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    assert sdp.only_codecs(only_g722, ("PCMU", "PCMA")) is None  # telephone-event alone is no call
+    assert sdp.only_codecs(b"not sdp", ("PCMA",)) == b"not sdp"
+    assert sdp.limit_offer(OFFER, "application/sdp", ()) == OFFER  # a route with no provider's codecs
+    assert sdp.limit_offer(OFFER, "text/plain", ("PCMA",)) == OFFER
+
+
 def test_an_offer_is_told_to_the_media_service_and_rewritten_for_the_other_side() -> None:
     media, link, call = anchored_call()
     (connect,) = link.commands("connect")
