@@ -122,6 +122,7 @@ class SipGatewayApp:
             else None
         )
         table = self.core.calls.table
+        table.credentials = self.providers.account
         self.media = MediaLink(config.listen.media) if config.listen.media else None
         table.media = Anchoring(self.media, config.recording.required, srtp=config.tls.enabled)
         if self.media is not None:

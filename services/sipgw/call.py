@@ -89,6 +89,9 @@ class Leg:
     sdp: bytes = b""  # the last SDP it got from the gateway
     allows_update: bool = False  # its Allow names UPDATE: telling it a new party needs no re-INVITE
     told: tuple[str, str] | None = None  # the identity it was last told of (number, name)
+    # Requests its provider challenged: the CSeq one was first sent with -> the one it went again
+    # with (a 2xx to a re-INVITE sent again is ACKed with the new one).
+    resent: dict[int, int] = dataclasses.field(default_factory=dict)
     refreshed_at: float = dataclasses.field(default_factory=time.monotonic)  # session timer (RFC 4028)
 
     @classmethod

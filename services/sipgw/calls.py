@@ -17,7 +17,9 @@ from services.runtime.logs import call_log, call_traces
 from services.runtime.telemetry import ATTR_END_REASON
 from services.sipgw import tracing
 from services.sipgw.anchor import Anchoring
+from services.sipgw.auth.digest import DigestError
 from services.sipgw.call import Call, Change, Leg, Phase, Side
+from services.sipgw.challenged import with_credentials
 from services.sipgw.sip import Request, Response
 from services.sipgw.sip.transaction import ClientTransaction, TransactionLayer
 from services.sipgw.sip.transport import sent_by
@@ -48,6 +50,8 @@ class CallTable:
         self.record_setup: Callable[[float], None] = lambda seconds: None
         # The calls' media on the server's media service (none set: the parties talk directly).
         self.media = Anchoring(None, required=False)
+        # A provider's account (username, password) for its challenges in a call; None: it has none.
+        self.credentials: Callable[[str], tuple[str, str] | None] = lambda provider: None
 
     # -- finding calls ----------------------------------------------------------------------------
 
@@ -130,11 +134,45 @@ class CallTable:
         on_answer: Callable[[Response], None] = _ignore,
         on_timeout: Callable[[], None] = _ignore,
     ) -> ClientTransaction:
+        if leg.provider:
+            on_answer = self._answering_challenges(leg, request, on_answer, on_timeout)
         return self.transactions.send_request(request, leg.link, leg.address, on_answer, on_timeout)
+
+    def _answering_challenges(
+        self, leg: Leg, request: Request, on_answer: Callable[[Response], None], on_timeout: Callable[[], None]
+    ) -> Callable[[Response], None]:
+        """``on_answer`` for a request to a provider in a call (a BYE, a re-INVITE): a 401 or 407
+        is answered with the provider's account and the request sent again (RFC 3261 22.2);
+        whatever else comes, or a challenge that cannot be answered, goes to ``on_answer``."""
+        answered: set[str] = set()
+        first = request.cseq.number
+        sent = [request]
+
+        def answer(response: Response) -> None:
+            account = self.credentials(leg.provider)
+            again = None
+            if response.status in (401, 407) and account is not None and leg.dialog is not None:
+                cseq = leg.dialog.local_cseq + 1
+                try:
+                    again = with_credentials(sent[0], response, *account, cseq, answered)
+                except DigestError as error:
+                    _log.warning("provider %s: cannot answer its challenge: %s", leg.provider, error)
+                if again is None:
+                    _log.warning("provider %s refused our credentials for %s", leg.provider, request.method)
+            if again is None or leg.dialog is None:
+                on_answer(response)
+                return
+            leg.dialog.local_cseq = cseq
+            leg.resent[first] = cseq
+            sent[0] = again
+            self.transactions.send_request(again, leg.link, leg.address, answer, on_timeout)
+
+        return answer
 
     def ack(self, leg: Leg, invite_cseq: int, body: bytes = b"", content_type: str = "") -> Request:
         """ACKs the leg's 2xx to the INVITE with that CSeq (an answer in it, if any)."""
         assert leg.dialog is not None
+        invite_cseq = leg.resent.get(invite_cseq, invite_cseq)
         ack = leg.dialog.ack(sent_by(leg.link), invite_cseq, body, content_type if body else "")
         self.transactions.send_direct(ack, leg.link, leg.address)
         return ack

@@ -23,7 +23,7 @@ from services.runtime.logs import call_log
 from services.runtime.text import printable
 from services.sipgw import sdp
 from services.sipgw.auth.digest import DigestError
-from services.sipgw.auth.digest_client import answer_challenge, choose_challenge
+from services.sipgw.challenged import with_credentials
 from services.sipgw.fork import Branch
 from services.sipgw.providers import ProviderLink, Providers
 from services.sipgw.routing import ALLOW, Failure, Outgoing, Router
@@ -243,35 +243,23 @@ class Chain:
         provider = self.providers.named(branch.provider)
         if provider is None or not provider.entry.username:
             return False
+        request = branch.request
         try:
-            challenge = choose_challenge(response)
-            if challenge.nonce in self.answered_nonces and not challenge.stale:
-                call_log(_log, self.correlation).warning("provider %s refused our credentials", provider.name)
-                return False
-            uri = str(branch.request.uri)
-            credentials = answer_challenge(
-                challenge.value,
-                "INVITE",
-                uri,
+            again = with_credentials(
+                request,
+                response,
                 provider.entry.username,
                 provider.entry.password.value,
-                branch.request.body,
+                request.cseq.number + 1,
+                self.answered_nonces,
             )
         except DigestError as error:
             call_log(_log, self.correlation).warning("provider %s: cannot answer it: %s", provider.name, error)
             return False
-        self.answered_nonces.add(challenge.nonce)
-        request = branch.request
-        headers = Headers()
-        for name, value in request.headers:
-            if name.lower() in ("via", "cseq", "authorization", "proxy-authorization"):
-                continue
-            headers.add(name, value)
-        via = request.headers.get_lines("Via")[0].split(";branch=")[0]
-        headers.add("Via", f"{via};branch={new_branch()};rport")
-        headers.add("CSeq", f"{request.cseq.number + 1} INVITE")
-        headers.add(challenge.answer_header, credentials)
-        branch.request = Request("INVITE", request.uri, headers, request.body)
+        if again is None:
+            call_log(_log, self.correlation).warning("provider %s refused our credentials", provider.name)
+            return False
+        branch.request = again
         return True
 
 

@@ -111,6 +111,13 @@ class Providers:
     def __bool__(self) -> bool:
         return bool(self.links)
 
+    def account(self, name: str) -> tuple[str, str] | None:
+        """The provider's username and password for its challenges; None without a username."""
+        link = self.named(name)
+        if link is None or not link.entry.username:
+            return None
+        return link.entry.username, link.entry.password.value
+
     def named(self, name: str) -> ProviderLink | None:
         return next((link for link in self.links if link.name == name), None)
 

@@ -43,6 +43,7 @@ REALM = "provider.test"
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 CALL_MARK = "PROVIDER-CALL "
 REFUSED_MARK = "PROVIDER-REFUSED "
+IN_DIALOG_MARK = "PROVIDER-IN-DIALOG "
 
 
 class ProviderError(RuntimeError):
@@ -139,6 +140,7 @@ class Provider:
         self.pstn = loopback_address(pstn, "pstn") if pstn else ""
         self.gateway = loopback_address(gateway, "gateway") if gateway else ""
         self.unavailable = False
+        self.challenge_in_dialog = False
         self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
         self.customer_port = free_port()
         self.carrier_port = free_port()
@@ -259,6 +261,7 @@ class Provider:
             if value := getattr(self, name):
                 await self.rpc("htable.sets", "conf", name, value)
         await self.rpc("htable.seti", "conf", "unavailable", int(self.unavailable))
+        await self.rpc("htable.seti", "conf", "challenge_in_dialog", int(self.challenge_in_dialog))
 
     @property
     def pid(self) -> int:
@@ -360,6 +363,12 @@ class Provider:
         if self.running:
             await self.rpc("htable.seti", "conf", "unavailable", int(unavailable))
 
+    async def set_challenge_in_dialog(self, challenge: bool = True) -> None:
+        """With True, a customer's BYE and re-INVITE in a call must authenticate too (407)."""
+        self.challenge_in_dialog = challenge
+        if self.running:
+            await self.rpc("htable.seti", "conf", "challenge_in_dialog", int(challenge))
+
     # --- what the provider saw ---------------------------------------------------------------
 
     async def contacts(self, user: str) -> list[Contact]:
@@ -394,6 +403,10 @@ class Provider:
     def refusals(self) -> list[Refusal]:
         """The requests whose credentials it refused so far, oldest first."""
         return [Refusal(*map(_decode, w)) for w in self._marked(REFUSED_MARK) if len(w) == 3]
+
+    def in_dialog(self) -> list[tuple[str, str]]:
+        """The requests in a call that authenticated when challenged (method, account), oldest first."""
+        return [(_decode(w[0]), _decode(w[1])) for w in self._marked(IN_DIALOG_MARK) if len(w) == 3]
 
     def _marked(self, mark: str) -> list[list[str]]:
         """The words after ``mark`` on each line that has it (an empty value is an empty word)."""

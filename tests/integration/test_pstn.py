@@ -368,3 +368,21 @@ async def test_a_provider_is_offered_and_takes_only_its_codecs(
         assert not [c for c in carrier_a.calls() if c.direction == "out"] and not pstn.calls()
     finally:
         await stop_sites(r1)
+
+
+async def test_a_provider_that_challenges_the_bye_gets_it_with_credentials(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    """carrier-a challenges requests inside a call too (407 to the BYE): r1 answers with its
+    account, and the hang-up reaches the PSTN (the call is not left running at the provider)."""
+    r1 = await make_site(
+        group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=router("carrier-a", carrier_a, 10, "r1"))
+    )
+    try:
+        await carrier_a.set_challenge_in_dialog(True)
+        await wait_for(lambda: carrier_a.registered("r1"), what="r1 registered with its provider")
+        await call_out(r1, ROUTER_PHONE, MOBILE)
+        await wait_for(lambda: _true(carrier_a.in_dialog() == [("BYE", "r1")]), what="the BYE authenticated")
+        assert not carrier_a.refusals()
+    finally:
+        await stop_sites(r1)

@@ -206,9 +206,9 @@ class Phone:
         self.dialogs.append(dialog)
         self._send(dialog.ack(self._via(), 1).to_bytes())
 
-    def in_dialog(self, method: str, extra: dict[str, str] | None = None) -> Request:
+    def in_dialog(self, method: str, extra: dict[str, str] | None = None, sdp: bytes = b"") -> Request:
         dialog = self.dialogs[-1]
-        request = dialog.request(method, self._via())
+        request = dialog.request(method, self._via(), sdp, "application/sdp" if sdp else "")
         for name, value in (extra or {}).items():
             request.headers.add(name, value)
         self._send(request.to_bytes())
