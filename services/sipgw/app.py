@@ -252,7 +252,7 @@ class SipGatewayApp:
         self.udp, self.tcp = await _open_sip(host, port, receive, gate)
         self.core.router.phone_links["UDP"] = self.udp
         self.core.router.phone_links["TCP"] = self.tcp
-        await self.providers.start(self.core.transactions, self.udp, self.config.listen.registry)
+        await self.providers.start(self.core.transactions, self.udp, self.config.listen.registry, self.tcp)
         if self.trunk is not None:
             trunk_host, trunk_port = check_host_port(self.config.listen.trunk, "listen.trunk")
             tls = self.config.tls

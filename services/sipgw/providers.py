@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 import grpc.aio
@@ -28,7 +29,7 @@ from services.runtime.tls import open_channel
 from services.sipgw.provider_registration import Registration, RegistrationStatus
 from services.sipgw.sip.locate import LocateError, Locator, Target
 from services.sipgw.sip.transaction import TransactionLayer
-from services.sipgw.sip.transport import Address, Link
+from services.sipgw.sip.transport import Address, Link, TcpListener
 from services.sipgw.trunk_lines import TrunkLines
 
 _log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ProviderLink:
     failovers: int = 0
     registration: Registration | None = None  # when the provider is registered with
     resting_until: float = 0.0  # a 503 with Retry-After: no calls to it before (monotonic time)
+    changed: Callable[[], None] = lambda: None  # told when whether it may take calls may have changed
 
     @property
     def name(self) -> str:
@@ -82,8 +84,12 @@ class ProviderLink:
         MAX_REST seconds; a value that is not a number of seconds is ignored)."""
         seconds = (retry_after or "").split(";")[0].split("(")[0].strip()
         if seconds.isdigit() and int(seconds) > 0:
-            self.resting_until = time.monotonic() + min(int(seconds), MAX_REST)
+            rest = min(int(seconds), MAX_REST)
+            self.resting_until = time.monotonic() + rest
             _log.warning("provider %s asks for no calls for %s s (503, Retry-After)", self.name, seconds)
+            self.changed()
+            with contextlib.suppress(RuntimeError):  # no loop: a unit test of the link alone
+                asyncio.get_running_loop().call_later(rest, self.changed)
 
     def allows(self, source: Address) -> bool:
         try:
@@ -104,9 +110,12 @@ class Providers:
         self._dids: dict[str, tuple[ProviderLink, DidEntry]] = {
             d.did: (link, d) for link in self.links for d in link.entry.dids
         }
+        self.tcp: TcpListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._report: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        for link in self.links:
+            link.changed = self._changed.set
 
     def __bool__(self) -> bool:
         return bool(self.links)
@@ -130,10 +139,15 @@ class Providers:
         found = self._dids.get(number) or (self._dids.get("+" + number) if not number.startswith("+") else None)
         return found[1] if found is not None and found[0] is provider else None
 
-    async def start(self, transactions: TransactionLayer, link: Link, registry: str = "") -> None:
+    async def start(
+        self, transactions: TransactionLayer, link: Link, registry: str = "", tcp: TcpListener | None = None
+    ) -> None:
         """Resolves every provider once (so that calls can go out at once), then keeps resolving;
-        registers with those that say so, from ``link``; tells the registry at ``registry``
-        whether each provider can take calls, so that the group tries others first when not."""
+        registers with those that say so, from ``link`` (UDP), or from ``tcp`` for a provider
+        reached over TCP (which may open connections to the providers' TCP addresses); tells the
+        registry at ``registry`` whether each provider can take calls, so that the group tries
+        others first when not."""
+        self.tcp = tcp
         await asyncio.gather(*(self._resolve(p) for p in self.links))
         self._task = asyncio.create_task(self._refresh(), name="providers-dns")
         for provider in self.links:
@@ -147,12 +161,12 @@ class Providers:
                 entry.username,
                 entry.password.value,
                 transactions,
-                link,
+                tcp if tcp is not None and provider.targets and provider.targets[0].transport == "TCP" else link,
                 expires=entry.register_expires,
                 on_change=self._registration_changed,
             )
             provider.registration.start()
-        if registry and any(p.registration for p in self.links):
+        if registry and self.links:
             self._report = asyncio.create_task(self._report_states(registry), name="providers-report")
 
     async def stop(self) -> None:
@@ -182,13 +196,14 @@ class Providers:
                 async with open_channel(registry) as channel:
                     stub = rpb_grpc.RegistryServiceStub(channel)
                     for provider in self.links:
-                        if provider.registration is None:
-                            continue
                         request = rpb.SetProviderStateRequest(provider=provider.name, live=provider.up)
-                        await stub.SetProviderState(request)
+                        try:
+                            await stub.SetProviderState(request)
+                        except grpc.aio.AioRpcError as error:
+                            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: no route through it
+                                raise
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: no route through it
-                    _log.info("telling the registry of the providers' states failed (%s)", error.code().name)
+                _log.info("telling the registry of the providers' states failed (%s)", error.code().name)
 
     async def _refresh(self) -> None:
         while True:
@@ -209,4 +224,7 @@ class Providers:
         if usable != link.targets:
             shown = ", ".join(f"{t.host}:{t.port}/{t.transport}" for t in usable) or "nothing usable"
             _log.info("provider %s is at %s", link.name, shown)
+            self._changed.set()
         link.targets = usable
+        if self.tcp is not None:
+            self.tcp.dialable = {(t.host, t.port) for p in self.links for t in p.targets if t.transport == "TCP"}

@@ -61,6 +61,7 @@ class ProviderCall:
     asserted: str  # the P-Asserted-Identity URI, "" without one
     call_id: str
     account: str  # the account that authenticated the call ("" for calls from the PSTN)
+    transport: str = "udp"  # what the call came to the provider over
 
     @property
     def asserted_user(self) -> str:
@@ -395,9 +396,13 @@ class Provider:
         """The calls it relayed so far (over restarts too), oldest first."""
         calls = []
         for words in self._marked(CALL_MARK):
-            if len(words) == 7:
-                number, from_user, from_name, asserted, call_id, account = map(_decode, words[1:])
-                calls.append(ProviderCall(words[0], number, from_user, _unquote(from_name), asserted, call_id, account))
+            if len(words) == 8:
+                number, from_user, from_name, asserted, call_id, account, transport = map(_decode, words[1:])
+                calls.append(
+                    ProviderCall(
+                        words[0], number, from_user, _unquote(from_name), asserted, call_id, account, transport
+                    )
+                )
         return calls
 
     def refusals(self) -> list[Refusal]:

@@ -286,6 +286,11 @@ async def test_providers_by_name_and_in_priority_order_with_failover(
             # carrier-a's 503 said Retry-After: 30: it rests, shown as not live, and the next call
             # goes straight to carrier-b although carrier-a takes calls again.
             assert [p.live for p in await _providers(r1)] == [False, True]
+            # ... and the group is told: its route shows as not live (so others try it last).
+            await wait_for(
+                lambda: _routes_by_provider(r1, {"carrier-a": False, "carrier-b": True}),
+                what="carrier-a's route not live",
+            )
             await carrier_a.set_unavailable(False)
             await call_out(r1, ROUTER_PHONE, MOBILE)
             assert [c.account for c in carrier_b.calls() if c.direction == "out"] == ["r2", "r2"]
@@ -386,3 +391,31 @@ async def test_a_provider_that_challenges_the_bye_gets_it_with_credentials(
         assert not carrier_a.refusals()
     finally:
         await stop_sites(r1)
+
+
+async def test_a_provider_over_tcp_is_registered_with_and_called_over_tcp(
+    group: Group, pstn: Answerer, carrier_a: Provider
+) -> None:
+    """carrier-a configured with transport tcp: r1 opens the connection itself (nothing was open),
+    registers over it and sends the call over it."""
+    extra = router("carrier-a", carrier_a, 10, "r1")
+    extra["providers"][0]["transport"] = "tcp"
+    r1 = await make_site(group, "r1", Spec(ROUTER_PHONE, callstate=False, extra=extra))
+    try:
+        await wait_for(lambda: carrier_a.registered("r1"), what="r1 registered with its provider")
+        [contact] = await carrier_a.contacts("r1")
+        assert contact.address.endswith(";transport=tcp"), contact
+        assert [(p.name, list(p.targets)) for p in await _providers(r1)] == [("carrier-a", [f"{carrier_a.sip}/TCP"])]
+        await call_out(r1, ROUTER_PHONE, MOBILE)
+        relayed = [c for c in carrier_a.calls() if c.direction == "out"]
+        assert [(c.number, c.account, c.transport) for c in relayed] == [(MOBILE_E164, "r1", "tcp")]
+        await wait_for(lambda: _true(len(pstn.calls()) == 1), what="the call at the PSTN")
+    finally:
+        await stop_sites(r1)
+
+
+async def _routes_by_provider(site: Site, live: dict[str, bool]) -> bool:
+    from pbxmesh.registry.v1 import registry_pb2 as rpb
+
+    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
+    return {r.provider: r.live for r in listed.routes} == live

@@ -29,6 +29,7 @@ _log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 UDP_BUFFER = 4 * 1024 * 1024  # bursts of a few thousand calls per second must not overflow it
+DIAL_TIMEOUT = 10.0  # seconds to open a TCP connection to a provider
 
 
 class Link(Protocol):
@@ -225,9 +226,11 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpListener:
-    """Accepts TCP connections on one address, and opens them to send where none is open yet.
-    With ``ssl`` it is the TLS listener of phones (RFC 3261 section 26): messages go back to a
-    phone over the connection it opened, never over a new one (it has no certificate to check)."""
+    """Accepts TCP connections on one address, and opens them to send where none is open yet,
+    but only to the addresses in ``dialable`` (the providers' configured targets): a connection
+    is never opened to an address a message named, nor back to a phone whose own connection
+    went. With ``ssl`` it is the TLS listener of phones (RFC 3261 section 26): messages go back to
+    a phone over the connection it opened, never over a new one (it has no certificate to check)."""
 
     name = "TCP"
 
@@ -238,6 +241,9 @@ class TcpListener:
         self._pool: dict[Address, TcpConnection] = {}
         self._server: asyncio.Server | None = None
         self.local: Address = ("", 0)
+        self.dialable: set[Address] = set()
+        self._waiting: dict[Address, list[bytes]] = {}  # messages for connections being opened
+        self._dialing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -277,16 +283,37 @@ class TcpListener:
 
     def send(self, data: bytes, address: Address) -> None:
         connection = self._pool.get(address)
-        if connection is None:
+        if connection is not None:
+            connection.send(data, address)
+        elif address in self._waiting:
+            self._waiting[address].append(data)
+        elif address in self.dialable and self.ssl is None:
+            self._waiting[address] = [data]
+            task = asyncio.get_running_loop().create_task(self._dial(address))
+            self._dialing.add(task)
+            task.add_done_callback(self._dialing.discard)
+        else:
             _log.debug("no TCP connection to %s:%s; message dropped", *address)
+
+    async def _dial(self, address: Address) -> None:
+        """Opens a connection to ``address`` and sends what waited for it (dropped, with a
+        warning, when it cannot be opened: the transactions time out as over a lossy network)."""
+        try:
+            connection = await asyncio.wait_for(self.connection_to(address), DIAL_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            _log.warning("cannot open a TCP connection to %s:%s: %s", *address, error or "timed out")
+            self._waiting.pop(address, None)
             return
-        connection.send(data, address)
+        for data in self._waiting.pop(address, []):
+            connection.send(data, address)
 
     @property
     def connections(self) -> int:
         return len(self._pool)
 
     async def close(self) -> None:
+        for task in list(self._dialing):
+            task.cancel()
         for connection in list(self._pool.values()):
             connection.close()
         if self._server is not None:

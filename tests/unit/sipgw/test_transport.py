@@ -135,3 +135,31 @@ async def test_tcp_opens_a_connection_to_send_and_reuses_it() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+async def test_tcp_send_opens_a_connection_only_to_a_dialable_address_and_keeps_what_waits_in_order() -> None:
+    server_inbox, client_inbox = Inbox(), Inbox()
+    server = await TcpListener.open("127.0.0.1", 0, server_inbox)
+    client = await TcpListener.open("127.0.0.1", 0, client_inbox)
+    try:
+        client.send(options("SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd0", "not-dialable"), server.local)
+        for _ in range(20):  # turns of the loop in which no connection may be opened
+            await asyncio.sleep(0.005)
+        assert client.connections == 0 and server.connections == 0 and server_inbox.queue.empty()
+        client.dialable = {server.local}
+        for n in range(3):  # sent while the connection is being opened
+            client.send(options(f"SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd{n + 1}", f"waited-{n}"), server.local)
+        got = [(await server_inbox.next())[0] for _ in range(3)]
+        assert [m.call_id for m in got] == ["waited-0", "waited-1", "waited-2"]
+        assert client.connections == 1
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        client.dialable.add(closed.getsockname())  # nothing listens there: dropped with a warning
+        client.send(options("SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd9", "refused"), closed.getsockname())
+        for _ in range(40):
+            await asyncio.sleep(0.005)
+        closed.close()
+        assert client.connections == 1 and not client._waiting
+    finally:
+        await client.close()
+        await server.close()
