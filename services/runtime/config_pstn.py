@@ -21,7 +21,7 @@ EXTERNAL_RE = re.compile(r"\+?[0-9*#]{1,32}")  # a dialled external number, or a
 # A configured provider address: an IP literal or a DNS name, with an optional port.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_RE = re.compile(rf"(?P<host>\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::(?P<port>[0-9]{{1,5}}))?")
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS = ("udp", "tcp")  # to a provider; TLS to providers is not there yet
 CODECS = ("PCMU", "PCMA")
 ANONYMOUS = "anonymous"
 MAX_PATTERN = 200
@@ -47,7 +47,7 @@ class DidEntry:
 class ProviderEntry:
     name: str
     address: str  # host[:port]; a name is resolved per RFC 3263 (NAPTR, SRV, A)
-    transport: str = ""  # udp, tcp or tls; empty: what RFC 3263 finds, else udp
+    transport: str = ""  # udp or tcp; empty: what RFC 3263 finds, else udp
     username: str = dataclasses.field(default="", metadata=max_length(MAX_NAME))
     password: Secret = dataclasses.field(default_factory=Secret)
     # The SIP domain in Request-URIs, From and To when it is not the address's host.

@@ -73,6 +73,7 @@ def test_a_full_outside_world_loads(tmp_path: Path) -> None:
         ({"providers": '[{name: a, address: "bad host!"}]'}, "providers[0].address: 'bad host!' is not host"),
         ({"providers": '[{name: a, address: "1.2.3.4:0"}]'}, "providers[0].address: port 0 is out of range"),
         (_p(", transport: sctp"), "providers[0].transport: 'sctp'"),
+        (_p(", transport: tls"), "providers[0].transport: 'tls' is not one of udp, tcp"),
         (_p(", register: true"), "providers[0].register: username and password"),
         (_p(', password: "x"'), "providers[0].password: set providers[0].username"),
         (_p(", lines: 0"), "providers[0].lines: 0 is not between"),
