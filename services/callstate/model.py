@@ -233,13 +233,18 @@ class CallBook:
                 self._begin_segment(call, event.at)
             return self._share(call, event.at)
         elif kind in ("held", "resumed") and call.phase in (ANSWERED, HELD):
-            # A commutation unless the other server told of it first (the call is there already).
+            # A commutation unless the other server told of it first (the call is there already):
+            # then this server's time still counts when it is the earlier one (a report can reach
+            # the callstate after the peer's share of a later observation), and is shared so that
+            # the peer takes it too.
             cut = (kind == "held") == (call.phase == ANSWERED)
             call.phase = HELD if kind == "held" else ANSWERED
             call.held_by = event.by if kind == "held" else ""
             call.held_changed_at = event.at
             if cut:
                 self._begin_segment(call, event.at)
+            else:
+                self._align_start(call, call.segment_count, event.at)
             return self._share(call, event.at)
         elif kind == "transferred" and call.phase in (ANSWERED, HELD):
             # A new pair of parties talks: whatever hold there was is the old pair's.

@@ -328,6 +328,24 @@ def test_a_hold_told_by_the_peer_first_is_one_segment_at_the_earlier_time() -> N
     assert call.phase == ANSWERED
 
 
+def test_a_peers_later_time_heard_first_gives_way_to_this_servers_earlier_one() -> None:
+    """alpha's gateway saw beta's phone hold at 11.0, but its report reached alpha's callstate
+    after beta's share (11.02: beta's gateway saw the answer to its re-INVITE later). alpha cut at
+    11.02 on the share; its own earlier time then moves the boundary, and is shared, so that beta
+    moves it too: both servers end on 11.0."""
+    book = CallBook("alpha", "Alpha office")
+    alpha_call(book)
+    book.apply(Event("c1", "answered", 10.2, ALICE, Party("200", server_id="beta"), "beta"))
+    book.shared(Share("c1", "beta", CAROL, HELD, 11.02, 2, held_by="local"))
+    held = book.apply(Event("c1", "held", 11.0, ALICE, Party("200", server_id="beta"), "beta", by="remote"))
+    call = book.calls["c1"]
+    assert [(s.n, s.started_at, s.ended_at, s.held) for s in call.segments] == [
+        (1, 10.2, 11.0, False),
+        (2, 11.0, None, True),
+    ]
+    assert held.share is not None and (held.share.segment, held.share.at) == (2, 11.0)
+
+
 def test_a_transfer_during_a_hold_begins_a_segment_that_is_not_held() -> None:
     book = CallBook("alpha", "Alpha office")
     alpha_call(book)
