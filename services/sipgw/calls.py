@@ -155,10 +155,10 @@ class CallTable:
                 cseq = leg.dialog.local_cseq + 1
                 try:
                     again = with_credentials(sent[0], response, *account, cseq, answered)
+                    if again is None:
+                        _log.warning("provider %s refused our credentials for %s", leg.provider, request.method)
                 except DigestError as error:
                     _log.warning("provider %s: cannot answer its challenge: %s", leg.provider, error)
-                if again is None:
-                    _log.warning("provider %s refused our credentials for %s", leg.provider, request.method)
             if again is None or leg.dialog is None:
                 on_answer(response)
                 return

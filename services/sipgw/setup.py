@@ -125,17 +125,17 @@ class CallSetup:
         if did is None:
             tx.respond(answer_caller(request, 404, "Not Found"))
             return
-        try:
-            provider.lines.take(outgoing=False)
-        except NoLineFree as error:
-            tx.respond(answer_caller(request, 503, f"Service Unavailable (provider {provider.name}: {error})"))
-            return
         if request.headers.get("Content-Type") == "application/sdp" and request.body:
             limited = sdp.only_codecs(request.body, provider.codecs)
             if limited is None:
                 tx.respond(answer_caller(request, 488, "Not Acceptable Here (no codec this provider may use)"))
                 return
             request.body = limited  # the provider is taken to offer only what its config allows
+        try:
+            provider.lines.take(outgoing=False)
+        except NoLineFree as error:
+            tx.respond(answer_caller(request, 503, f"Service Unavailable (provider {provider.name}: {error})"))
+            return
         provider.calls_in += 1
         release = functools.partial(provider.lines.give_back, outgoing=False)
         caller = pstn_number(request)

@@ -102,10 +102,13 @@ def sipp_once(target: str, scenario: str, number: str, caller: str, *extra: str)
     ]  # fmt: skip
 
 
-async def pstn_call(carrier: str, number: str, caller: str) -> subprocess.CompletedProcess[str]:
-    """A PSTN caller calls ``number`` through the provider's carrier side; returns SIPp's run
-    (exit code 0: answered and hung up)."""
-    return await asyncio.to_thread(run, *sipp_once(carrier, "pstn_uac.xml", number, caller))
+async def pstn_call(
+    carrier: str, number: str, caller: str, codecs: str = "0 8 101"
+) -> subprocess.CompletedProcess[str]:
+    """A PSTN caller calls ``number`` through the provider's carrier side, offering the payload
+    types ``codecs`` (PCMU, PCMA, telephone-event); returns SIPp's run (exit code 0: answered and
+    hung up)."""
+    return await asyncio.to_thread(run, *sipp_once(carrier, "pstn_uac.xml", number, caller, "-key", "codecs", codecs))
 
 
 async def customer_call(

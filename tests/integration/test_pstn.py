@@ -355,8 +355,8 @@ async def test_a_provider_is_offered_and_takes_only_its_codecs(
     group: Group, pstn: Answerer, carrier_a: Provider, tmp_path: Path
 ) -> None:
     """carrier-a takes PCMA only: the PSTN's offer (PCMU, PCMA, telephone-event) reaches r1's
-    phone as PCMA and telephone-event, through r1's media service; a phone offering PCMU alone
-    cannot call out (488) and nothing reaches the provider."""
+    phone as PCMA and telephone-event, through r1's media service; a PSTN caller or a phone
+    offering PCMU alone gets 488 and nothing reaches the other side."""
     extra = router("carrier-a", carrier_a, 10, "r1")
     extra["providers"][0]["codecs"] = ["PCMA"]
     extra["providers"][0]["dids"] = [{"did": DID, "number": ROUTER_PHONE[0]}]
@@ -367,10 +367,16 @@ async def test_a_provider_is_offered_and_takes_only_its_codecs(
             call = await pstn_call(carrier_a.carrier, DID, "+79031112233")
             assert call.returncode == 0, call.stdout[-2000:] + "".join(r1.gateway.log[-20:])
             assert [c.formats for c in phone.calls()] == ["8 101"]
+            # A PSTN caller offering PCMU alone: 488, the phone never rings.
+            refused = await pstn_call(carrier_a.carrier, DID, "+79031112233", codecs="0 101")
+            assert refused.returncode != 0 and "488" in refused.stdout + refused.stderr, refused.stdout[-1500:]
+            assert len(phone.calls()) == 1
         seen = await refused_out(r1, ROUTER_PHONE, MOBILE)
         assert "488" in seen
         assert "provider carrier-a takes none of the codecs offered" in "".join(r1.gateway.log)
         assert not [c for c in carrier_a.calls() if c.direction == "out"] and not pstn.calls()
+        # No line of the provider is left taken by the refused calls, either way.
+        assert [(p.lines_in_use, p.calls_in) for p in await _providers(r1)] == [(0, 1)]
     finally:
         await stop_sites(r1)
 
