@@ -11,10 +11,11 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
 from pbxmesh.registry.v1 import registry_pb2 as pb
 from pbxmesh.registry.v1 import registry_pb2_grpc as pb_grpc
+from services.cli_media import add_recordings_command
+from services.cli_output import RPC_TIMEOUT, print_json, table
 from services.cli_tls import add_ca_commands, add_client_options, open_channel
 from services.runtime import ConfigError, error_info, load_config
 
@@ -23,8 +24,6 @@ _log = logging.getLogger("pbxmesh")
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 DEFAULT_SIPGW = "127.0.0.1:50061"
 DEFAULT_CALLSTATE = "127.0.0.1:50071"
-DEFAULT_MEDIA = "127.0.0.1:50081"
-RPC_TIMEOUT = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,18 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     parties.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
     parties.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
     parties.set_defaults(func=_parties)
-    recordings = sub.add_parser(
-        "recordings",
-        help="list a server's recordings, or fetch one: recordings get SEGMENT_ID -o FILE",
-        usage="pbxmesh recordings [--call ID] [--media HOST:PORT] [--json]\n"
-        "       pbxmesh recordings get SEGMENT_ID -o FILE [--media HOST:PORT]",
-    )
-    recordings.add_argument("action", nargs="*", metavar="get SEGMENT_ID", help="fetch one recording's WAV")
-    recordings.add_argument("--media", default=DEFAULT_MEDIA, metavar="HOST:PORT", help="media service to ask")
-    recordings.add_argument("--call", default="", metavar="ID", help="one call's recordings")
-    recordings.add_argument("-o", "--output", default="", metavar="FILE", help="where `get` writes the WAV")
-    recordings.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    recordings.set_defaults(func=_recordings)
+    add_recordings_command(sub)
     for name, command in sub.choices.items():
         if name != "serve":
             add_client_options(command)
@@ -154,22 +142,12 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.RegistryServi
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 
-def _print_json(message: Message) -> None:
-    print(json.dumps(MessageToDict(message, always_print_fields_with_no_presence=True), indent=2))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _members(args: argparse.Namespace) -> int:
     channel, stub = _stub(args)
     with channel:
         response = stub.ListMembers(pb.ListMembersRequest(), timeout=RPC_TIMEOUT)
     if args.json:
-        _print_json(response)
+        print_json(response)
         return 0
     if not response.connected:
         print("this server is cut off from the group: it lists only itself")
@@ -183,7 +161,7 @@ def _members(args: argparse.Namespace) -> int:
         ]
         for m in response.members
     ]
-    _table(rows, ["SERVER", "NAME", "JOINED", "REGISTRY", "TRUNK"])
+    table(rows, ["SERVER", "NAME", "JOINED", "REGISTRY", "TRUNK"])
     return 0
 
 
@@ -193,7 +171,7 @@ def _numbers(args: argparse.Namespace) -> int:
         if args.conflicts:
             conflicts = stub.ListConflicts(pb.ListConflictsRequest(), timeout=RPC_TIMEOUT)
             if args.json:
-                _print_json(conflicts)
+                print_json(conflicts)
                 return 0
             reason = {
                 pb.CONFLICT_REASON_OWN_NUMBER: "own number",
@@ -208,7 +186,7 @@ def _numbers(args: argparse.Namespace) -> int:
                 ]
                 for c in conflicts.conflicts
             ]
-            _table(rows, ["NUMBER", "WINNER", "WHY", "SHADOWED"])
+            table(rows, ["NUMBER", "WINNER", "WHY", "SHADOWED"])
             return 0
         numbers = pb.ListNumbersResponse()
         page = stub.ListNumbers(pb.ListNumbersRequest(), timeout=RPC_TIMEOUT)
@@ -217,7 +195,7 @@ def _numbers(args: argparse.Namespace) -> int:
             page = stub.ListNumbers(pb.ListNumbersRequest(page_token=page.next_page_token), timeout=RPC_TIMEOUT)
             numbers.routes.extend(page.routes)
     if args.json:
-        _print_json(numbers)
+        print_json(numbers)
         return 0
     rows = [
         [
@@ -229,7 +207,7 @@ def _numbers(args: argparse.Namespace) -> int:
         ]
         for r in numbers.routes
     ]
-    _table(rows, ["NUMBER", "NAME", "DEPARTMENT", "KIND", "SERVER"])
+    table(rows, ["NUMBER", "NAME", "DEPARTMENT", "KIND", "SERVER"])
     return 0
 
 
@@ -238,11 +216,11 @@ def _resolve(args: argparse.Namespace) -> int:
     with channel:
         response = stub.ResolveNumber(pb.ResolveNumberRequest(number=args.number), timeout=RPC_TIMEOUT)
     if args.json:
-        _print_json(response)
+        print_json(response)
         return 0
     if not response.HasField("route"):
         print(f"{args.number} is external: routes in the order they are tried")
-        _external_table(response.external)
+        _externaltable(response.external)
         return 0
     r = response.route
     for label, value in [
@@ -262,15 +240,15 @@ def _routes(args: argparse.Namespace) -> int:
     with channel:
         response = stub.ListExternalRoutes(pb.ListExternalRoutesRequest(), timeout=RPC_TIMEOUT)
     if args.json:
-        _print_json(response)
+        print_json(response)
         return 0
     if not response.connected:
         print("this server is cut off from the group: it lists only its own routes")
-    _external_table(response.routes)
+    _externaltable(response.routes)
     return 0
 
 
-def _external_table(routes: Sequence[pb.ExternalRoute]) -> None:
+def _externaltable(routes: Sequence[pb.ExternalRoute]) -> None:
     rows = [
         [
             r.pattern,
@@ -281,7 +259,7 @@ def _external_table(routes: Sequence[pb.ExternalRoute]) -> None:
         ]
         for r in routes
     ]
-    _table(rows, ["PATTERN", "SERVER", "PROVIDER", "PRIORITY", "LIVE"])
+    table(rows, ["PATTERN", "SERVER", "PROVIDER", "PRIORITY", "LIVE"])
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -302,7 +280,7 @@ def _calls(args: argparse.Namespace) -> int:
         if not args.watch:
             response = stub.ListCalls(gw.ListCallsRequest(), timeout=RPC_TIMEOUT)
             if args.json:
-                _print_json(response)
+                print_json(response)
                 return 0
             for call in response.calls:
                 show(call)
@@ -325,7 +303,7 @@ def _dial(args: argparse.Namespace) -> int:
     with open_channel(args.sipgw, args) as channel:
         call = gw_grpc.SipGatewayServiceStub(channel).PlaceCall(request, timeout=RPC_TIMEOUT).call
     if args.json:
-        _print_json(call)
+        print_json(call)
     else:
         print(f"call {call.call_id}: ringing {args.from_number}, then {args.to}")
     return 0
@@ -338,7 +316,7 @@ def _providers(args: argparse.Namespace) -> int:
     with open_channel(args.sipgw, args) as channel:
         response = gw_grpc.SipGatewayServiceStub(channel).ListProviders(gw.ListProvidersRequest(), timeout=RPC_TIMEOUT)
     if args.json:
-        _print_json(response)
+        print_json(response)
         return 0
     if not response.providers:
         print("this server has no provider")
@@ -361,7 +339,7 @@ def _providers(args: argparse.Namespace) -> int:
         ]
         for p in response.providers
     ]
-    _table(rows, ["PROVIDER", "AT", "REGISTRATION", "LIVE", "LINES", "CALLS IN/OUT"])
+    table(rows, ["PROVIDER", "AT", "REGISTRATION", "LIVE", "LINES", "CALLS IN/OUT"])
     return 0
 
 
@@ -373,7 +351,7 @@ def _lockouts(args: argparse.Namespace) -> int:
     with open_channel(args.sipgw, args) as channel:
         response = gw_grpc.SipGatewayServiceStub(channel).ListLockouts(request, timeout=RPC_TIMEOUT)
     if args.json:
-        _print_json(response)
+        print_json(response)
         return 0
     if not response.lockouts:
         print("nothing locked out" if not args.all else "no failed logins on record")
@@ -388,7 +366,7 @@ def _lockouts(args: argparse.Namespace) -> int:
         ]
         for e in response.lockouts
     ]
-    _table(rows, ["KIND", "NUMBER/ADDRESS", "FAILURES", "LOCKED FOR", "DELAY"])
+    table(rows, ["KIND", "NUMBER/ADDRESS", "FAILURES", "LOCKED FOR", "DELAY"])
     if response.truncated:
         print(f"(only the first {len(rows)} are listed)")
     return 0
@@ -444,51 +422,6 @@ def _parties(args: argparse.Namespace) -> int:
         for message in stub.WatchCalls(cs.WatchCallsRequest(call_id=args.call)):
             for call in message.calls:
                 show(call)
-    return 0
-
-
-def _recordings(args: argparse.Namespace) -> int:
-    import datetime
-
-    from pbxmesh.media.v1 import media_pb2 as md
-    from pbxmesh.media.v1 import media_pb2_grpc as md_grpc
-
-    if args.action and (args.action[0] != "get" or len(args.action) != 2 or not args.output):
-        print("pbxmesh: usage: pbxmesh recordings get SEGMENT_ID -o FILE [--media HOST:PORT]", file=sys.stderr)
-        return 2
-    with open_channel(args.media, args) as channel:
-        stub = md_grpc.MediaServiceStub(channel)
-        if args.action:
-            return _fetch_recording(stub, args.action[1], args.output)
-        found = stub.ListRecordings(md.ListRecordingsRequest(call_id=args.call), timeout=RPC_TIMEOUT).recordings
-    if args.json:
-        print(json.dumps([MessageToDict(r, always_print_fields_with_no_presence=True) for r in found], indent=2))
-        return 0
-    rows = []
-    for r in found:
-        started = datetime.datetime.fromtimestamp(r.started_at.ToMicroseconds() / 1e6).strftime("%Y-%m-%d %H:%M:%S")
-        parties = f"{r.local_number} <-> {r.remote_number}"
-        state = r.error or ("recording" if not r.sha256 else "")
-        rows.append(
-            [r.segment_id, started, f"{r.duration_ms / 1000:.2f}s", "held" if r.held else "", parties, r.file, state]
-        )
-    if rows:
-        _table(rows, ["SEGMENT", "STARTED", "DURATION", "HELD", "PARTIES", "FILE", "NOTE"])
-    else:
-        print("no recordings" + (f" of call {args.call}" if args.call else ""))
-    return 0
-
-
-def _fetch_recording(stub: Any, segment_id: str, output: str) -> int:
-    from pbxmesh.media.v1 import media_pb2 as md
-
-    written = 0
-    with open(output, "wb") as file:
-        for part in stub.GetRecording(md.GetRecordingRequest(segment_id=segment_id), timeout=60):
-            if part.WhichOneof("part") == "chunk":
-                file.write(part.chunk)
-                written += len(part.chunk)
-    print(f"{segment_id}: {written} bytes written to {output}")
     return 0
 
 
