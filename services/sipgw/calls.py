@@ -149,9 +149,9 @@ class CallTable:
         sent = [request]
 
         def answer(response: Response) -> None:
-            account = self.credentials(leg.provider)
             again = None
-            if response.status in (401, 407) and account is not None and leg.dialog is not None:
+            account = self.credentials(leg.provider) if response.status in (401, 407) else None
+            if account is not None and leg.dialog is not None:
                 cseq = leg.dialog.local_cseq + 1
                 try:
                     again = with_credentials(sent[0], response, *account, cseq, answered)

@@ -278,9 +278,9 @@ def only_codecs(body: bytes, allowed: tuple[str, ...]) -> bytes | None:
 
 
 def limit_offer(body: bytes, content_type: str | None, codecs: tuple[str, ...]) -> bytes | None:
-    """The SDP offer as a route with these ``codecs`` gets it (all of it when the route names
-    none: a router server over the trunk limits it to its own provider's); None when nothing of
-    it is left."""
+    """The SDP offer as a route with these ``codecs`` gets it, or as a provider with them is taken
+    to have made it (all of it when there are none: a router server over the trunk limits it to
+    its own provider's; the body as it is when it is no SDP); None when nothing of it is left."""
     if not codecs or not body or content_type != "application/sdp":
         return body
     return only_codecs(body, codecs)

@@ -125,12 +125,11 @@ class CallSetup:
         if did is None:
             tx.respond(answer_caller(request, 404, "Not Found"))
             return
-        if request.headers.get("Content-Type") == "application/sdp" and request.body:
-            limited = sdp.only_codecs(request.body, provider.codecs)
-            if limited is None:
-                tx.respond(answer_caller(request, 488, "Not Acceptable Here (no codec this provider may use)"))
-                return
-            request.body = limited  # the provider is taken to offer only what its config allows
+        limited = sdp.limit_offer(request.body, request.headers.get("Content-Type"), provider.codecs)
+        if limited is None:
+            tx.respond(answer_caller(request, 488, "Not Acceptable Here (no codec this provider may use)"))
+            return
+        request.body = limited  # the provider is taken to offer only what its config allows
         try:
             provider.lines.take(outgoing=False)
         except NoLineFree as error:

@@ -79,18 +79,24 @@ class Answerer:
 
     def calls(self) -> list[PstnCall]:
         """The INVITEs it has answered so far, oldest first."""
+        return [PstnCall(*fields) for fields in self._logged("CALL|") if len(fields) == 5]
+
+    def hung_up(self) -> list[str]:
+        """The Call-IDs of the calls whose BYE it took, oldest first."""
+        return [fields[0] for fields in self._logged("BYE|") if len(fields) == 1]
+
+    def _logged(self, mark: str) -> list[list[str]]:
+        """The fields after ``mark`` on each line of its log that has it."""
         try:
             text = self.log_file.read_text("utf-8", "replace")
         except FileNotFoundError:
             return []
-        calls = []
+        found = []
         for line in text.splitlines():
-            _, mark, rest = line.partition("CALL|")
-            if mark:
-                fields = [f.strip() for f in rest.split("|")]
-                if len(fields) == 5:
-                    calls.append(PstnCall(*fields))
-        return calls
+            _, seen, rest = line.partition(mark)
+            if seen:
+                found.append([f.strip() for f in rest.split("|")])
+        return found
 
 
 def sipp_once(target: str, scenario: str, number: str, caller: str, *extra: str) -> list[str]:
@@ -112,11 +118,12 @@ async def pstn_call(
 
 
 async def customer_call(
-    provider: str, number: str, account: tuple[str, str], caller: str = "", asserted: str = ""
+    provider: str, number: str, account: tuple[str, str], caller: str = "", asserted: str = "", codecs: str = "0"
 ) -> subprocess.CompletedProcess[str]:
     """A provider's customer calls ``number`` through the provider's customer side, with
     ``account`` (user, password) for the 407; From is ``caller`` and P-Asserted-Identity
-    ``asserted`` (both the account's user unless given)."""
+    ``asserted`` (both the account's user unless given); it offers the payload types ``codecs``.
+    A phone calling through its gateway is such a caller too."""
     user, password = account
-    extra = ["-au", user, "-ap", password, "-key", "asserted", asserted or caller or user]
+    extra = ["-au", user, "-ap", password, "-key", "asserted", asserted or caller or user, "-key", "codecs", codecs]
     return await asyncio.to_thread(run, *sipp_once(provider, "trunk_caller.xml", number, caller or user, *extra))

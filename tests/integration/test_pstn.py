@@ -22,7 +22,7 @@ from pbxmesh.sipgw.v1 import sipgw_pb2_grpc as gpb_grpc
 from services.runtime.embedded_etcd import free_port
 from tests.harness.dns import DnsServer
 from tests.harness.provider import Provider
-from tests.harness.pstn import Answerer, pstn_call
+from tests.harness.pstn import Answerer, customer_call, pstn_call
 from tests.harness.servers import Group
 from tests.harness.sipp import register_phone, run, sipp_args, start_phone, stop_phones
 from tests.harness.site import Site, Spec, make_site, stop_sites
@@ -85,11 +85,15 @@ async def carrier_b(pstn: Answerer) -> AsyncIterator[Provider]:
         yield provider
 
 
-async def _external_routes(site: Site, count: int) -> bool:
+async def _listed_routes(site: Site) -> list[Any]:
+    """The group's external routes as the site's registry merges them."""
     from pbxmesh.registry.v1 import registry_pb2 as rpb
 
-    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
-    return len(listed.routes) == count
+    return list((await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())).routes)
+
+
+async def _external_routes(site: Site, count: int) -> bool:
+    return len(await _listed_routes(site)) == count
 
 
 async def call_out(site: Site, account: tuple[str, str], number: str) -> str:
@@ -337,10 +341,11 @@ async def _registration_is(site: Site, state: int) -> bool:
 
 
 async def _routes_live(site: Site, live: list[bool]) -> bool:
-    from pbxmesh.registry.v1 import registry_pb2 as rpb
+    return [r.live for r in await _listed_routes(site)] == live
 
-    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
-    return [r.live for r in listed.routes] == live
+
+async def _routes_by_provider(site: Site, live: dict[str, bool]) -> bool:
+    return {r.provider: r.live for r in await _listed_routes(site)} == live
 
 
 async def _plan_has(site: Site, number: str) -> bool:
@@ -355,8 +360,9 @@ async def test_a_provider_is_offered_and_takes_only_its_codecs(
     group: Group, pstn: Answerer, carrier_a: Provider, tmp_path: Path
 ) -> None:
     """carrier-a takes PCMA only: the PSTN's offer (PCMU, PCMA, telephone-event) reaches r1's
-    phone as PCMA and telephone-event, through r1's media service; a PSTN caller or a phone
-    offering PCMU alone gets 488 and nothing reaches the other side."""
+    phone as PCMA and telephone-event, through r1's media service, and a phone's offer of the
+    three reaches the PSTN the same way; a PSTN caller or a phone offering PCMU alone gets 488
+    and nothing reaches the other side."""
     extra = router("carrier-a", carrier_a, 10, "r1")
     extra["providers"][0]["codecs"] = ["PCMA"]
     extra["providers"][0]["dids"] = [{"did": DID, "number": ROUTER_PHONE[0]}]
@@ -377,6 +383,11 @@ async def test_a_provider_is_offered_and_takes_only_its_codecs(
         assert not [c for c in carrier_a.calls() if c.direction == "out"] and not pstn.calls()
         # No line of the provider is left taken by the refused calls, either way.
         assert [(p.lines_in_use, p.calls_in) for p in await _providers(r1)] == [(0, 1)]
+        # A phone offering PCMU, PCMA and telephone-event: the provider is offered PCMA and
+        # telephone-event only, and the call goes through.
+        out = await customer_call(r1.gateway.sip, MOBILE, ROUTER_PHONE, codecs="0 8 101")
+        assert out.returncode == 0, out.stdout[-2000:] + "".join(r1.gateway.log[-20:])
+        assert [c.formats for c in pstn.calls()] == ["8 101"]
     finally:
         await stop_sites(r1)
 
@@ -395,6 +406,8 @@ async def test_a_provider_that_challenges_the_bye_gets_it_with_credentials(
         await call_out(r1, ROUTER_PHONE, MOBILE)
         await wait_for(lambda: _true(carrier_a.in_dialog() == [("BYE", "r1")]), what="the BYE authenticated")
         assert not carrier_a.refusals()
+        [reached] = pstn.calls()
+        await wait_for(lambda: _true(pstn.hung_up() == [reached.call_id]), what="the BYE at the PSTN")
     finally:
         await stop_sites(r1)
 
@@ -418,10 +431,3 @@ async def test_a_provider_over_tcp_is_registered_with_and_called_over_tcp(
         await wait_for(lambda: _true(len(pstn.calls()) == 1), what="the call at the PSTN")
     finally:
         await stop_sites(r1)
-
-
-async def _routes_by_provider(site: Site, live: dict[str, bool]) -> bool:
-    from pbxmesh.registry.v1 import registry_pb2 as rpb
-
-    listed = await site.registry.stub.ListExternalRoutes(rpb.ListExternalRoutesRequest())
-    return {r.provider: r.live for r in listed.routes} == live

@@ -5,8 +5,6 @@ as a provider's."""
 
 from __future__ import annotations
 
-import asyncio
-
 from services.sipgw.auth.digest import parse_credentials, verify_response
 from services.sipgw.call import Side
 from services.sipgw.challenged import MAX_ANSWERS
@@ -87,6 +85,13 @@ async def test_credentials_the_provider_refuses_are_sent_at_most_twice_even_for_
     # The BYE, then the BYE with credentials twice (a new nonce each time): three challenges.
     await settle(lambda: len(carrier.challenged) == 1 + MAX_ANSWERS, "the BYE challenged three times")
     await settle(lambda: not alpha.calls.active(), "the call over all the same")
-    for _ in range(50):  # turns of the loop in which nothing more may come
-        await asyncio.sleep(0.005)
+    # Every BYE the gateway has sent has its final answer: it has decided on the last challenge
+    # (a BYE sent again would be a transaction still waiting for one).
+    await settle(lambda: not _waiting_byes(alpha), "the gateway's BYEs answered")
     assert len(carrier.challenged) == 1 + MAX_ANSWERS and not carrier.accepted
+
+
+def _waiting_byes(gateway: Gateway) -> list[object]:
+    """The gateway's BYE transactions with no final answer yet."""
+    clients = gateway.core.transactions.clients
+    return [t for key, t in clients.items() if key[-1] == "BYE" and t.state in ("Trying", "Proceeding")]

@@ -143,9 +143,8 @@ async def test_tcp_send_opens_a_connection_only_to_a_dialable_address_and_keeps_
     client = await TcpListener.open("127.0.0.1", 0, client_inbox)
     try:
         client.send(options("SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd0", "not-dialable"), server.local)
-        for _ in range(20):  # turns of the loop in which no connection may be opened
-            await asyncio.sleep(0.005)
-        assert client.connections == 0 and server.connections == 0 and server_inbox.queue.empty()
+        # Decided at once: no connection is being opened, and nothing waits for one.
+        assert not client._dialing and not client._waiting and client.connections == 0
         client.dialable = {server.local}
         for n in range(3):  # sent while the connection is being opened
             client.send(options(f"SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd{n + 1}", f"waited-{n}"), server.local)
@@ -156,10 +155,10 @@ async def test_tcp_send_opens_a_connection_only_to_a_dialable_address_and_keeps_
         closed.bind(("127.0.0.1", 0))
         client.dialable.add(closed.getsockname())  # nothing listens there: dropped with a warning
         client.send(options("SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bKd9", "refused"), closed.getsockname())
-        for _ in range(40):
-            await asyncio.sleep(0.005)
+        assert client._dialing
+        await asyncio.wait_for(asyncio.gather(*client._dialing), 5)  # the attempt over
         closed.close()
-        assert client.connections == 1 and not client._waiting
+        assert client.connections == 1 and not client._waiting and server.connections == 1
     finally:
         await client.close()
         await server.close()
