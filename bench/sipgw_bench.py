@@ -37,8 +37,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import grpc.aio
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT))
@@ -506,8 +504,8 @@ async def _external_route_ready(registry: str) -> None:
     from pbxmesh.registry.v1 import registry_pb2 as rpb
     from pbxmesh.registry.v1 import registry_pb2_grpc as rpb_grpc
 
-    async with grpc.aio.insecure_channel(registry) as channel:
-        stub = rpb_grpc.RegistryServiceStub(channel)
+    async with channel(registry) as to_registry:
+        stub = rpb_grpc.RegistryServiceStub(to_registry)
         for _ in range(100):
             if (await stub.ListExternalRoutes(rpb.ListExternalRoutesRequest(), timeout=5)).routes:
                 await asyncio.sleep(0.5)  # the gateway's feed follows the registry
